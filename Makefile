@@ -1,0 +1,39 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   -- builds .venv and the tiny model, then trains asynchronously on CPU
+#   make test   -- builds .venv, then runs the whole test suite (what CI runs)
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU build of torch: from the machine's wheel directory when pip is configured with one,
+# else from PyTorch's CPU package index.
+ifdef PIP_FIND_LINKS
+TORCH_SOURCE := --find-links "$(PIP_FIND_LINKS)"
+else
+TORCH_SOURCE := --extra-index-url https://download.pytorch.org/whl/cpu
+endif
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+export AREAL_SYS_CACHE ?= $(CURDIR)/.cache/areal_sys
+
+.PHONY: venv demo test lint clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements/overrides.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv pip install --python $(BIN)/python -e ".[cpu,dev]" $(TORCH_SOURCE) \
+		--index-strategy unsafe-best-match --override requirements/overrides.txt --compile-bytecode
+	touch $@
+
+demo: venv
+	$(BIN)/areal-sys run configs/local_tiny.yaml
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -ra tests
+
+lint: venv
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .cache runs

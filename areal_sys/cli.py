@@ -1,0 +1,129 @@
+"""`areal-sys` command line: run | validate | make-tiny-model.
+
+Every user error (configuration, data, model resolution) ends with one line on stderr and exit
+code 2, before Ray starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from areal_sys.config import ConfigError, ExperimentConfig, dump_config, load_config
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """Any input problem the user must fix; printed as one line, exit code 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="areal-sys", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train: areal-sys run CONFIG [a.b=c ...]")
+    run.add_argument("config")
+    run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.total_steps=5")
+    val = sub.add_parser("validate", help="check a config (and overrides) without starting anything")
+    val.add_argument("config")
+    val.add_argument("overrides", nargs="*")
+    tiny = sub.add_parser("make-tiny-model", help="build (or reuse) the cached tiny CPU model")
+    tiny.add_argument("--seed", type=int, default=1)
+    tiny.add_argument("--sft-steps", type=int, default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "validate":
+            cfg = load_config(args.config, args.overrides)
+            print(f"ok: {args.config} (algorithm {cfg.algorithm.name}, model {cfg.model.path}, "
+                  f"eta {cfg.controller.max_staleness}, {cfg.trainer.total_steps} steps)")
+            return 0
+        if args.command == "make-tiny-model":
+            from areal_sys.models.tiny import ensure_tiny_model
+
+            kwargs: dict[str, Any] = {"seed": args.seed}
+            if args.sft_steps is not None:
+                kwargs["sft_steps"] = args.sft_steps
+            print(ensure_tiny_model(**kwargs))
+            return 0
+        if args.command == "run":
+            return _run(load_config(args.config, args.overrides))
+    except (ConfigError, UserError) as e:
+        print(f"areal-sys: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("areal-sys: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _load_prompts(cfg: ExperimentConfig, model_path: str) -> tuple[list[Any], list[Any]]:
+    from transformers import AutoTokenizer
+
+    from areal_sys.data.loading import DataError, load_rows, render_prompt
+    from controller.controller import Prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    d = cfg.data
+    out = []
+    for source, split, size in ((d.train, "train", d.synthetic_train_size),
+                                (d.eval, "eval", d.synthetic_eval_size)):
+        try:
+            rows = load_rows(source, prompt_field=d.prompt_field, answer_field=d.answer_field,
+                             uid_field=d.uid_field, task=d.task, split=split,
+                             synthetic_size=size, seed=cfg.seed)
+        except DataError as e:
+            raise UserError(f"data.{split}: {e}") from None
+        prompts = []
+        for row in rows:
+            ids = render_prompt(d.prompt_template, row.prompt, tokenizer)
+            if len(ids) > d.max_prompt_tokens:
+                raise UserError(f"data.{split}: prompt {row.uid!r} has {len(ids)} tokens, more "
+                                f"than data.max_prompt_tokens={d.max_prompt_tokens}")
+            prompts.append(Prompt(row.uid, ids, row.reference, row.task))
+        out.append(prompts)
+    return out[0], out[1]
+
+
+def _run(cfg: ExperimentConfig) -> int:
+    import asyncio
+
+    from controller import runtime
+    from controller.controller import Controller
+
+    t_start = time.time()
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    model_path = runtime.resolve_model(cfg, progress=cfg.logging.progress_bar)
+    train, held_out = _load_prompts(cfg, model_path)
+
+    runtime.start_ray(cfg)
+    actors = None
+    try:
+        actors = runtime.create_actors(cfg, model_path)
+
+        async def go() -> dict[str, Any]:
+            await runtime.start_actors(actors)
+            return await Controller(cfg, actors, train, held_out).run()
+
+        results = asyncio.run(go())
+    finally:
+        runtime.shutdown(actors)
+    elapsed = time.time() - t_start
+    if "pass_rate_before" in results:
+        before, after = results["pass_rate_before"], results["pass_rate_after"]
+        print(f"held-out pass rate: before {100 * before:.1f}% -> after {100 * after:.1f}% "
+              f"({100 * (after - before):+.1f} points)")
+    print(f"done: {results['steps']} steps in {elapsed:.0f} s; outputs in {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

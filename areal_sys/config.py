@@ -1,0 +1,248 @@
+"""Experiment configuration: a pydantic v2 schema, YAML loading and dotted command-line overrides.
+
+Every model forbids unknown keys, so a typo fails before anything starts. `load_config` turns every
+problem (missing file, YAML syntax, unknown key, wrong type, out-of-range value, missing local
+model directory, unknown algorithm) into a `ConfigError` whose message names the dotted field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+TINY_MODEL = "tiny"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported as one line naming the dotted field."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    path: str = Field(
+        TINY_MODEL,
+        description="'tiny' (the built-in CPU model, built and cached on first use), a local "
+        "Hugging Face model directory, or a Hugging Face model id (org/name)",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype of the trainer and the rollout engine"
+    )
+    tiny_sft_steps: int = Field(
+        300, ge=0, description="supervised warm-start steps when building the tiny model"
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, p: str) -> str:
+        if p == TINY_MODEL:
+            return p
+        looks_local = p.startswith((".", "/", "~")) or Path(p).expanduser().exists()
+        if looks_local and not Path(p).expanduser().is_dir():
+            raise ValueError(f"local model directory {p!r} does not exist")
+        if not looks_local and p.count("/") != 1:
+            raise ValueError(f"{p!r} is neither a local directory nor a Hugging Face id (org/name)")
+        return p
+
+
+class DataConfig(Section):
+    train: str = Field(
+        "synthetic", description="'synthetic' (built-in task) or a local .jsonl/.parquet file"
+    )
+    eval: str = Field("synthetic", description="held-out set: 'synthetic' or a local file")
+    task: str = Field("synthetic", description="grader used for rows without a 'task' field")
+    prompt_field: str = Field("prompt", description="column holding the prompt text")
+    answer_field: str = Field("answer", description="column holding the reference answer")
+    uid_field: str | None = Field(None, description="column with a unique id (default: row index)")
+    prompt_template: str = Field(
+        "{prompt}", description="format string applied to the prompt; 'chat' uses the tokenizer's "
+        "chat template"
+    )
+    synthetic_train_size: int = Field(4096, ge=1, description="problems in the synthetic train set")
+    synthetic_eval_size: int = Field(256, ge=1, description="problems in the synthetic eval set")
+    shuffle: bool = True
+    max_prompt_tokens: int = Field(256, ge=1, description="longer prompts are rejected with a reason")
+
+
+class RolloutConfig(Section):
+    num_workers: int = Field(1, ge=1, description="RolloutWorker actors (one vLLM engine each)")
+    n_samples: int = Field(8, ge=1, description="responses per prompt (group size G)")
+    max_new_tokens: int = Field(160, ge=1, description="generation budget per response")
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    interruptible: bool = Field(
+        True, description="abort in-flight requests on a weight update and resume them"
+    )
+    max_concurrent_groups: int = Field(
+        64, ge=1, description="groups a worker generates at once (the gate may admit fewer)"
+    )
+    kv_cache_gib: float = Field(1.0, gt=0, description="VLLM_CPU_KVCACHE_SPACE on CPU")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1.0)
+    max_model_len: int = Field(512, ge=16)
+    enforce_eager: bool = True
+
+
+class RewardConfig(Section):
+    num_workers: int = Field(1, ge=1, description="reward actors")
+    timeout_s: float = Field(5.0, gt=0, description="per-sample grading time limit")
+    max_concurrency: int = Field(8, ge=1, description="samples graded at once per actor")
+    correct_reward: float = 1.0
+    wrong_reward: float = 0.0
+    url: str | None = Field(None, description="remote reward service (HTTP); default: Ray actors")
+
+
+class TrainerConfig(Section):
+    num_workers: int = Field(1, ge=1, description="data-parallel TrainerWorker actors")
+    total_steps: int = Field(50, ge=1, description="optimiser steps (policy versions) to run")
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = Field(1.0, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    ppo_minibatches: int = Field(1, ge=1, description="optimiser updates per step")
+    max_tokens_per_microbatch: int = Field(8192, ge=16, description="packing budget")
+    zero_stage: int = Field(1, ge=0, le=3)
+    gradient_checkpointing: bool = False
+    weight_sync: Literal["shm_file"] = "shm_file"
+    save_every: int = Field(0, ge=0, description="checkpoint every N steps (0: off)")
+
+
+class AlgorithmConfig(Section):
+    name: Literal["grpo", "dr_grpo"] = Field("grpo", description="named algorithm preset")
+    adv_std: Literal["unbiased", "population"] = "unbiased"
+    adv_eps: float = 1e-6
+    loss: Literal["decoupled_ppo", "ppo_clip"] = "decoupled_ppo"
+    clip_low: float = Field(0.2, ge=0)
+    clip_high: float = Field(0.2, ge=0)
+    behav_weight_cap: float | None = Field(5.0, gt=1.0, description="None: never cap")
+    behav_cap_mode: Literal["mask", "clamp"] = "mask"
+    aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "dr_grpo"] = (
+        "token-mean"
+    )
+
+
+class ControllerConfig(Section):
+    batch_size: int = Field(16, ge=1, description="groups (prompts) per training step, B")
+    max_staleness: int = Field(
+        1, ge=0, description="eta: admit while accepted+running+1 <= (version+eta+1)*B; 0 = sync"
+    )
+
+
+class ClusterConfig(Section):
+    address: str | None = Field(None, description="Ray address; None starts or joins locally")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance")
+    rollout_cpus: float = Field(1.0, ge=0)
+    trainer_cpus: float = Field(1.0, ge=0)
+    reward_cpus: float = Field(0.0, ge=0)
+    rollout_gpus: float = Field(0.0, ge=0)
+    trainer_gpus: float = Field(0.0, ge=0)
+
+
+class LoggingConfig(Section):
+    progress_bar: bool = True
+    log_every: int = Field(1, ge=1)
+
+
+class EvalConfig(Section):
+    before_and_after: bool = Field(True, description="held-out pass rate before and after training")
+    num_problems: int = Field(256, ge=1)
+    temperature: float = Field(1.0, gt=0)
+
+
+class ExperimentConfig(Section):
+    run_dir: str = Field("runs/default", description="where every output of the run goes")
+    seed: int = 1
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    reward: RewardConfig = RewardConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    controller: ControllerConfig = ControllerConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    logging: LoggingConfig = LoggingConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ExperimentConfig:
+        if self.rollout.max_new_tokens + 1 >= self.rollout.max_model_len:
+            raise ValueError("rollout.max_new_tokens must leave room for the prompt in max_model_len")
+        if self.trainer.max_tokens_per_microbatch < self.rollout.max_model_len:
+            raise ValueError(
+                "trainer.max_tokens_per_microbatch must hold one full sequence (>= max_model_len)"
+            )
+        return self
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    if first["type"] == "literal_error":
+        msg = f"{msg}, got {first.get('input')!r}"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{loc or 'config'}: {msg}{more}"
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected dotted.key=value")
+    key, raw = text.split("=", 1)
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"override {text!r}: bad key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set `a.b.c=value` pairs (values parsed as YAML scalars) into a nested dict."""
+    for text in overrides:
+        path, value = _parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{'.'.join(path)}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment, apply overrides, validate. Raises ConfigError (one line)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}:{where} YAML syntax error: {getattr(e, 'problem', e)}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        data = loaded
+    data = apply_overrides(data, list(overrides or []))
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e)) from None
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

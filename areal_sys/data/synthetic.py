@@ -1,0 +1,119 @@
+"""Built-in CPU task: multi-step integer addition/subtraction with a written chain of steps.
+
+A problem is a left-to-right chain such as ``3+14-5+8=``; the reference solution writes one line
+per operation and ends with a checkable final answer::
+
+    3+14=17
+    17-5=12
+    12+8=20
+    #### 20
+
+The model's response is the solution followed by EOS. The number of operands is long-tailed,
+``k = 2 + Geometric(p)`` capped at ``MAX_OPERANDS``, so most responses are short (median 2 steps)
+while a few are several times longer (up to 11 steps) -- the length spread that makes
+asynchronous rollout worthwhile. Every character belongs to the tiny tokenizer's vocabulary
+(`areal_sys.models.tiny.CHARS`); one character is one token.
+
+Train and eval problems are disjoint by construction: a prompt belongs to the eval split iff a
+stable hash of its text falls into the eval bucket (`EVAL_BUCKETS`), for every seed and size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+
+TASK_VERSION = 1  # bump when the generator changes: it keys the tiny-model cache
+MIN_OPERAND, MAX_OPERAND = 1, 20
+P_STOP = 0.4  # geometric parameter: P(k = 2 + j) = P_STOP * (1 - P_STOP) ** j
+MAX_OPERANDS = 12
+EVAL_BUCKETS = 8  # one prompt in EVAL_BUCKETS (by hash) is held out for evaluation
+MAX_SOLUTION_CHARS = 149  # response budget: solution + EOS <= 150 tokens
+
+_ANSWER_RE = re.compile(r" {0,8}(-?[0-9]{1,30})(?![0-9])")
+_MARKER = "####"
+_SPLITS = ("train", "eval")
+
+
+def _is_eval_prompt(prompt: str) -> bool:
+    """Stable (process-independent) split assignment of a prompt text."""
+    digest = hashlib.blake2b(prompt.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % EVAL_BUCKETS == 0
+
+
+def _num_operands(rng: random.Random) -> int:
+    k = 2
+    while k < MAX_OPERANDS and rng.random() >= P_STOP:
+        k += 1
+    return k
+
+
+def _render(operands: list[int], ops: list[str]) -> dict[str, str]:
+    """Prompt, step-by-step solution and answer of one chain (ops[i] joins operand i and i+1)."""
+    prompt = str(operands[0]) + "".join(o + str(b) for o, b in zip(ops, operands[1:])) + "="
+    value = operands[0]
+    lines = []
+    for op, b in zip(ops, operands[1:]):
+        new = value + b if op == "+" else value - b
+        lines.append(f"{value}{op}{b}={new}")
+        value = new
+    lines.append(f"{_MARKER} {value}")
+    return {"prompt": prompt, "solution": "\n".join(lines), "answer": str(value)}
+
+
+def make_problem(rng: random.Random) -> dict[str, str]:
+    """One random problem (prompt, solution, answer) drawn from `rng`."""
+    k = _num_operands(rng)
+    operands = [rng.randint(MIN_OPERAND, MAX_OPERAND) for _ in range(k)]
+    ops = [rng.choice("+-") for _ in range(k - 1)]
+    return _render(operands, ops)
+
+
+def make_problems(n: int, seed: int, split: str = "train") -> list[dict[str, str]]:
+    """`n` problems of `split` ('train' | 'eval'), deterministic in (`seed`, `split`).
+
+    Rows: ``{"uid", "prompt", "answer", "solution"}``; uids are unique within (seed, split).
+    Prompts may repeat within a split (short chains have few distinct values) but never across
+    splits.
+    """
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    rng = random.Random(f"areal_sys.synthetic.v{TASK_VERSION}:{seed}:{split}")
+    want_eval = split == "eval"
+    rows: list[dict[str, str]] = []
+    while len(rows) < n:
+        p = make_problem(rng)
+        if _is_eval_prompt(p["prompt"]) != want_eval or len(p["solution"]) > MAX_SOLUTION_CHARS:
+            continue
+        rows.append({"uid": f"synthetic-{split}-{seed}-{len(rows)}", **p})
+    return rows
+
+
+def extract_answer(text: str) -> str | None:
+    """The integer after the last ``####`` marker of `text`, or None.
+
+    Only the last marker counts (a response cannot hedge with several answers); spaces after it
+    are allowed (at most 8), and the integer has at most 30 digits. Linear time and constant extra memory on
+    any input (a bounded slice is matched, no backtracking over the text).
+    """
+    i = text.rfind(_MARKER)
+    if i < 0:
+        return None
+    m = _ANSWER_RE.match(text, i + len(_MARKER), i + len(_MARKER) + 64)
+    if m is None:
+        return None
+    return str(int(m.group(1)))
+
+
+def is_correct(response: str, answer: str) -> bool:
+    """True iff the response's final answer (see `extract_answer`) equals the integer `answer`."""
+    pred = extract_answer(response)
+    if pred is None:
+        return False
+    try:
+        return int(pred) == int(answer.strip())
+    except ValueError:
+        return False

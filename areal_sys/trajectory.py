@@ -1,0 +1,91 @@
+"""The episode contract: one sampled response (Trajectory) and the n responses of a prompt (Group).
+
+Everything downstream of a rollout worker (reward service, buffer, filters, advantage estimators,
+packing, trainer, staleness audit) relies on exactly these fields. Per-token lists all have the
+length of `response_ids`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Trajectory:
+    """One sampled response to one prompt.
+
+    `behav_logprobs` are the engine's log-probabilities of the sampled tokens, recorded at sampling
+    time and never recomputed. `versions[t]` is the policy version (number of completed optimiser
+    updates) of the weights that produced response token t.
+    """
+
+    prompt_uid: str
+    group_id: int
+    prompt_ids: list[int]
+    response_ids: list[int]
+    behav_logprobs: list[float]
+    versions: list[int]
+    loss_mask: list[int]
+    finish_reason: str = "stop"  # stop | length | abort (never trained) ; "+resumed" when interrupted
+    reward: float = 0.0
+    reward_ok: bool = True
+    reward_reason: str = ""
+    prefix_len: int = 0  # RPO: leading response tokens taken from the experience cache
+    num_interrupts: int = 0
+    response_text: str = ""
+    reference: str = ""
+    task: str = "synthetic"
+    submit_time: float = 0.0  # wall-clock seconds (time.time())
+    finish_time: float = 0.0
+    worker_id: int = 0
+
+    def __post_init__(self) -> None:
+        n = len(self.response_ids)
+        if not (len(self.behav_logprobs) == len(self.versions) == len(self.loss_mask) == n):
+            raise ValueError(
+                f"trajectory {self.prompt_uid}/{self.group_id}: per-token fields must all have "
+                f"{n} entries (logprobs {len(self.behav_logprobs)}, versions {len(self.versions)}, "
+                f"mask {len(self.loss_mask)})"
+            )
+
+    @property
+    def length(self) -> int:
+        """Total tokens (prompt + response): what the trainer processes."""
+        return len(self.prompt_ids) + len(self.response_ids)
+
+    @property
+    def generated_versions(self) -> list[int]:
+        """Versions of the tokens generated in this rollout (excludes an RPO cached prefix)."""
+        return self.versions[self.prefix_len :]
+
+    @property
+    def min_version(self) -> int:
+        gen = self.generated_versions
+        return min(gen) if gen else -1
+
+    @property
+    def max_version(self) -> int:
+        gen = self.generated_versions
+        return max(gen) if gen else -1
+
+
+@dataclass
+class Group:
+    """The n trajectories sampled for one prompt; the unit of admission, scoring and buffering."""
+
+    group_id: int
+    prompt_uid: str
+    trajectories: list[Trajectory] = field(default_factory=list)
+    admit_version: int = 0
+
+    @property
+    def rewards(self) -> list[float]:
+        return [t.reward for t in self.trajectories]
+
+    @property
+    def min_version(self) -> int:
+        return min(t.min_version for t in self.trajectories)
+
+    @property
+    def num_tokens_generated(self) -> int:
+        return sum(len(t.response_ids) - t.prefix_len for t in self.trajectories)

@@ -1,0 +1,221 @@
+"""The single controller: admits prompts under the staleness gate, buffers scored groups, trains,
+pushes weights. It runs in the Ray driver; every heavy operation is a call to an actor.
+
+    admission loop (background):  while gate open: pick prompt -> rollout worker -> reward -> buffer
+    step loop:                    batch <- buffer (oldest first, staleness-feasible)
+                                  train on all trainer ranks (version v -> v+1)
+                                  push weights to every rollout worker (interrupting generation)
+                                  open the gate for version v+1, log
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from areal_sys.config import ExperimentConfig
+from areal_sys.data.sampler import EpochSampler
+from areal_sys.metrics import JsonlWriter
+from areal_sys.trajectory import Group, Trajectory
+from controller.buffer import Buffer
+from controller.staleness import StalenessManager
+
+
+@dataclass(frozen=True)
+class Prompt:
+    uid: str
+    ids: list[int]
+    reference: str
+    task: str
+
+
+class Controller:
+    def __init__(self, cfg: ExperimentConfig, actors: Any, train: list[Prompt],
+                 held_out: list[Prompt]) -> None:
+        self.cfg = cfg
+        self.actors = actors
+        self.held_out = held_out
+        self.run_dir = Path(cfg.run_dir)
+        self.sampler = EpochSampler(train, seed=cfg.seed, shuffle=cfg.data.shuffle)
+        self.staleness = StalenessManager(cfg.controller.batch_size, cfg.controller.max_staleness)
+        self.buffer = Buffer(cfg.controller.batch_size)
+        self.metrics = JsonlWriter(self.run_dir / "metrics.jsonl")
+        self.audit = JsonlWriter(self.run_dir / "staleness.jsonl")
+        self.version = 0
+        self._next_seq = 0
+        self._load = [0] * len(actors.rollout)  # groups in flight per rollout worker
+        self._failure: asyncio.Future[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ---------------------------------------------------------------- the step loop
+    async def run(self) -> dict[str, Any]:
+        self._failure = asyncio.get_running_loop().create_future()
+        results: dict[str, Any] = {}
+        if self.cfg.eval.before_and_after:
+            results["pass_rate_before"] = await self.evaluate("before")
+        bar = _progress(self.cfg)
+        admission = asyncio.create_task(self._admission_loop())
+        try:
+            for step in range(self.cfg.trainer.total_steps):
+                t0 = time.time()
+                batch = await self._until_failure(self.buffer.take_batch(self.version))
+                wait_s = time.time() - t0
+                staleness = self._audit(step, batch)
+                tokens_before_train = await self._tokens_generated()
+                train = await self._train(batch, step)
+                overlap = await self._tokens_generated() - tokens_before_train
+                sync = await self._push_weights(step + 1)
+                record = self._step_record(step, batch, staleness, train, sync, overlap, wait_s, t0)
+                self.metrics.write(record)
+                bar.update(1)
+                bar.set_postfix(reward=f"{record['reward_mean']:.3f}", stale=staleness,
+                                tok_s=f"{record['tokens_per_s']:.0f}")
+        finally:
+            bar.close()
+            admission.cancel()
+            await self._drain()
+        if self.cfg.eval.before_and_after:
+            results["pass_rate_after"] = await self.evaluate("after")
+        results["steps"] = self.cfg.trainer.total_steps
+        return results
+
+    # ---------------------------------------------------------------- admission and rollout
+    async def _admission_loop(self) -> None:
+        limit = self.cfg.rollout.max_concurrent_groups * len(self.actors.rollout)
+        while True:
+            while self.staleness.can_admit() and self.staleness.running < limit:
+                prompt = self.sampler.next()
+                seq, self._next_seq = self._next_seq, self._next_seq + 1
+                admit_version = self.staleness.on_admit()
+                self.buffer.on_admit(seq, self.staleness.deadline())
+                task = asyncio.create_task(self._rollout(seq, prompt, admit_version))
+                self._tasks.add(task)
+                task.add_done_callback(self._task_done)
+            await self.staleness.wait_for_change()
+
+    async def _rollout(self, seq: int, prompt: Prompt, admit_version: int) -> None:
+        worker = min(range(len(self._load)), key=self._load.__getitem__)
+        self._load[worker] += 1
+        try:
+            trajs = await self.actors.rollout[worker].generate_group.remote(
+                group_id=seq, prompt_uid=prompt.uid, prompt_ids=prompt.ids,
+                n=self.cfg.rollout.n_samples, max_new_tokens=self.cfg.rollout.max_new_tokens,
+                temperature=self.cfg.rollout.temperature, top_p=self.cfg.rollout.top_p,
+                task=prompt.task, reference=prompt.reference,
+            )
+        finally:
+            self._load[worker] -= 1
+        await self._score(trajs)
+        self.buffer.put(seq, Group(seq, prompt.uid, trajs, admit_version))
+        self.staleness.on_accept()
+
+    async def _score(self, trajs: list[Trajectory]) -> None:
+        items = [{"task": t.task, "response": t.response_text, "reference": t.reference}
+                 for t in trajs]
+        for t, r in zip(trajs, await self.actors.reward.score.remote(items), strict=True):
+            t.reward, t.reward_ok, t.reward_reason = r.reward, r.ok, r.reason
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        if self._failure is not None and not self._failure.done():
+            self._failure.set_exception(task.exception())  # type: ignore[arg-type]
+
+    async def _until_failure(self, coro: Any) -> Any:
+        """Await `coro`, but raise at once if a rollout task failed meanwhile."""
+        assert self._failure is not None
+        work = asyncio.ensure_future(coro)
+        await asyncio.wait([work, self._failure], return_when=asyncio.FIRST_COMPLETED)
+        if self._failure.done():
+            work.cancel()
+            self._failure.result()
+        return work.result()
+
+    async def _drain(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # ---------------------------------------------------------------- training and weight sync
+    async def _train(self, batch: list[Group], step: int) -> dict[str, float]:
+        refs = [t.train_step.remote(batch, step) for t in self.actors.trainers]
+        return (await self._until_failure(asyncio.gather(*refs)))[0]
+
+    async def _push_weights(self, version: int) -> dict[str, float]:
+        t0 = time.time()
+        path = f"{self.actors.sync_dir}/weights.safetensors"
+        await asyncio.gather(*[t.export_weights.remote(path) for t in self.actors.trainers])
+        loads = await asyncio.gather(
+            *[w.update_weights.remote(path, version) for w in self.actors.rollout])
+        self.version = version
+        self.staleness.set_version(version)
+        return {"sync_s": time.time() - t0,
+                "interrupted": float(sum(r.get("interrupted", 0) for r in loads))}
+
+    async def _tokens_generated(self) -> int:
+        counts = await asyncio.gather(*[w.tokens_generated.remote() for w in self.actors.rollout])
+        return int(sum(counts))
+
+    # ---------------------------------------------------------------- audit, metrics, evaluation
+    def _audit(self, step: int, batch: list[Group]) -> int:
+        """One staleness line per trained trajectory; returns the batch's max staleness."""
+        worst = 0
+        for group in batch:
+            for t in group.trajectories:
+                self.audit.write({
+                    "step": step, "prompt_uid": t.prompt_uid, "group_id": group.group_id,
+                    "trainer_version": self.version, "admit_version": group.admit_version,
+                    "min_token_version": t.min_version, "max_token_version": t.max_version,
+                    "num_interrupts": t.num_interrupts,
+                })
+                worst = max(worst, self.version - t.min_version)
+        return worst
+
+    def _step_record(self, step: int, batch: list[Group], staleness: int, train: dict[str, float],
+                     sync: dict[str, float], overlap: int, wait_s: float, t0: float
+                     ) -> dict[str, Any]:
+        trajs = [t for g in batch for t in g.trajectories]
+        step_time = time.time() - t0
+        tokens = sum(g.num_tokens_generated for g in batch)
+        return {
+            "step": step, "version": self.version,
+            "reward_mean": sum(t.reward for t in trajs) / len(trajs),
+            "reward_fail_frac": sum(not t.reward_ok for t in trajs) / len(trajs),
+            "response_len_mean": sum(len(t.response_ids) for t in trajs) / len(trajs),
+            "tokens_generated": tokens, "tokens_per_s": tokens / max(step_time, 1e-9),
+            "overlap_tokens": overlap, "staleness_max": staleness,
+            "step_time_s": step_time, "wait_s": wait_s,
+            "buffered": len(self.buffer), "in_flight": self.buffer.in_flight,
+            **sync, **{f"train/{k}": v for k, v in train.items()},
+        }
+
+    async def evaluate(self, tag: str) -> float:
+        """Held-out pass rate: one sample per problem at `eval.temperature`."""
+        prompts = self.held_out[: self.cfg.eval.num_problems]
+        workers = self.actors.rollout
+        calls = [
+            workers[i % len(workers)].generate_group.remote(
+                group_id=-1 - i, prompt_uid=p.uid, prompt_ids=p.ids, n=1,
+                max_new_tokens=self.cfg.rollout.max_new_tokens,
+                temperature=self.cfg.eval.temperature, task=p.task, reference=p.reference)
+            for i, p in enumerate(prompts)
+        ]
+        trajs = [g[0] for g in await asyncio.gather(*calls)]
+        await self._score(trajs)
+        passed = sum(t.reward >= self.cfg.reward.correct_reward for t in trajs)
+        rate = passed / len(trajs)
+        writer = JsonlWriter(self.run_dir / "eval.jsonl")
+        writer.write({"tag": tag, "version": self.version, "pass_rate": rate, "n": len(trajs)})
+        writer.close()
+        return rate
+
+
+def _progress(cfg: ExperimentConfig) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=cfg.trainer.total_steps, desc="train", unit="step",
+                disable=not cfg.logging.progress_bar, dynamic_ncols=True)

