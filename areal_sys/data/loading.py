@@ -1,0 +1,165 @@
+"""Prompt datasets for training and evaluation: the synthetic task or a local .jsonl/.parquet file.
+
+Field names mirror `DataConfig`: `prompt_field`, `answer_field`, `uid_field`, `task`. A row may
+carry its own `task` (a grader name, see `reward_service.graders`); otherwise `task` applies.
+Every problem in a file is a `DataError` whose one-line message names `file:line` (jsonl) or
+`file:row N` (parquet, 1-based) and the field, so a bad dataset fails before anything starts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROW_TASK_FIELD = "task"
+
+
+class DataError(ValueError):
+    """A dataset problem, reported as one line naming the file, line/row and field."""
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    """One prompt: `reference` is what the grader of `task` compares responses against."""
+
+    uid: str
+    prompt: str
+    reference: str
+    task: str
+
+
+def load_rows(
+    source: str,
+    *,
+    prompt_field: str = "prompt",
+    answer_field: str = "answer",
+    uid_field: str | None = None,
+    task: str = "synthetic",
+    split: str = "train",
+    synthetic_size: int = 4096,
+    seed: int = 1,
+) -> list[PromptRow]:
+    """Rows of `source`: "synthetic" (`synthetic_size` problems of `split`, seeded) or a file.
+
+    For a file, `split` and `synthetic_size` are ignored; uids are the `uid_field` values (must be
+    unique) or the 0-based row index. Raises DataError.
+    """
+    if source == "synthetic":
+        from areal_sys.data.synthetic import make_problems
+
+        return [
+            PromptRow(uid=r["uid"], prompt=r["prompt"], reference=r["answer"], task=task)
+            for r in make_problems(synthetic_size, seed, split)
+        ]
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise DataError(f"{source}: no such file (expected 'synthetic' or a .jsonl/.parquet file)")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        records = _read_jsonl(path)
+    elif suffix == ".parquet":
+        records = _read_parquet(path)
+    else:
+        raise DataError(f"{source}: unsupported file type {suffix!r} (use .jsonl or .parquet)")
+    rows: list[PromptRow] = []
+    seen: dict[str, str] = {}
+    for index, (where, record) in enumerate(records):
+        row = _to_row(where, index, record, prompt_field, answer_field, uid_field, task)
+        if row.uid in seen:
+            first = seen[row.uid]
+            raise DataError(f"{where}: field {uid_field!r}: duplicate {row.uid!r} (also {first})")
+        seen[row.uid] = where
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{source}: no rows")
+    return rows
+
+
+def _read_jsonl(path: Path) -> list[tuple[str, Any]]:
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append((f"{path}:{lineno}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                msg = f"{path}:{lineno}: invalid JSON: {e.msg} (column {e.colno})"
+                raise DataError(msg) from None
+    return records
+
+
+def _read_parquet(path: Path) -> list[tuple[str, Any]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(
+            f"{path}: reading .parquet needs pyarrow, which is not installed (pip install pyarrow)"
+        ) from None
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for unreadable files
+        raise DataError(f"{path}: not a readable parquet file: {e}") from None
+    return [(f"{path}:row {i + 1}", rec) for i, rec in enumerate(table.to_pylist())]
+
+
+def _to_row(
+    where: str,
+    index: int,
+    record: Any,
+    prompt_field: str,
+    answer_field: str,
+    uid_field: str | None,
+    task: str,
+) -> PromptRow:
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    prompt = _field(where, record, prompt_field)
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise DataError(
+            f"{where}: field {prompt_field!r} must be a non-empty string, got {prompt!r:.40}"
+        )
+    answer = _field(where, record, answer_field)
+    if isinstance(answer, bool) or not isinstance(answer, str | int | float):
+        raise DataError(
+            f"{where}: field {answer_field!r} must be a string or a number, got {answer!r:.40}"
+        )
+    uid: Any = index
+    if uid_field is not None:
+        uid = _field(where, record, uid_field)
+        if isinstance(uid, bool) or not isinstance(uid, str | int):
+            raise DataError(f"{where}: field {uid_field!r} must be a string or an integer")
+    row_task = record.get(ROW_TASK_FIELD, task)
+    if not isinstance(row_task, str) or not row_task:
+        raise DataError(f"{where}: field {ROW_TASK_FIELD!r} must be a grader name (string)")
+    return PromptRow(uid=str(uid), prompt=prompt, reference=str(answer), task=row_task)
+
+
+def _field(where: str, record: dict[str, Any], name: str) -> Any:
+    if name not in record or record[name] is None:
+        have = ", ".join(sorted(map(str, record))[:8])
+        raise DataError(f"{where}: missing field {name!r} (row has: {have})")
+    return record[name]
+
+
+def render_prompt(template: str, prompt: str, tokenizer: Any) -> list[int]:
+    """Token ids of `prompt` rendered with `template` (`DataConfig.prompt_template`).
+
+    `template` is "chat" (the tokenizer's chat template, one user turn, generation prompt added;
+    no extra special tokens) or text containing `{prompt}`, which is replaced by the prompt; other
+    braces are kept literally (so "... \\boxed{}" works). Text templates are tokenized with the
+    tokenizer's special tokens (e.g. a BOS), as vLLM does for a text prompt.
+    """
+    if template == "chat":
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("prompt_template 'chat' needs a tokenizer with a chat template")
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if "{prompt}" not in template:
+        raise ValueError(f"prompt_template {template!r} must contain '{{prompt}}' or be 'chat'")
+    text = template.replace("{prompt}", prompt)
+    return list(tokenizer(text, add_special_tokens=True)["input_ids"])

@@ -1,0 +1,413 @@
+"""The reward service: asynchronous scoring with per-sample timeouts, isolation and a result cache.
+
+`RewardService` is a plain class with async methods; the controller wraps it as an async Ray actor
+(`ray.remote(RewardService)`). `score` never raises: every item gets a `RewardResult`, failures
+included (`ok=False` with a one-line `reason`).
+
+How grading runs
+- Every grader runs in a grader subprocess (`num_procs` of them, started on first use), never in
+  the caller's process, so a hung or crashing grader (a sympy power tower, a plugin that loops)
+  is killed without harming the service. The subprocess imports only `reward_service.graders` and
+  the plugins that items name (`module:function`).
+- Items wait in one FIFO queue. A process takes up to `max_concurrency // num_procs` queued items
+  per round-trip (one JSON line in, one JSON line out per item), so a cheap grader such as
+  `synthetic` costs one pipe round-trip per batch, not per item. At most `max_concurrency`
+  items are inside grader processes at any time; the rest wait (backpressure, no sleeps).
+- Per-item timeout: an item's clock starts when the process starts on it (the previous item's
+  result arrived). Past `timeout_s` the process is killed, the item gets `reason="timeout"` and
+  `wrong_reward`, a replacement process starts and the rest of that batch is sent to it.
+  A process that dies mid-item fails that item ("grader process died ...") the same way.
+- Results with `ok=True` are kept in an LRU cache keyed by a hash of (task, response,
+  reference); identical items in flight at the same time are graded once.
+
+`elapsed_s`: seconds the grader spent on the item (0.0 for a cache hit; the time waited for a
+timeout or a crash). Processes are bound to the event loop that started them; calling `score`
+from a new loop (e.g. repeated `asyncio.run`) restarts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from typing import Any
+
+_WORKER_CMD = "from reward_service.service import _worker_main; _worker_main()"
+_MAX_REASON_CHARS = 300
+
+
+@dataclass(frozen=True)
+class RewardResult:
+    """Outcome of grading one item. `reason` is "" when ok, else one line saying what failed."""
+
+    reward: float
+    ok: bool
+    reason: str
+    elapsed_s: float
+
+
+@dataclass
+class _Job:
+    key: str
+    task: str
+    response: str
+    reference: str
+    future: asyncio.Future[RewardResult]
+
+
+class _ProcessDied(Exception):
+    pass
+
+
+class _GraderProcess:
+    """One grader subprocess speaking JSON lines over its stdin/stdout."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def start(cls, memory_limit_mb: int | None, start_timeout_s: float) -> _GraderProcess:
+        env = dict(os.environ)
+        # The child sees exactly the modules this process sees (plugins under tests/, Ray dirs).
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _WORKER_CMD, str(os.getpid()), str(memory_limit_mb or 0),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
+        )
+        self = cls(proc)
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), start_timeout_s)
+        except TimeoutError:
+            await self.kill()
+            raise _ProcessDied(f"grader process not ready after {start_timeout_s:g} s") from None
+        if not line:
+            code = await proc.wait()
+            raise _ProcessDied(f"grader process failed to start (exit code {code})")
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
+    async def send(self, jobs: list[_Job]) -> None:
+        msg = {"items": [[j.task, j.response, j.reference] for j in jobs]}
+        try:
+            self.proc.stdin.write(json.dumps(msg).encode() + b"\n")
+            await self.proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError) as e:
+            raise _ProcessDied(f"grader process pipe closed: {e}") from None
+
+    async def receive(self, timeout_s: float) -> dict[str, Any]:
+        """Next result line; TimeoutError past `timeout_s`; _ProcessDied on EOF."""
+        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout_s)
+        if not line:
+            code = await self.proc.wait()
+            raise _ProcessDied(f"grader process died (exit code {code})")
+        return json.loads(line)
+
+    async def kill(self) -> None:
+        if self.alive:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        await self.proc.wait()
+        # Close the pipes now, on the owning loop: left to the garbage collector, the transport
+        # closes them later and fails if that loop is closed by then.
+        transport = getattr(self.proc, "_transport", None)
+        if transport is not None:
+            transport.close()
+
+    def kill_nowait(self) -> None:
+        """Kill from outside the owning event loop (the loop's child watcher reaps it)."""
+        if self.alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGKILL)
+
+
+class RewardService:
+    """Scores items `{"task", "response", "reference"}` with registered graders (see module doc).
+
+    timeout_s: per-item wall-clock limit. max_concurrency: items inside grader processes at once.
+    num_procs: grader subprocesses. cache_size: LRU entries (0: off). memory_limit_mb: address
+    space limit of each grader process (None: none). start_timeout_s: limit for a grader process
+    to start and import its graders.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout_s: float = 5.0,
+        max_concurrency: int = 8,
+        correct_reward: float = 1.0,
+        wrong_reward: float = 0.0,
+        num_procs: int = 1,
+        cache_size: int = 4096,
+        memory_limit_mb: int | None = 4096,
+        start_timeout_s: float = 60.0,
+    ) -> None:
+        if timeout_s <= 0 or max_concurrency < 1 or num_procs < 1 or cache_size < 0:
+            raise ValueError(
+                "need timeout_s > 0, max_concurrency >= 1, num_procs >= 1 and cache_size >= 0"
+            )
+        self.timeout_s = timeout_s
+        self.correct_reward = float(correct_reward)
+        self.wrong_reward = float(wrong_reward)
+        self.num_procs = min(num_procs, max_concurrency)
+        self.batch_size = max(1, max_concurrency // self.num_procs)
+        self.cache_size = cache_size
+        self.memory_limit_mb = memory_limit_mb
+        self.start_timeout_s = start_timeout_s
+        self._cache: OrderedDict[str, RewardResult] = OrderedDict()
+        self._inflight: dict[str, asyncio.Future[RewardResult]] = {}
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._servers: list[asyncio.Task[None]] = []
+        self._procs: dict[int, _GraderProcess] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self.stats = {"graded": 0, "cache_hits": 0, "timeouts": 0, "errors": 0, "restarts": 0}
+
+    # ----------------------------------------------------------------------------------------
+    # public API
+
+    async def score(self, items: list[dict]) -> list[RewardResult]:
+        """One result per item, in order. Never raises (except on cancellation)."""
+        try:
+            return await self._score(items)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the contract: failures are results
+            n = len(items) if isinstance(items, list) else 0
+            return [self._fail(f"reward service error: {_one_line(e)}") for _ in range(n)]
+
+    async def shutdown(self) -> None:
+        """Stop the grader processes; later `score` calls return ok=False results."""
+        self._closed = True
+        procs = list(self._procs.values())
+        self._procs.clear()
+        for task in self._servers:
+            task.cancel()
+        for task in self._servers:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._servers.clear()
+        for proc in procs:
+            await proc.kill()
+        for fut in self._inflight.values():
+            if not fut.done():
+                fut.set_result(self._fail("reward service is shut down"))
+        self._inflight.clear()
+
+    def cache_info(self) -> dict[str, int]:
+        """Counters: graded, cache_hits, timeouts, errors, restarts, plus the cache's size."""
+        return {**self.stats, "cache_entries": len(self._cache)}
+
+    # ----------------------------------------------------------------------------------------
+    # scheduling
+
+    async def _score(self, items: list[dict]) -> list[RewardResult]:
+        if not isinstance(items, list):
+            raise TypeError(f"items must be a list of dicts, got {type(items).__name__}")
+        results: list[RewardResult | None] = [None] * len(items)
+        if self._closed:
+            return [self._fail("reward service is shut down") for _ in items]
+        self._ensure_started()
+        waits: list[tuple[int, asyncio.Future[RewardResult]]] = []
+        for i, item in enumerate(items):
+            bad = _check_item(item)
+            if bad:
+                results[i] = self._fail(bad)
+                continue
+            key = _cache_key(item["task"], item["response"], item["reference"])
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                self.stats["cache_hits"] += 1
+                results[i] = replace(hit, elapsed_s=0.0)
+                continue
+            fut = self._inflight.get(key)
+            if fut is None:
+                fut = asyncio.get_running_loop().create_future()
+                self._inflight[key] = fut
+                job = _Job(key, item["task"], item["response"], item["reference"], fut)
+                self._queue.put_nowait(job)
+            waits.append((i, fut))
+        for i, fut in waits:
+            # shield: a cancelled caller must not cancel a future other callers share
+            results[i] = await asyncio.shield(fut)
+        return results  # type: ignore[return-value]
+
+    def _ensure_started(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        for proc in self._procs.values():  # processes of a previous (finished) event loop
+            proc.kill_nowait()
+        self._procs.clear()
+        self._inflight.clear()
+        self._loop = loop
+        self._queue = asyncio.Queue()
+        self._servers = [loop.create_task(self._serve(slot)) for slot in range(self.num_procs)]
+
+    async def _serve(self, slot: int) -> None:
+        """Feed one grader process: take a batch from the queue, grade it, repeat."""
+        assert self._queue is not None
+        try:
+            while True:
+                batch = [await self._queue.get()]
+                while len(batch) < self.batch_size and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                try:
+                    while batch:
+                        batch = await self._run_batch(slot, batch)
+                except Exception as e:  # noqa: BLE001 - a bug must not strand waiting callers
+                    proc = self._procs.pop(slot, None)
+                    if proc is not None:
+                        await proc.kill()
+                    for job in batch:
+                        self._finish(job, self._fail(f"reward service error: {_one_line(e)}"))
+        finally:  # cancelled: shutdown() or the end of asyncio.run()
+            proc = self._procs.pop(slot, None)
+            if proc is not None:
+                await proc.kill()
+
+    async def _run_batch(self, slot: int, batch: list[_Job]) -> list[_Job]:
+        """Grade `batch` on the slot's process; return the jobs left ungraded by a kill."""
+        proc = self._procs.get(slot)
+        fresh = proc is None or not proc.alive
+        try:
+            if fresh:
+                if proc is not None:
+                    self.stats["restarts"] += 1
+                proc = await _GraderProcess.start(self.memory_limit_mb, self.start_timeout_s)
+                self._procs[slot] = proc
+        except _ProcessDied as e:
+            self._procs.pop(slot, None)
+            for job in batch:
+                self._finish(job, self._fail(str(e)))
+            return []
+        try:
+            await proc.send(batch)
+        except _ProcessDied as e:
+            self._procs.pop(slot, None)
+            if not fresh:  # it died while idle: retry the whole batch on a new process
+                return batch
+            self._finish(batch[0], self._fail(str(e)))
+            return batch[1:]
+        for i, job in enumerate(batch):
+            t0 = time.perf_counter()
+            try:
+                msg = await proc.receive(self.timeout_s)
+            except (TimeoutError, _ProcessDied) as e:
+                timed_out = isinstance(e, TimeoutError)
+                await proc.kill()
+                self._procs.pop(slot, None)
+                self.stats["restarts"] += 1
+                self.stats["timeouts" if timed_out else "errors"] += 1
+                reason = "timeout" if timed_out else str(e)
+                self._finish(job, self._fail(reason, time.perf_counter() - t0))
+                return batch[i + 1 :]
+            self._finish(job, self._to_result(msg))
+        return []
+
+    def _to_result(self, msg: dict[str, Any]) -> RewardResult:
+        elapsed = float(msg.get("s", 0.0))
+        if "error" in msg:
+            self.stats["errors"] += 1
+            return self._fail(str(msg["error"]), elapsed)
+        self.stats["graded"] += 1
+        value = msg["value"]
+        if isinstance(value, bool):
+            value = self.correct_reward if value else self.wrong_reward
+        return RewardResult(float(value), True, "", elapsed)
+
+    def _finish(self, job: _Job, result: RewardResult) -> None:
+        self._inflight.pop(job.key, None)
+        if result.ok and self.cache_size > 0:
+            self._cache[job.key] = result
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        if not job.future.done():
+            job.future.set_result(result)
+
+    def _fail(self, reason: str, elapsed_s: float = 0.0) -> RewardResult:
+        return RewardResult(self.wrong_reward, False, reason[:_MAX_REASON_CHARS], elapsed_s)
+
+
+def _check_item(item: Any) -> str | None:
+    if not isinstance(item, dict):
+        return f"bad item: expected a dict, got {type(item).__name__}"
+    for field in ("task", "response", "reference"):
+        if not isinstance(item.get(field), str):
+            got = type(item.get(field)).__name__ if field in item else "missing"
+            return f"bad item: field {field!r} must be a string ({got})"
+    return None
+
+
+def _cache_key(task: str, response: str, reference: str) -> str:
+    return hashlib.sha256(json.dumps([task, response, reference]).encode()).hexdigest()
+
+
+def _one_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# the grader subprocess
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL this process when its parent exits (a hung grader is never orphaned)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(0)
+
+
+def _grade_one(task: str, response: str, reference: str) -> dict[str, Any]:
+    from reward_service.graders import get_grader
+
+    t0 = time.perf_counter()
+    try:
+        value = get_grader(task)(response, reference)
+        if not isinstance(value, bool | int | float) or not math.isfinite(value):
+            shown = repr(value)[:40]
+            raise TypeError(f"grader {task!r} returned {shown}; expected a bool or a finite float")
+        out: dict[str, Any] = {"value": value if isinstance(value, bool) else float(value)}
+    except BaseException as e:  # noqa: BLE001 - SystemExit in a grader is still a grader error
+        out = {"error": _one_line(e)[:_MAX_REASON_CHARS]}
+    out["s"] = time.perf_counter() - t0
+    return out
+
+
+def _worker_main() -> None:
+    """Grader subprocess: argv = [parent_pid, memory_limit_mb]; JSON lines in, JSON lines out."""
+    parent_pid, memory_limit_mb = int(sys.argv[1]), int(sys.argv[2])
+    _die_with_parent(parent_pid)
+    if memory_limit_mb > 0:
+        import resource
+
+        limit = memory_limit_mb << 20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    # Keep the protocol on a private copy of stdout; anything a grader prints goes to stderr.
+    out = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    _grade_one("math", "\\boxed{1}", "1")  # import math-verify + sympy before the first deadline
+    out.write('{"ready": true}\n')
+    out.flush()
+    for line in sys.stdin.buffer:
+        for task, response, reference in json.loads(line)["items"]:
+            out.write(json.dumps(_grade_one(task, response, reference)) + "\n")
+            out.flush()

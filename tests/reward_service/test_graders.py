@@ -1,0 +1,132 @@
+"""The grader registry and the built-in `math` and `synthetic` graders (in-process, real
+math-verify).
+
+Inputs that could take long (megabyte and regex-hostile texts) are graded through the service in
+test_service.py, where a timeout bounds them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from areal_sys.data.synthetic import make_problems
+from reward_service.graders import (
+    BOXED_WINDOW_CHARS,
+    GSM8K_WINDOW_CHARS,
+    TAIL_CHARS,
+    UnknownTaskError,
+    answer_region,
+    get_grader,
+    register_grader,
+    registered_graders,
+)
+
+FAKES = Path(__file__).with_name("fake_graders.py")
+
+GSM8K_SOLUTION = (
+    "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
+    "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72"
+)
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        ("She sold 24 in May, so 48+24=72 in total.\n#### 72", True),
+        ("The total is \\boxed{72}.", True),
+        ("48 + 24 = 72 clips in all, so the answer is 72", True),
+        ("Adding up gives 72.", True),
+        ("#### 72.0", True),
+        ("#### 73", False),
+        ("The total is \\boxed{71}.", False),
+        ("It is 72 in April... no wait, the answer is 70", False),
+        ("I do not know.", False),
+        ("", False),
+    ],
+)
+def test_math_gsm8k_reference(response: str, expected: bool) -> None:
+    assert get_grader("math")(response, GSM8K_SOLUTION) is expected
+
+
+@pytest.mark.parametrize(
+    ("response", "reference", "expected"),
+    [
+        ("\\boxed{\\frac{1}{2}}", "0.5", True),
+        ("so x = 0.5", "\\frac{1}{2}", True),
+        ("$\\dfrac{2}{4}$", "$\\frac{1}{2}$", True),
+        ("the answer is 1/2", "\\boxed{\\frac{1}{2}}", True),
+        ("\\boxed{\\frac{1}{3}}", "\\frac{1}{2}", False),
+        ("#### 1,000", "1000", True),
+        ("\\boxed{1000}", "1,000", True),
+        ("$-\\frac{7}{2}$", "-3.5", True),
+        ("\\boxed{3.5}", "-3.5", False),
+        ("\\boxed{3\\sqrt{2}}", "\\sqrt{18}", True),
+        ("\\boxed{4}", "\\sqrt{18}", False),
+        ("first \\boxed{3}, final \\boxed{4}", "4", True),
+        ("first \\boxed{4}, final \\boxed{3}", "4", False),
+    ],
+)
+def test_math_equivalent_forms(response: str, reference: str, expected: bool) -> None:
+    assert get_grader("math")(response, reference) is expected
+
+
+@pytest.mark.parametrize("reference", ["", "   ", "#### "])
+def test_math_empty_reference_is_an_error_not_a_wrong_answer(reference: str) -> None:
+    with pytest.raises(ValueError, match="cannot parse reference"):
+        get_grader("math")("\\boxed{1}", reference)
+
+
+def test_answer_region_is_bounded_and_takes_the_last_marker() -> None:
+    big = "x" * 1_000_000
+    assert len(answer_region(big)) == TAIL_CHARS
+    assert answer_region(big + "#### 1\n#### 42 \nmore") == "42 "
+    assert len(answer_region("#### " + big)) <= GSM8K_WINDOW_CHARS
+    assert answer_region("#### 5 \\boxed{7}").startswith("\\boxed{7}")
+    assert len(answer_region("\\boxed{" + big)) == BOXED_WINDOW_CHARS
+    assert answer_region(big + "\\boxed{9} then text").startswith("\\boxed{9}")
+
+
+def test_synthetic_grader_on_real_problems() -> None:
+    grade = get_grader("synthetic")
+    for row in make_problems(20, seed=3, split="train"):
+        answer = int(row["answer"])
+        assert grade(row["solution"], row["answer"]) is True
+        assert grade(row["solution"], row["solution"]) is True  # reference as a full solution
+        wrong = row["solution"].rsplit("####", 1)[0] + f"#### {answer + 1}"
+        assert grade(wrong, row["answer"]) is False
+        assert grade(row["solution"].replace("####", "="), row["answer"]) is False
+
+
+def test_registry_names_and_plugins() -> None:
+    @register_grader("fake_upper")
+    def fake_upper(response: str, reference: str) -> bool:
+        return response.upper() == reference
+
+    assert {"math", "synthetic", "fake_upper"} <= set(registered_graders())
+    assert get_grader("fake_upper")("ab", "AB") is True
+    # module:function and file.py:function plugins
+    assert get_grader("reward_service.graders:grade_math")("\\boxed{2}", "2") is True
+    assert get_grader(f"{FAKES}:fake_nan")("", "") != 0.0  # nan
+    assert get_grader("tests.reward_service.fake_graders:fake_string")("", "") == "yes"
+
+
+@pytest.mark.parametrize(
+    ("name", "match"),
+    [
+        ("no_such_task", "unknown task 'no_such_task'.*registered graders"),
+        ("no_such_module_xyz:fn", "cannot load 'no_such_module_xyz'.*ModuleNotFoundError"),
+        ("reward_service.graders:no_such_fn", "has no callable 'no_such_fn'"),
+        ("/no/such/file.py:fn", "cannot load '/no/such/file.py'"),
+    ],
+)
+def test_unknown_graders_raise_one_line(name: str, match: str) -> None:
+    with pytest.raises(UnknownTaskError, match=match) as info:
+        get_grader(name)
+    assert "\n" not in str(info.value)
+
+
+def test_register_rejects_plugin_style_names() -> None:
+    with pytest.raises(ValueError, match="no ':'"):
+        register_grader("a:b")
