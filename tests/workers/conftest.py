@@ -1,0 +1,28 @@
+"""Fixtures for the rollout-worker tests: two random tiny models and their transformers twins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from areal_sys.models.tiny import save_random_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two distinct weight sets of the same architecture: "A" (seed 0) and "B" (seed 1)."""
+    root = tmp_path_factory.mktemp("rollout_models")
+    return {name: save_random_tiny_model(root / name, seed) for name, seed in (("A", 0), ("B", 1))}
+
+
+@pytest.fixture(scope="module")
+def hf_models(tiny_models: dict[str, Path]) -> dict[str, object]:
+    """fp32 transformers models of A and B in eval mode (the reference forward pass)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return {
+        name: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        for name, path in tiny_models.items()
+    }

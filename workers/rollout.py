@@ -1,0 +1,345 @@
+"""RolloutWorker: one vLLM `AsyncLLM` engine that samples groups and takes new weights mid-flight.
+
+The controller runs it as an async Ray actor, so `generate_group` calls for many groups and an
+`update_weights` call share one event loop and interleave:
+
+    actor = ray.remote(RolloutWorker).options(num_cpus=k, runtime_env=actor_runtime_env())
+    actor = actor.remote(model_path, worker_id=i, ...)
+
+Runtime environment. The actor process must import `workers.rollout` (an installed project, a Ray
+`working_dir`, or `actor_runtime_env()`, which puts the project root on `PYTHONPATH`). vLLM starts
+its engine core in a spawned process that must import `workers.vllm_ext`; `start()` prepends the
+project root to `PYTHONPATH` before building the engine, so nothing more is needed. On CPU,
+`start()` also sets `VLLM_CPU_KVCACHE_SPACE` (GiB, from `kv_cache_gib`) and, unless the
+environment already names them, binds the engine's OpenMP threads to every core in the process's
+affinity mask (`VLLM_CPU_OMP_THREADS_BIND=<cores>`, `VLLM_CPU_NUM_OF_RESERVED_CPU=0`). Several
+workers on one machine should each get their own cores through `env_vars` in the runtime_env.
+On CUDA none of the CPU settings are touched.
+
+Policy versions. Every request remembers the version loaded when it was submitted; all of its
+tokens carry that version, because `update_weights` never loads while a request is in the engine:
+
+- interruptible (AReaL): close the gate for new submissions, abort every in-flight request (each
+  stream ends with finish_reason "abort" and the partial tokens + logprobs), wait until all streams
+  have ended, load, reset the prefix cache, set the version, reopen the gate. Each interrupted
+  sample resubmits prompt + partial tokens with the remaining budget; resumed tokens carry the
+  new version. A sample may be interrupted any number of times.
+- non-interruptible (baseline): close the gate, wait for in-flight requests to finish on the old
+  weights, load, reopen.
+
+Behaviour logprobs are the engine's log-probability of each sampled token under the distribution it
+was sampled from (after temperature and top-p: `logprobs_mode="processed_logprobs"`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from areal_sys.trajectory import Trajectory
+
+logger = logging.getLogger(__name__)
+
+PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
+WEIGHT_SYNC_EXTENSION = "workers.vllm_ext.WeightSyncExtension"
+GIB = 1 << 30
+
+
+def _prepend_path(entry: str, current: str | None) -> str:
+    parts = [p for p in (current or "").split(os.pathsep) if p]
+    return os.pathsep.join([entry, *[p for p in parts if p != entry]])
+
+
+def actor_runtime_env(env_vars: dict[str, str] | None = None) -> dict[str, Any]:
+    """Ray `runtime_env` for a RolloutWorker actor: project root on PYTHONPATH, plus `env_vars`.
+
+    Pass e.g. {"VLLM_CPU_OMP_THREADS_BIND": "0-3"} to pin a worker's engine to given cores.
+    """
+    env = {"PYTHONPATH": _prepend_path(PROJECT_ROOT, os.environ.get("PYTHONPATH"))}
+    env.update(env_vars or {})
+    return {"env_vars": env}
+
+
+@dataclass
+class _Sample:
+    """One response being generated: what is kept across interruptions."""
+
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)
+    finish_reason: str = "length"
+    num_interrupts: int = 0
+    finish_time: float = 0.0
+
+
+class RolloutWorker:
+    """Samples groups with vLLM; loads new weights by interrupting (or draining) generation.
+
+    `seed` seeds the engine's sampler: give every worker its own (the controller passes
+    `seed + worker_id`), else workers sampling the same prompt draw the same responses.
+    `interruptible` may be flipped between updates.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        worker_id: int = 0,
+        seed: int = 0,
+        dtype: str = "float32",
+        max_model_len: int = 512,
+        kv_cache_gib: float = 1.0,
+        interruptible: bool = True,
+        enforce_eager: bool = True,
+        gpu_memory_utilization: float = 0.85,
+    ) -> None:
+        self.model_path = model_path
+        self.worker_id = worker_id
+        self.seed = seed
+        self.dtype = dtype
+        self.max_model_len = max_model_len
+        self.kv_cache_gib = kv_cache_gib
+        self.interruptible = interruptible
+        self.enforce_eager = enforce_eager
+        self.gpu_memory_utilization = gpu_memory_utilization
+        self._engine: Any = None
+        self._version = 0
+        self._tokens_generated = 0
+        self._epoch = 0  # bumped by every update; a request seeing a new epoch was interrupted
+        self._serial = 0
+        self._inflight: set[str] = set()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._accepting = asyncio.Event()  # cleared while weights are being swapped
+        self._accepting.set()
+        self._update_lock = asyncio.Lock()
+        self._broken: BaseException | None = None
+
+    # ------------------------------------------------------------------ engine lifecycle
+    def _configure_cpu_env(self) -> None:
+        """Export the vllm-cpu settings the spawned engine process reads at start."""
+        if float(self.kv_cache_gib).is_integer():
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(self.kv_cache_gib))
+        else:  # the variable only takes whole GiB and would override kv_cache_memory_bytes
+            os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+        if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+            cores = sorted(os.sched_getaffinity(0))
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cores))
+            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        logger.info(
+            "rollout worker %d on CPU: KV cache %.2f GiB, OMP bind %s, reserved %s",
+            self.worker_id,
+            self.kv_cache_gib,
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"],
+            os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU"),
+        )
+
+    async def start(self) -> None:
+        """Build the AsyncLLM (spawns the engine process; ~20-40 s on CPU). Idempotent."""
+        if self._engine is not None:
+            return
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        os.environ["PYTHONPATH"] = _prepend_path(PROJECT_ROOT, os.environ.get("PYTHONPATH"))
+        on_cpu = current_platform.is_cpu()
+        if on_cpu:
+            self._configure_cpu_env()
+        args = AsyncEngineArgs(
+            model=self.model_path,
+            dtype=self.dtype,
+            seed=self.seed,
+            max_model_len=self.max_model_len,
+            enforce_eager=self.enforce_eager,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            kv_cache_memory_bytes=int(self.kv_cache_gib * GIB) if on_cpu else None,
+            logprobs_mode="processed_logprobs",
+            worker_extension_cls=WEIGHT_SYNC_EXTENSION,
+            disable_log_stats=True,
+        )
+        self._engine = AsyncLLM.from_engine_args(args)
+
+    async def shutdown(self) -> None:
+        """Stop the engine process (call before `ray.shutdown()`, else /dev/shm segments leak)."""
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.shutdown()
+
+    def _require_engine(self) -> Any:
+        if self._engine is None:
+            raise RuntimeError(f"rollout worker {self.worker_id}: call start() first")
+        return self._engine
+
+    # ------------------------------------------------------------------ generation
+    async def generate_group(
+        self,
+        *,
+        group_id: int,
+        prompt_uid: str,
+        prompt_ids: list[int],
+        n: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        task: str = "synthetic",
+        reference: str = "",
+    ) -> list[Trajectory]:
+        """Sample `n` responses to `prompt_ids` (token ids, used as given) as n requests."""
+        engine = self._require_engine()
+        if n < 1 or max_new_tokens < 1 or not prompt_ids:
+            raise ValueError(
+                f"group {group_id}: need n >= 1, max_new_tokens >= 1 and a non-empty prompt "
+                f"(n={n}, max_new_tokens={max_new_tokens}, prompt tokens={len(prompt_ids)})"
+            )
+        if len(prompt_ids) + max_new_tokens > self.max_model_len:
+            raise ValueError(
+                f"group {group_id}: prompt ({len(prompt_ids)} tokens) + max_new_tokens "
+                f"({max_new_tokens}) exceeds max_model_len {self.max_model_len}"
+            )
+        prompt_ids = list(prompt_ids)
+        submit_time = time.time()
+        self._serial += 1  # request ids stay unique even if a group id is reused
+        rid = f"{self.worker_id}-{group_id}-{self._serial}"
+        samples = await asyncio.gather(
+            *(
+                self._sample(f"{rid}-{i}", prompt_ids, max_new_tokens, temperature, top_p)
+                for i in range(n)
+            )
+        )
+        tokenizer = engine.get_tokenizer()
+        return [
+            Trajectory(
+                prompt_uid=prompt_uid,
+                group_id=group_id,
+                prompt_ids=list(prompt_ids),
+                response_ids=s.tokens,
+                behav_logprobs=s.logprobs,
+                versions=s.versions,
+                loss_mask=[1] * len(s.tokens),
+                finish_reason=s.finish_reason,
+                num_interrupts=s.num_interrupts,
+                response_text=tokenizer.decode(s.tokens, skip_special_tokens=True),
+                reference=reference,
+                task=task,
+                submit_time=submit_time,
+                finish_time=s.finish_time,
+                worker_id=self.worker_id,
+            )
+            for s in samples
+        ]
+
+    async def _sample(
+        self, rid: str, prompt_ids: list[int], max_new_tokens: int, temperature: float,
+        top_p: float,
+    ) -> _Sample:
+        """Generate one response, resubmitting prompt + partial tokens after each interruption."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        s = _Sample()
+        while True:
+            while not self._accepting.is_set():  # a weight update is in progress
+                await self._accepting.wait()
+            if self._broken is not None:
+                raise RuntimeError("rollout engine unusable after a failed weight load") from (
+                    self._broken
+                )
+            # No await between the gate check and registering in _inflight: an update either
+            # sees this request in _inflight or happens entirely before it is submitted.
+            epoch, version = self._epoch, self._version
+            req_id = f"{rid}-{s.num_interrupts}"
+            params = SamplingParams(
+                max_tokens=max_new_tokens - len(s.tokens),
+                temperature=temperature,
+                top_p=top_p,
+                logprobs=0,  # the sampled token's logprob only
+                detokenize=False,  # text is decoded once at the end
+                output_kind=RequestOutputKind.DELTA,
+            )
+            self._inflight.add(req_id)
+            self._drained.clear()
+            finish: str | None = None
+            try:
+                prompt = {"prompt_token_ids": prompt_ids + s.tokens}
+                async for out in self._engine.generate(prompt, params, req_id):
+                    completion = out.outputs[0]
+                    new = list(completion.token_ids)
+                    lps = completion.logprobs or []
+                    if len(lps) != len(new):
+                        raise RuntimeError(f"{req_id}: {len(new)} tokens but {len(lps)} logprobs")
+                    s.tokens += new
+                    s.logprobs += [lp[tok].logprob for tok, lp in zip(new, lps, strict=True)]
+                    s.versions += [version] * len(new)
+                    self._tokens_generated += len(new)
+                    if out.finished:
+                        finish = completion.finish_reason
+                    elif self.interruptible and self._epoch != epoch:
+                        # submitted while an update's abort was being sent: stop it ourselves
+                        await self._engine.abort(req_id)
+            finally:
+                self._inflight.discard(req_id)
+                if not self._inflight:
+                    self._drained.set()
+            interrupted = finish == "abort" and self._epoch != epoch
+            if interrupted and len(s.tokens) < max_new_tokens:
+                s.num_interrupts += 1
+                continue
+            s.finish_reason = "length" if interrupted else (finish or "abort")
+            s.finish_time = time.time()
+            return s
+
+    # ------------------------------------------------------------------ weights
+    async def update_weights(self, path: str, version: int) -> dict[str, float | int]:
+        """Load the HF-named safetensors file at `path` as policy `version`.
+
+        Returns seconds spent draining in-flight requests (`drain_s`), in the engine's reload
+        (`reload_s`), loading incl. prefix-cache reset (`load_s`), overall (`total_s`), the number
+        of requests aborted (`interrupted`, 0 when not interruptible) and the new `version`.
+        """
+        engine = self._require_engine()
+        async with self._update_lock:
+            t0 = time.perf_counter()
+            self._accepting.clear()
+            self._epoch += 1
+            interrupted = 0
+            try:
+                if self.interruptible and self._inflight:
+                    ids = sorted(self._inflight)
+                    interrupted = len(ids)
+                    await engine.abort(ids)
+                while self._inflight:
+                    await self._drained.wait()
+                t1 = time.perf_counter()
+                try:
+                    results = await engine.collective_rpc("load_weights_from_file", args=(path,))
+                    if not await engine.reset_prefix_cache():
+                        raise RuntimeError("prefix cache reset failed: requests still hold KV")
+                except BaseException as exc:  # weights may be half-loaded: refuse to sample
+                    self._broken = exc
+                    raise
+                t2 = time.perf_counter()
+                self._version = version
+            finally:
+                self._accepting.set()
+            return {
+                "version": version,
+                "interrupted": interrupted,
+                "drain_s": t1 - t0,
+                "reload_s": max(r["reload_s"] for r in results),
+                "load_s": t2 - t1,
+                "total_s": t2 - t0,
+            }
+
+    async def tokens_generated(self) -> int:
+        """Tokens generated so far (monotonic, counted as they stream, partial ones included)."""
+        return self._tokens_generated
+
+    async def get_version(self) -> int:
+        """Policy version of the loaded weights."""
+        return self._version
