@@ -7,6 +7,7 @@ code 2, before Ray starts.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train: areal-sys run CONFIG [a.b=c ...]")
     run.add_argument("config")
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.total_steps=5")
-    val = sub.add_parser("validate", help="check a config (and overrides) without starting anything")
+    val = sub.add_parser("validate", help="check a config without starting anything")
     val.add_argument("config")
     val.add_argument("overrides", nargs="*")
     tiny = sub.add_parser("make-tiny-model", help="build (or reuse) the cached tiny CPU model")
@@ -63,32 +64,36 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _load_prompts(cfg: ExperimentConfig, model_path: str) -> tuple[list[Any], list[Any]]:
-    from transformers import AutoTokenizer
+def _load_rows(cfg: ExperimentConfig) -> dict[str, list[Any]]:
+    """Read (and so validate) both datasets before anything expensive starts."""
+    from areal_sys.data.loading import DataError, load_rows
 
-    from areal_sys.data.loading import DataError, load_rows, render_prompt
-    from controller.controller import Prompt
-
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
     d = cfg.data
-    out = []
-    for source, split, size in ((d.train, "train", d.synthetic_train_size),
-                                (d.eval, "eval", d.synthetic_eval_size)):
+    rows = {}
+    for split, source, size in (("train", d.train, d.synthetic_train_size),
+                                ("eval", d.eval, d.synthetic_eval_size)):
         try:
-            rows = load_rows(source, prompt_field=d.prompt_field, answer_field=d.answer_field,
-                             uid_field=d.uid_field, task=d.task, split=split,
-                             synthetic_size=size, seed=cfg.seed)
+            rows[split] = load_rows(source, prompt_field=d.prompt_field,
+                                    answer_field=d.answer_field, uid_field=d.uid_field,
+                                    task=d.task, split=split, synthetic_size=size, seed=cfg.seed)
         except DataError as e:
             raise UserError(f"data.{split}: {e}") from None
-        prompts = []
-        for row in rows:
-            ids = render_prompt(d.prompt_template, row.prompt, tokenizer)
-            if len(ids) > d.max_prompt_tokens:
-                raise UserError(f"data.{split}: prompt {row.uid!r} has {len(ids)} tokens, more "
-                                f"than data.max_prompt_tokens={d.max_prompt_tokens}")
-            prompts.append(Prompt(row.uid, ids, row.reference, row.task))
-        out.append(prompts)
-    return out[0], out[1]
+    return rows
+
+
+def _encode(cfg: ExperimentConfig, rows: list[Any], split: str, tokenizer: Any) -> list[Any]:
+    from areal_sys.data.loading import render_prompt
+    from controller.controller import Prompt
+
+    limit = cfg.data.max_prompt_tokens
+    prompts = []
+    for row in rows:
+        ids = render_prompt(cfg.data.prompt_template, row.prompt, tokenizer)
+        if len(ids) > limit:
+            raise UserError(f"data.{split}: prompt {row.uid!r} has {len(ids)} tokens, more than "
+                            f"data.max_prompt_tokens={limit}")
+        prompts.append(Prompt(row.uid, ids, row.reference, row.task))
+    return prompts
 
 
 def _run(cfg: ExperimentConfig) -> int:
@@ -101,8 +106,13 @@ def _run(cfg: ExperimentConfig) -> int:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
+    rows = _load_rows(cfg)
     model_path = runtime.resolve_model(cfg, progress=cfg.logging.progress_bar)
-    train, held_out = _load_prompts(cfg, model_path)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    train = _encode(cfg, rows["train"], "train", tokenizer)
+    held_out = _encode(cfg, rows["eval"], "eval", tokenizer)
 
     runtime.start_ray(cfg)
     actors = None
@@ -117,6 +127,8 @@ def _run(cfg: ExperimentConfig) -> int:
     finally:
         runtime.shutdown(actors)
     elapsed = time.time() - t_start
+    results["wall_time_s"] = elapsed
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     if "pass_rate_before" in results:
         before, after = results["pass_rate_before"], results["pass_rate_after"]
         print(f"held-out pass rate: before {100 * before:.1f}% -> after {100 * after:.1f}% "

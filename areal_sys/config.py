@@ -66,7 +66,7 @@ class DataConfig(Section):
     synthetic_train_size: int = Field(4096, ge=1, description="problems in the synthetic train set")
     synthetic_eval_size: int = Field(256, ge=1, description="problems in the synthetic eval set")
     shuffle: bool = True
-    max_prompt_tokens: int = Field(256, ge=1, description="longer prompts are rejected with a reason")
+    max_prompt_tokens: int = Field(256, ge=1, description="longer prompts are rejected")
 
 
 class RolloutConfig(Section):
@@ -172,7 +172,9 @@ class ExperimentConfig(Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentConfig:
         if self.rollout.max_new_tokens + 1 >= self.rollout.max_model_len:
-            raise ValueError("rollout.max_new_tokens must leave room for the prompt in max_model_len")
+            raise ValueError(
+                "rollout.max_new_tokens must leave room for the prompt in rollout.max_model_len"
+            )
         if self.trainer.max_tokens_per_microbatch < self.rollout.max_model_len:
             raise ValueError(
                 "trainer.max_tokens_per_microbatch must hold one full sequence (>= max_model_len)"
@@ -231,7 +233,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{path}:{where} YAML syntax error: {getattr(e, 'problem', e)}") from None
+            problem = getattr(e, "problem", e)
+            raise ConfigError(f"{path}:{where} YAML syntax error: {problem}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -36,7 +36,9 @@ def resolve_model(cfg: ExperimentConfig, progress: bool = True) -> str:
                                                                "*.model", "*.py"])
     except Exception as e:  # noqa: BLE001 - any hub failure is a configuration problem here
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"model.path: cannot resolve Hugging Face model {path!r}: {reason}") from None
+        raise ConfigError(
+            f"model.path: cannot resolve Hugging Face model {path!r}: {reason}"
+        ) from None
 
 
 def start_ray(cfg: ExperimentConfig) -> None:

@@ -54,3 +54,15 @@ def test_import_is_light():
             "print(sorted(m for m in ('ray', 'vllm', 'deepspeed') if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert res.stdout.strip() == "[]", res.stderr
+
+
+def test_bad_dataset_exits_2_before_anything_starts(tmp_path):
+    missing = areal_sys("run", "configs/local_tiny.yaml", f"data.train={tmp_path}/none.jsonl")
+    assert missing.returncode == 2
+    assert missing.stderr.startswith("areal-sys: error: data.train:"), missing.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "1+1=", "answer": "2"}\n{"question": "no prompt field"}\n')
+    res = areal_sys("run", "configs/local_tiny.yaml", f"data.train={bad}")
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "data.train:" in lines[0] and ":2" in lines[0], res.stderr
