@@ -1,0 +1,114 @@
+"""Policy losses: per-token loss ℓ and per-token statistics, before aggregation.
+
+Every loss takes tensors of one shape ([S, L]: sequences × response positions, or any shape):
+`logprobs` (current policy π_θ, differentiable), `proximal_logprobs` (π_prox: weights before this
+update), `behav_logprobs` (π_b: recorded by the rollout engine), `advantages` A and `mask` M
+(1 for tokens that train). It returns `(loss, stats)`: `loss` has the input shape, is zero where
+M = 0 (and where a token's behaviour weight is masked out), and still needs aggregating
+(aggregation.py); `stats` holds detached per-token float tensors (`clipped`, `behav_weight`,
+`capped`) that the caller averages over M.
+
+Formulas and hand-checked values: ALGORITHMS.md, "Policy losses".
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from areal_sys.algorithms.registry import POLICY_LOSS, register
+
+LossOutput = tuple[torch.Tensor, dict[str, torch.Tensor]]
+
+
+@register(
+    POLICY_LOSS,
+    "decoupled_ppo",
+    options={
+        "clip_low": "clip_low",
+        "clip_high": "clip_high",
+        "behav_weight_cap": "behav_weight_cap",
+        "behav_cap_mode": "behav_cap_mode",
+    },
+)
+def decoupled_ppo_loss(
+    logprobs: torch.Tensor,
+    proximal_logprobs: torch.Tensor,
+    behav_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    behav_weight_cap: float | None = None,
+    behav_cap_mode: Literal["mask", "clamp"] = "mask",
+) -> LossOutput:
+    """Decoupled PPO (AReaL): ℓ = −w · min(u·A, clip(u, 1−ε_low, 1+ε_high)·A), with
+    u = exp(logπ_θ − logπ_prox) and the behaviour weight w = exp(logπ_prox − logπ_b) a constant.
+
+    Behaviour-weight cap c (`behav_weight_cap`): tokens with w > c get ℓ = 0 in mode `mask` (they
+    still count in the aggregation denominator, which the caller computes from M), or w := c in
+    mode `clamp`. `None` never caps; w is always applied (never silently dropped).
+    Sanity (probabilities; pass their logs): π_b=0.1, π_prox=0.2, π_θ=0.22, A=1 → w=2, u=1.1,
+    ℓ=−2.2 with a gradient; π_θ=0.30 → u=1.5 clipped to 1.2, ℓ=−2.4, no gradient.
+    Stats: `clipped` (1 where the clipped term is active, i.e. no gradient), `behav_weight` (w
+    before capping), `capped` (1 where w > c).
+    """
+    if behav_cap_mode not in ("mask", "clamp"):
+        raise ValueError(f"behav_cap_mode must be 'mask' or 'clamp', got {behav_cap_mode!r}")
+    logp = logprobs.float()
+    prox = proximal_logprobs.detach().float()
+    keep = mask.bool()
+    adv = advantages.detach().float()
+    weight = torch.exp(prox - behav_logprobs.detach().float())
+    if behav_weight_cap is None:
+        capped = torch.zeros_like(keep)
+        w_eff = weight
+    else:
+        capped = weight > behav_weight_cap
+        # A masked token gets w = 0 (not ℓ·0 afterwards): w may be inf and 0·inf poisons gradients.
+        w_eff = (
+            torch.where(capped, torch.zeros_like(weight), weight)
+            if behav_cap_mode == "mask"
+            else weight.clamp(max=behav_weight_cap)
+        )
+    ratio = torch.exp(logp - prox)
+    surrogate = torch.minimum(ratio * adv, ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * adv)
+    loss = torch.where(keep, -w_eff * surrogate, torch.zeros_like(surrogate))
+    clipped = ((adv > 0) & (ratio > 1.0 + clip_high)) | ((adv < 0) & (ratio < 1.0 - clip_low))
+    stats = {
+        "clipped": clipped.detach().float(),
+        "behav_weight": weight,
+        "capped": capped.float(),
+    }
+    return loss, stats
+
+
+@register(POLICY_LOSS, "ppo_clip", options={"clip_low": "clip_low", "clip_high": "clip_high"})
+def ppo_clip_loss(
+    logprobs: torch.Tensor,
+    proximal_logprobs: torch.Tensor,
+    behav_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+) -> LossOutput:
+    """Standard PPO clip against the behaviour policy (the ablation of decoupled PPO):
+    logπ_prox := logπ_b and w = 1, so ℓ = −min(r·A, clip(r, 1−ε_low, 1+ε_high)·A) with
+    r = exp(logπ_θ − logπ_b). `proximal_logprobs` is accepted for the common interface and unused.
+    Sanity (probabilities): π_b=0.1, π_θ=0.22, A=1 → r=2.2 is clipped at 1.2 → no gradient.
+    """
+    del proximal_logprobs
+    return decoupled_ppo_loss(
+        logprobs,
+        behav_logprobs,
+        behav_logprobs,
+        advantages,
+        mask,
+        clip_low=clip_low,
+        clip_high=clip_high,
+        behav_weight_cap=None,
+    )

@@ -1,0 +1,214 @@
+"""TrainerWorker with a real DeepSpeed ZeRO engine (gloo, world size 1, in-process), tiny model.
+
+Reference log-probs come from a plain transformers forward pass (one unpacked sequence at a time)
+of the weights the worker exports, so every check also exercises `export_weights`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from areal_sys.algorithms import grpo_advantages
+from areal_sys.config import AlgorithmConfig, TrainerConfig
+from areal_sys.trajectory import Group, Trajectory
+from workers.trainer import TrainerWorker, lr_at_step, prepare_batch
+
+VOCAB = 22  # the tiny char vocabulary
+
+
+def make_groups(n_groups: int, size: int, seed: int) -> list[Group]:
+    """Random prompts/responses; rewards alternate 1/0 so every group has mixed advantages."""
+    rng = random.Random(seed)
+    groups = []
+    for g in range(n_groups):
+        prompt = [rng.randrange(3, VOCAB) for _ in range(rng.randint(3, 8))]
+        trajs = []
+        for k in range(size):
+            resp = [rng.randrange(3, VOCAB) for _ in range(rng.randint(4, 24))]
+            n = len(resp)
+            trajs.append(
+                Trajectory(f"p{g}", g, prompt, resp, [-3.0] * n, [0] * n, [1] * n, reward=k % 2)
+            )
+        groups.append(Group(g, f"p{g}", trajs))
+    return groups
+
+
+def test_lr_schedule() -> None:
+    kw: dict[str, Any] = {"lr": 1.0, "warmup_steps": 4, "total_steps": 14}
+    assert [lr_at_step(s, schedule="constant", **kw) for s in (0, 3, 4, 13)] == [0.25, 1, 1, 1]
+    cosine = [lr_at_step(s, schedule="cosine", **kw) for s in (4, 9, 14, 20)]
+    assert cosine == pytest.approx([1.0, 0.5, 0.0, 0.0], abs=1e-9)
+
+
+def test_prepare_batch_broadcasts_group_advantages_and_skips_empty_responses() -> None:
+    groups = make_groups(2, 4, seed=0)
+    empty = groups[1].trajectories[3]
+    groups[1].trajectories[3] = Trajectory(empty.prompt_uid, 1, empty.prompt_ids, [], [], [], [])
+    batch = prepare_batch(groups, grpo_advantages)
+    assert len(batch.prompts) == 7
+    expected = grpo_advantages(torch.tensor([0.0, 1.0, 0.0, 1.0]))
+    for k in range(4):
+        assert torch.allclose(batch.adv[k], expected[k].expand(len(batch.responses[k])))
+    # the empty response still counts in its group's statistics (rewards 0, 1, 0, 0)
+    assert batch.adv[4][0].item() == pytest.approx(-0.5, abs=1e-5)
+    assert batch.names[6] == "p1/group1/sample2"
+
+
+# ------------------------------------------------------------------------- real DeepSpeed engine
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory: pytest.TempPathFactory):
+    from areal_sys.models.tiny import save_random_tiny_model
+
+    path = save_random_tiny_model(tmp_path_factory.mktemp("trainer_model"), seed=0)
+    cfg = TrainerConfig(lr=1e-3, ppo_minibatches=2, max_tokens_per_microbatch=128).model_dump()
+    w = TrainerWorker(
+        str(path), trainer_cfg=cfg, algo_cfg=AlgorithmConfig().model_dump(),
+        master_port=_free_port(),
+    )
+    w.setup()
+    yield w
+    w.shutdown()
+
+
+def exported_model(worker: TrainerWorker, path: Path) -> Any:
+    """A fresh transformers model holding the weights `worker` exports to `path`."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    assert worker.export_weights(str(path))["num_bytes"] > 0
+    model = AutoModelForCausalLM.from_pretrained(worker.model_path, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
+    assert unexpected == [] and missing == ["lm_head.weight"]  # tied to the embeddings
+    model.tie_weights()
+    return model.eval()
+
+
+def plain_logprobs(model: Any, groups: list[Group]) -> list[list[list[float]]]:
+    """Per trajectory, log p(response token | prefix): one unpacked forward per sequence."""
+    out = []
+    with torch.no_grad():
+        for g in groups:
+            rows = []
+            for t in g.trajectories:
+                logits = model(input_ids=torch.tensor([t.prompt_ids + t.response_ids])).logits[0]
+                logp = torch.log_softmax(logits[len(t.prompt_ids) - 1 : -1], dim=-1)
+                rows.append(logp.gather(1, torch.tensor(t.response_ids)[:, None])[:, 0].tolist())
+            out.append(rows)
+    return out
+
+
+def max_diff(a: list[list[list[float]]], b: list[list[list[float]]]) -> float:
+    return max(
+        abs(x - y)
+        for ga, gb in zip(a, b, strict=True)
+        for ta, tb in zip(ga, gb, strict=True)
+        for x, y in zip(ta, tb, strict=True)
+    )
+
+
+@pytest.mark.slow
+def test_export_weights_reproduce_trained_logits(worker: TrainerWorker, tmp_path: Path) -> None:
+    worker.train_step(make_groups(2, 4, seed=1), step=0)
+    target = tmp_path / "weights.safetensors"
+    model = exported_model(worker, target)
+    assert [p.name for p in tmp_path.iterdir()] == ["weights.safetensors"]  # no temp file left
+    ids = torch.tensor([[3, 9, 4, 11, 5, 17, 6]])
+    with torch.no_grad():
+        ref = worker.engine.module(input_ids=ids, use_cache=False).logits
+        assert (model(input_ids=ids).logits - ref).abs().max().item() < 1e-5
+
+
+@pytest.mark.slow
+def test_proximal_logprobs_equal_plain_forward_before_update(
+    worker: TrainerWorker, tmp_path: Path
+) -> None:
+    """Behaviour log-probs := a plain forward of the current weights. The proximal pass of the
+    next step must reproduce them: KL(behav, prox) ≈ 0 and every behaviour weight ≈ 1."""
+    groups = make_groups(3, 4, seed=2)
+    reference = plain_logprobs(exported_model(worker, tmp_path / "w.safetensors"), groups)
+    assert max_diff(worker.compute_logprobs(groups), reference) < 1e-4
+    for g, rows in zip(groups, reference, strict=True):
+        for t, lp in zip(g.trajectories, rows, strict=True):
+            t.behav_logprobs = lp
+    m = worker.train_step(groups, step=1)
+    assert abs(m["approx_kl_behav"]) < 1e-5
+    assert m["behav_weight_max"] == pytest.approx(1.0, abs=1e-4)
+    assert m["behav_weight_mean"] == pytest.approx(1.0, abs=1e-5)
+    assert m["num_minibatches"] == 2 and m["n_seqs"] == 12 and m["num_microbatches"] >= 2
+
+
+@pytest.mark.slow
+def test_micro_batch_accumulation_equals_one_big_batch(worker: TrainerWorker) -> None:
+    """Global loss normalisation: 1 or many micro-batches give the same loss and gradient norm.
+    (lr 0 keeps the weights fixed between the two steps.)"""
+    groups = make_groups(4, 4, seed=3)
+    saved = dict(worker.cfg)
+    worker.cfg.update(lr=0.0, ppo_minibatches=1)
+    try:
+        results = []
+        for budget in (1024, 40):
+            worker.cfg["max_tokens_per_microbatch"] = budget
+            results.append(worker.train_step(groups, step=5))
+    finally:
+        worker.cfg = saved
+    one, many = results
+    assert one["num_microbatches"] == 1 and many["num_microbatches"] >= 4
+    assert many["loss"] == pytest.approx(one["loss"], abs=1e-6)
+    assert many["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4)
+    assert math.isfinite(one["grad_norm"]) and one["grad_norm"] > 0
+
+
+@pytest.mark.slow
+def test_train_steps_raise_logprob_of_positive_advantage_responses(worker: TrainerWorker) -> None:
+    groups = make_groups(4, 4, seed=4)
+    before = worker.compute_logprobs(groups)
+    for g, rows in zip(groups, before, strict=True):  # sampled by the current policy
+        for t, lp in zip(g.trajectories, rows, strict=True):
+            t.behav_logprobs = lp
+    metrics = [worker.train_step(groups, step=s) for s in range(2, 5)]
+    after = worker.compute_logprobs(groups)
+    # mean change of the response log-likelihood per token, by sign of the advantage
+    changes: dict[bool, list[float]] = {True: [], False: []}
+    for g, b_rows, a_rows in zip(groups, before, after, strict=True):
+        for t, b, a in zip(g.trajectories, b_rows, a_rows, strict=True):
+            changes[t.reward > 0].append((sum(a) - sum(b)) / len(a))
+    up, down = changes[True], changes[False]
+    assert sum(up) / len(up) > 0.05 and sum(down) / len(down) < -0.05
+    assert sum(x > 0 for x in up) >= 0.75 * len(up) and sum(x < 0 for x in down) >= 0.75 * len(down)
+    for m in metrics:
+        for key in ("loss", "entropy", "clip_frac", "grad_norm", "approx_kl_behav"):
+            assert math.isfinite(m[key]), key
+        assert m["lr"] == pytest.approx(1e-3) and m["n_tokens"] > m["n_loss_tokens"] > 0
+        assert 0.0 <= m["clip_frac"] <= 1.0 and 0.0 <= m["padding_waste"] < 1.0
+    # on-policy at first (behaviour = proximal), then the proximal policy drifts from behaviour
+    assert abs(metrics[0]["approx_kl_behav"]) < 1e-5
+    assert abs(metrics[-1]["approx_kl_behav"]) > 1e-4 and metrics[-1]["behav_weight_max"] > 1.0
+
+
+@pytest.mark.slow
+def test_save_hf_loads_in_transformers(worker: TrainerWorker, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    worker.save_hf(str(tmp_path / "hf"))
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    ids = torch.tensor([tok.encode("12+3=")])
+    with torch.no_grad():
+        ref = worker.engine.module(input_ids=ids, use_cache=False).logits
+        assert (model(input_ids=ids).logits - ref).abs().max().item() < 1e-5
