@@ -142,6 +142,9 @@ class ClusterConfig(Section):
     reward_cpus: float = Field(0.0, ge=0)
     rollout_gpus: float = Field(0.0, ge=0)
     trainer_gpus: float = Field(0.0, ge=0)
+    pin_cpus: bool = Field(
+        True, description="local CPU runs: give each rollout engine and trainer its own cores"
+    )
 
 
 class LoggingConfig(Section):

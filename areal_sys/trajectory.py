@@ -26,7 +26,7 @@ class Trajectory:
     behav_logprobs: list[float]
     versions: list[int]
     loss_mask: list[int]
-    finish_reason: str = "stop"  # stop | length | abort (never trained) ; "+resumed" when interrupted
+    finish_reason: str = "stop"  # stop | length | abort; interruptions: see num_interrupts
     reward: float = 0.0
     reward_ok: bool = True
     reward_reason: str = ""

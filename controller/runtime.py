@@ -68,6 +68,33 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def cpu_placement(cfg: ExperimentConfig) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Environment pinning each rollout engine and trainer rank to its own cores (local CPU runs).
+
+    Cores are handed out in order, rollout workers first, `cluster.rollout_cpus` /
+    `cluster.trainer_cpus` each (at least one), wrapping around when the machine has fewer: on
+    2 cores the engine gets core 0 and the trainer core 1, so neither one's OpenMP threads spin on
+    the other's core. Empty dicts on GPU or in a cluster, where Ray places the actors.
+    """
+    c = cfg.cluster
+    n_roll, n_train = cfg.rollout.num_workers, cfg.trainer.num_workers
+    if c.address or c.rollout_gpus or c.trainer_gpus or not c.pin_cpus:
+        return [{} for _ in range(n_roll)], [{} for _ in range(n_train)]
+    cores = sorted(os.sched_getaffinity(0))
+    nxt = 0
+
+    def take(k: float) -> str:
+        nonlocal nxt
+        ids = [cores[(nxt + j) % len(cores)] for j in range(max(1, int(k)))]
+        nxt += len(ids)
+        return ",".join(map(str, sorted(set(ids))))
+
+    rollout = [{"VLLM_CPU_OMP_THREADS_BIND": take(c.rollout_cpus),
+                "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"} for _ in range(n_roll)]
+    trainer = [{"AREAL_SYS_CPU_CORES": take(c.trainer_cpus)} for _ in range(n_train)]
+    return rollout, trainer
+
+
 @dataclass
 class Actors:
     rollout: list[Any]
@@ -85,11 +112,16 @@ def create_actors(cfg: ExperimentConfig, model_path: str) -> Actors:
     from workers.trainer import TrainerWorker
 
     env = {"env_vars": {"PYTHONPATH": str(PROJECT_ROOT)}}
+    rollout_pins, trainer_pins = cpu_placement(cfg)
+
+    def pinned(extra: dict[str, str]) -> dict[str, Any]:
+        return {"env_vars": {**env["env_vars"], **extra}}
+
     rollout_cls = ray.remote(RolloutWorker)
     rollout = [
         rollout_cls.options(
             num_cpus=cfg.cluster.rollout_cpus, num_gpus=cfg.cluster.rollout_gpus,
-            runtime_env=env, max_concurrency=1000,
+            runtime_env=pinned(rollout_pins[i]), max_concurrency=1000,
         ).remote(
             model_path, worker_id=i, seed=cfg.seed + i, dtype=cfg.model.dtype,
             max_model_len=cfg.rollout.max_model_len, kv_cache_gib=cfg.rollout.kv_cache_gib,
@@ -102,7 +134,8 @@ def create_actors(cfg: ExperimentConfig, model_path: str) -> Actors:
     trainer_cls = ray.remote(TrainerWorker)
     trainers = [
         trainer_cls.options(
-            num_cpus=cfg.cluster.trainer_cpus, num_gpus=cfg.cluster.trainer_gpus, runtime_env=env,
+            num_cpus=cfg.cluster.trainer_cpus, num_gpus=cfg.cluster.trainer_gpus,
+            runtime_env=pinned(trainer_pins[r]),
         ).remote(
             model_path, trainer_cfg=cfg.trainer.model_dump(), algo_cfg=cfg.algorithm.model_dump(),
             rank=r, world_size=cfg.trainer.num_workers, master_port=port, dtype=cfg.model.dtype,

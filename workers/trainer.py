@@ -50,6 +50,7 @@ from areal_sys.trajectory import Group
 
 log = logging.getLogger(__name__)
 
+CPU_CORES_ENV = "AREAL_SYS_CPU_CORES"  # comma-separated core ids this rank may use (CPU only)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -151,7 +152,11 @@ class TrainerWorker:
         )
         if on_gpu:
             torch.cuda.set_device(local_rank)
-        else:  # the shm op serves only inference_all_reduce; skip its compile (see module doc)
+        elif cores := os.environ.get(CPU_CORES_ENV):  # pinned by the controller (local CPU runs)
+            ids = [int(c) for c in cores.split(",")]
+            os.sched_setaffinity(0, ids)
+            torch.set_num_threads(len(ids))
+        if not on_gpu:  # the shm op serves only inference_all_reduce: skip its compile (module doc)
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         deepspeed.utils.logger.setLevel(logging.WARNING)
         deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
