@@ -74,8 +74,8 @@ def test_generation_overlaps_training_only_when_async(run):
         assert all(a["trainer_version"] == a["min_token_version"] for a in audit)
     else:
         assert overlap > 0
-        # A response interrupted by a weight push resumes on the new weights: two versions. On
-        # 2 cores the trainer is usually the slower side, so interruptions may not happen in a
-        # short run; tests/workers/test_rollout.py forces them.
-        if any(a["num_interrupts"] > 0 for a in audit):
-            assert any(a["max_token_version"] > a["min_token_version"] for a in audit)
+        # Tokens of one response span two versions only through an interruption (checked line
+        # by line above); tests/workers/test_rollout.py forces interruptions and checks that the
+        # resumed tokens come from the new weights. On 2 cores the trainer is usually the slower
+        # side, so a short run may see none.
+        assert all(a["trainer_version"] - a["admit_version"] <= eta for a in audit)
