@@ -33,8 +33,8 @@ class ModelConfig(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="dtype of the trainer and the rollout engine"
     )
-    tiny_sft_steps: int = Field(
-        300, ge=0, description="supervised warm-start steps when building the tiny model"
+    tiny_sft_steps: int | None = Field(
+        None, ge=0, description="supervised warm-start steps of the tiny model (None: built-in)"
     )
 
     @field_validator("path")

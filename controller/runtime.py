@@ -25,8 +25,9 @@ def resolve_model(cfg: ExperimentConfig, progress: bool = True) -> str:
     if path == TINY_MODEL:
         from areal_sys.models.tiny import ensure_tiny_model
 
-        return str(ensure_tiny_model(seed=cfg.seed, sft_steps=cfg.model.tiny_sft_steps,
-                                     progress=progress))
+        steps = cfg.model.tiny_sft_steps
+        extra = {} if steps is None else {"sft_steps": steps}
+        return str(ensure_tiny_model(seed=cfg.seed, progress=progress, **extra))
     if Path(path).expanduser().is_dir():
         return str(Path(path).expanduser().resolve())
     try:

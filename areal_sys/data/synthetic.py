@@ -8,10 +8,12 @@ per operation and ends with a checkable final answer::
     12+8=20
     #### 20
 
-The model's response is the solution followed by EOS. The number of operands is long-tailed,
-``k = 2 + Geometric(p)`` capped at ``MAX_OPERANDS``, so most responses are short (median 2 steps)
-while a few are several times longer (up to 11 steps) -- the length spread that makes
-asynchronous rollout worthwhile. Every character belongs to the tiny tokenizer's vocabulary
+The model's response is the solution followed by EOS. Generated problems use single-digit
+operands (1..9) and keep every running value in [0, 99], so each step is a small two-digit
+addition or subtraction; the difficulty lies in the length of the chain. The number of operands
+is long-tailed, ``k = 2 + Geometric(P_STOP)`` capped at ``MAX_OPERANDS``: the median solution has
+2 steps (~20 tokens) while the longest have 15 (~130 tokens, within a 150-token budget) -- the
+length spread that makes asynchronous rollout worthwhile. Every character belongs to the tiny tokenizer's vocabulary
 (`areal_sys.models.tiny.CHARS`); one character is one token.
 
 Train and eval problems are disjoint by construction: a prompt belongs to the eval split iff a
@@ -25,14 +27,16 @@ import random
 import re
 
 TASK_VERSION = 1  # bump when the generator changes: it keys the tiny-model cache
-MIN_OPERAND, MAX_OPERAND = 1, 20
+MIN_OPERAND, MAX_OPERAND = 1, 9
+MAX_VALUE = 99  # running values stay in [0, MAX_VALUE]
 P_STOP = 0.4  # geometric parameter: P(k = 2 + j) = P_STOP * (1 - P_STOP) ** j
-MAX_OPERANDS = 12
+MAX_OPERANDS = 16
 EVAL_BUCKETS = 8  # one prompt in EVAL_BUCKETS (by hash) is held out for evaluation
 MAX_SOLUTION_CHARS = 149  # response budget: solution + EOS <= 150 tokens
 
 _ANSWER_RE = re.compile(r" {0,8}(-?[0-9]{1,30})(?![0-9])")
 _MARKER = "####"
+_TERM_RE = re.compile(r"([+-]?)([0-9]+)")
 _SPLITS = ("train", "eval")
 
 
@@ -51,22 +55,42 @@ def _num_operands(rng: random.Random) -> int:
 
 def _render(operands: list[int], ops: list[str]) -> dict[str, str]:
     """Prompt, step-by-step solution and answer of one chain (ops[i] joins operand i and i+1)."""
-    prompt = str(operands[0]) + "".join(o + str(b) for o, b in zip(ops, operands[1:])) + "="
-    value = operands[0]
+    tail = "".join(o + str(b) for o, b in zip(ops, operands[1:], strict=True))
+    prompt = f"{operands[0]}{tail}="
+    solution = solve(prompt)
+    return {"prompt": prompt, "solution": solution, "answer": extract_answer(solution) or ""}
+
+
+def solve(prompt: str) -> str:
+    """The reference worked solution of a chain prompt such as ``3+14-5+8=``."""
+    terms = _TERM_RE.findall(prompt.rstrip("="))
+    if not terms or terms[0][0]:
+        raise ValueError(f"not a chain prompt: {prompt[:50]!r}")
+    value = int(terms[0][1])
     lines = []
-    for op, b in zip(ops, operands[1:]):
+    for op, digits in terms[1:]:
+        b = int(digits)
         new = value + b if op == "+" else value - b
         lines.append(f"{value}{op}{b}={new}")
         value = new
     lines.append(f"{_MARKER} {value}")
-    return {"prompt": prompt, "solution": "\n".join(lines), "answer": str(value)}
+    return "\n".join(lines)
 
 
 def make_problem(rng: random.Random) -> dict[str, str]:
-    """One random problem (prompt, solution, answer) drawn from `rng`."""
+    """One random problem (prompt, solution, answer) drawn from `rng`.
+
+    Each operator is drawn uniformly among those that keep the running value within
+    [0, MAX_VALUE], so every intermediate result is a non-negative number of at most two digits.
+    """
     k = _num_operands(rng)
     operands = [rng.randint(MIN_OPERAND, MAX_OPERAND) for _ in range(k)]
-    ops = [rng.choice("+-") for _ in range(k - 1)]
+    value, ops = operands[0], []
+    for b in operands[1:]:
+        allowed = [o for o, v in (("+", value + b), ("-", value - b)) if 0 <= v <= MAX_VALUE]
+        op = rng.choice(allowed)
+        value = value + b if op == "+" else value - b
+        ops.append(op)
     return _render(operands, ops)
 
 
@@ -95,9 +119,9 @@ def make_problems(n: int, seed: int, split: str = "train") -> list[dict[str, str
 def extract_answer(text: str) -> str | None:
     """The integer after the last ``####`` marker of `text`, or None.
 
-    Only the last marker counts (a response cannot hedge with several answers); spaces after it
-    are allowed (at most 8), and the integer has at most 30 digits. Linear time and constant extra memory on
-    any input (a bounded slice is matched, no backtracking over the text).
+    Only the last marker counts (a response cannot hedge with several answers); up to 8 spaces
+    may follow it, and the integer has at most 30 digits. Linear time and constant extra memory
+    on any input: one `rfind`, then a regex over a bounded slice (no backtracking over the text).
     """
     i = text.rfind(_MARKER)
     if i < 0:

@@ -2,8 +2,16 @@
 
 `save_random_tiny_model` writes an untrained model directory that both transformers and vLLM load.
 `ensure_tiny_model` builds (once, then reuses from a cache) the same architecture warm-started by
-a short supervised phase on the synthetic arithmetic task (`areal_sys.data.synthetic`), so that
-its sampled pass rate starts low enough for reinforcement learning to raise it quickly.
+a short supervised phase (~85 s on 2 cores) on the synthetic arithmetic task
+(`areal_sys.data.synthetic`).
+
+The warm start imitates a sloppy demonstrator: on `guess_prob` of the problems it writes no
+working, only ``#### <guess>`` with a guess near the answer (right ~1 time in 11); otherwise the
+full reference chain. The resulting policy chains on ~40% of samples (~70% correct) and guesses on
+the rest (~9% correct): its sampled pass rate at temperature 1 is ~30%. Reward alone can raise it
+to ~65% within a few dozen GRPO steps by learning to always work the chain out -- a fast,
+visible learning signal for the CPU demo (response length grows as accuracy does, the way
+reasoning RL lengthens chains of thought). Measured numbers: the `ensure_tiny_model` docstring.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -41,14 +50,15 @@ def build_tokenizer():
 
 
 def tiny_qwen2_config(vocab_size: int, eos_id: int, pad_id: int):
+    """The tiny architecture: ~1M parameters, 4 layers, tied embeddings, fp32."""
     from transformers import Qwen2Config
 
     return Qwen2Config(
         vocab_size=vocab_size,
-        hidden_size=256,
-        intermediate_size=768,
+        hidden_size=128,
+        intermediate_size=512,
         num_hidden_layers=4,
-        num_attention_heads=4,
+        num_attention_heads=4,  # head_dim 32: supported by vLLM's CPU attention
         num_key_value_heads=2,
         max_position_embeddings=1024,
         tie_word_embeddings=True,
@@ -83,15 +93,19 @@ def save_random_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
 class SFTSettings:
     """Supervised warm-start hyper-parameters (part of the cache key).
 
-    lr is the AdamW peak learning rate, reached after `warmup_steps` and decayed linearly to
-    `final_lr_frac * lr` at the last step; `batch_size` counts sequences per step.
+    `lr` is the AdamW peak learning rate, reached linearly after `warmup_steps` and decayed
+    linearly to `final_lr_frac * lr` at the last step; `batch_size` counts sequences per step.
+    `guess_prob` is the fraction of demonstrations that skip the working and write
+    ``#### <answer + U{-guess_radius..guess_radius}>`` (clamped at 0).
     """
 
     batch_size: int = 32
-    lr: float = 3e-3
+    lr: float = 2e-3
     warmup_steps: int = 20
     final_lr_frac: float = 0.1
     weight_decay: float = 0.0
+    guess_prob: float = 0.6
+    guess_radius: int = 5
 
 
 def _cache_root(cache_dir: str | Path | None) -> Path:
@@ -126,15 +140,21 @@ def _is_complete(path: Path) -> bool:
     )
 
 
+DEFAULT_SFT_STEPS = 1000
+
+
 def ensure_tiny_model(
     seed: int = 1,
-    sft_steps: int = 300,
+    sft_steps: int = DEFAULT_SFT_STEPS,
     cache_dir: str | Path | None = None,
     progress: bool = True,
     sft: SFTSettings | None = None,
 ) -> Path:
     """Path of the warm-started tiny model, built on first use and then reused from the cache.
 
+    Built with plain PyTorch on CPU in fp32, deterministic in `seed` for a given thread count
+    (float reductions differ across thread counts). Measured on 2 cores (seed 1, 1000 steps):
+    build ~85 s; held-out pass rate at temperature 1 ~0.30 (greedy ~0.13: it guesses).
     Location: `cache_dir`, else `$AREAL_SYS_CACHE`, else `~/.cache/areal_sys`, in a subdirectory
     named by `tiny_model_key`. The model is written to a temporary sibling directory and renamed
     into place, so a crash never leaves a half-written model; concurrent builders race harmlessly
@@ -169,12 +189,20 @@ def _pack(seqs: list[list[int]], prompt_lens: list[int]):
     import torch
 
     ids, pos, labels = [], [], []
-    for s, p in zip(seqs, prompt_lens):
+    for s, p in zip(seqs, prompt_lens, strict=True):
         ids += s
         pos += range(len(s))
         labels += [-100] * p + s[p:]
     as_row = lambda x: torch.tensor([x], dtype=torch.long)  # noqa: E731
     return as_row(ids), as_row(pos), as_row(labels)
+
+
+def _demonstration(row: dict[str, str], rng: random.Random, sft: SFTSettings) -> str:
+    """The sloppy demonstrator's response: a bare guess (`guess_prob`) or the reference chain."""
+    if rng.random() < sft.guess_prob:
+        guess = int(row["answer"]) + rng.randint(-sft.guess_radius, sft.guess_radius)
+        return f"#### {max(0, guess)}"
+    return row["solution"]
 
 
 def _train_sft(seed: int, steps: int, sft: SFTSettings, progress: bool):
@@ -205,13 +233,14 @@ def _train_sft(seed: int, steps: int, sft: SFTSettings, progress: bool):
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     rows = make_problems(steps * sft.batch_size, seed=seed, split="train")
+    noise = random.Random(seed)
     bar = tqdm(range(steps), desc="tiny model SFT", disable=not progress, unit="step")
     for step in bar:
         batch = rows[step * sft.batch_size : (step + 1) * sft.batch_size]
         prompts = [tok.encode(r["prompt"]) for r in batch]
         seqs = [
-            p + tok.encode(r["solution"]) + [tok.eos_token_id]
-            for p, r in zip(prompts, batch)
+            p + tok.encode(_demonstration(r, noise, sft)) + [tok.eos_token_id]
+            for p, r in zip(prompts, batch, strict=True)
         ]
         ids, pos, labels = _pack(seqs, [len(p) for p in prompts])
         out = model(input_ids=ids, position_ids=pos, labels=labels, use_cache=False)
@@ -247,7 +276,7 @@ def sampled_pass_rate(
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     texts = generate(model, tok, [p["prompt"] for p in problems], temperature, max_new_tokens,
                      seed, batch_size)
-    ok = sum(is_correct(t, p["answer"]) for t, p in zip(texts, problems))
+    ok = sum(is_correct(t, p["answer"]) for t, p in zip(texts, problems, strict=True))
     return ok / max(1, len(problems))
 
 
