@@ -13,8 +13,8 @@ operands (1..9) and keep every running value in [0, 99], so each step is a small
 addition or subtraction; the difficulty lies in the length of the chain. The number of operands
 is long-tailed, ``k = 2 + Geometric(P_STOP)`` capped at ``MAX_OPERANDS``: the median solution has
 2 steps (~20 tokens) while the longest have 15 (~130 tokens, within a 150-token budget) -- the
-length spread that makes asynchronous rollout worthwhile. Every character belongs to the tiny tokenizer's vocabulary
-(`areal_sys.models.tiny.CHARS`); one character is one token.
+length spread that makes asynchronous rollout worthwhile. Every character belongs to the tiny
+tokenizer's vocabulary (`areal_sys.models.tiny.CHARS`); one character is one token.
 
 Train and eval problems are disjoint by construction: a prompt belongs to the eval split iff a
 stable hash of its text falls into the eval bucket (`EVAL_BUCKETS`), for every seed and size.
