@@ -1,4 +1,4 @@
-"""`areal-sys` command line: run | validate | make-tiny-model.
+"""`areal-sys` command line: run | validate | algorithms | make-tiny-model.
 
 Every user error (configuration, data, model resolution) ends with one line on stderr and exit
 code 2, before Ray starts.
@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check a config without starting anything")
     val.add_argument("config")
     val.add_argument("overrides", nargs="*")
+    sub.add_parser("algorithms", help="list the algorithm presets and every registered piece")
     tiny = sub.add_parser("make-tiny-model", help="build (or reuse) the cached tiny CPU model")
     tiny.add_argument("--seed", type=int, default=1)
     tiny.add_argument("--sft-steps", type=int, default=None)
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.config, args.overrides)
             print(f"ok: {args.config} (algorithm {cfg.algorithm.name}, model {cfg.model.path}, "
                   f"eta {cfg.controller.max_staleness}, {cfg.trainer.total_steps} steps)")
+            return 0
+        if args.command == "algorithms":
+            print(_algorithms_listing())
             return 0
         if args.command == "make-tiny-model":
             from areal_sys.models.tiny import ensure_tiny_model
@@ -62,6 +66,27 @@ def main(argv: list[str] | None = None) -> int:
         print("areal-sys: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _algorithms_listing() -> str:
+    """Presets (with the pieces they pick) and each registry's plugins, one line each."""
+    from areal_sys.algorithms.presets import PRESETS
+    from areal_sys.algorithms.registry import REGISTRIES, plugins
+
+    lines = ["presets (algorithm.name; any piece can be overridden on top):"]
+    for name, preset in PRESETS.items():
+        lines.append(f"  {name:<15} {preset.description}")
+        picks = ", ".join(f"{k}={v}" for k, v in preset.values.items())
+        lines.append(f"  {'':<15} {picks}")
+        if preset.note:
+            lines.append(f"  {'':<15} note: {preset.note}")
+    fields = {"estimator": "estimator", "policy_loss": "loss", "aggregation": "aggregation",
+              "filter": "filter", "kl": "kl_estimator"}
+    for kind in REGISTRIES:
+        lines.append(f"{kind} (algorithm.{fields.get(kind, kind)}):")
+        for name, plugin in sorted(plugins(kind).items()):
+            lines.append(f"  {name:<20} {plugin.description}")
+    return "\n".join(lines)
 
 
 def _load_rows(cfg: ExperimentConfig) -> dict[str, list[Any]]:

@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from areal_sys.algorithms.presets import PRESETS, PresetName, preset_values
+
 TINY_MODEL = "tiny"
 
 
@@ -114,17 +116,101 @@ class TrainerConfig(Section):
 
 
 class AlgorithmConfig(Section):
-    name: Literal["grpo", "dr_grpo"] = Field("grpo", description="named algorithm preset")
-    adv_std: Literal["unbiased", "population"] = "unbiased"
-    adv_eps: float = 1e-6
-    loss: Literal["decoupled_ppo", "ppo_clip"] = "decoupled_ppo"
-    clip_low: float = Field(0.2, ge=0)
-    clip_high: float = Field(0.2, ge=0)
-    behav_weight_cap: float | None = Field(5.0, gt=1.0, description="None: never cap")
-    behav_cap_mode: Literal["mask", "clamp"] = "mask"
-    aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "dr_grpo"] = (
-        "token-mean"
+    """The RL algorithm: a named preset (`name`) whose pieces any explicit key overrides.
+
+    Validation starts from the preset's values (areal_sys/algorithms/presets.py) and lets every
+    key given in YAML or on the command line win, so `cfg.algorithm` is fully resolved and the
+    trainer reads the pieces, never the name. Presets apply when the section is built, not on
+    later attribute assignment. `areal-sys algorithms` lists presets and pieces.
+    """
+
+    name: PresetName = Field(
+        "grpo", description="preset: " + ", ".join(PRESETS) + " (see `areal-sys algorithms`)"
     )
+    # advantages
+    estimator: Literal["grpo", "dr_grpo", "rloo", "reinforce", "raft", "gae"] = Field(
+        "grpo", description="advantage estimator (gae is token-level and needs a critic)"
+    )
+    adv_std: Literal["unbiased", "population"] = Field(
+        "unbiased", description="grpo: std convention (unbiased: divide by G-1, as verl/TRL)"
+    )
+    adv_eps: float = Field(1e-6, gt=0, description="grpo: added to the std")
+    success_threshold: float = Field(
+        0.5, description="a response is correct when its reward >= this (RAFT weights, filters)"
+    )
+    gae_gamma: float = Field(1.0, ge=0, le=1, description="gae: discount gamma")
+    gae_lambda: float = Field(1.0, ge=0, le=1, description="gae: lambda")
+    whiten_advantages: bool = Field(
+        True, description="gae: whiten advantages over the batch's loss tokens"
+    )
+    value_clip: float | None = Field(
+        0.5, gt=0, description="critic: value-loss clip range around the old values (None: off)"
+    )
+    # policy loss
+    loss: Literal["decoupled_ppo", "ppo_clip", "raft_sft", "raft_pp"] = Field(
+        "decoupled_ppo", description="per-token policy loss"
+    )
+    clip_low: float = Field(0.2, ge=0, description="ratio clip below: 1 - clip_low")
+    clip_high: float = Field(0.2, ge=0, description="ratio clip above: 1 + clip_high (DAPO 0.28)")
+    dual_clip: float | None = Field(
+        None, gt=1.0, description="dual clip c for A < 0: loss <= c*|A| (None: off; usual 3)"
+    )
+    behav_weight_cap: float | None = Field(
+        5.0, gt=1.0, description="decoupled PPO: cap on pi_prox/pi_behav (None: never cap)"
+    )
+    behav_cap_mode: Literal["mask", "clamp"] = Field(
+        "mask", description="tokens over the cap: mask them out, or clamp the weight to the cap"
+    )
+    aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "dr_grpo"] = (
+        Field("token-mean", description="per-token losses -> scalar over the global batch")
+    )
+    # group filter
+    filter: Literal[
+        "none", "dynamic_sampling", "reject_all_same", "remove_all_wrong", "remove_all_correct"
+    ] = Field("none", description="drop scored groups before buffering (counted)")
+    max_oversample_rounds: int = Field(
+        4, ge=0, description="extra admission rounds per step to refill filtered-out groups"
+    )
+    # KL to a frozen reference policy (off by default)
+    kl_coef: float = Field(0.0, ge=0, description="beta; 0 turns KL (and the reference) off")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="per-token KL estimator")
+    kl_placement: Literal["reward", "loss"] = Field(
+        "loss", description="add beta*KL to the loss, or -beta*KL to the per-token reward"
+    )
+    # overlong responses (DAPO)
+    overlong_filter: bool = Field(
+        False, description="mask truncated responses (finish_reason 'length') out of the loss"
+    )
+    overlong_penalty: bool = Field(False, description="soft overlong punishment on the reward")
+    overlong_max_len: int | None = Field(
+        None, ge=1, description="L_max in response tokens (None: rollout.max_new_tokens)"
+    )
+    overlong_cache_len: int | None = Field(
+        None, ge=1, description="L_cache: punishment ramps over the last L_cache tokens "
+        "(None: L_max // 5)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _start_from_preset(cls, data: Any) -> Any:
+        """Preset values first, explicit keys on top. An unknown name is left to the `name`
+        field's own check, which reports `algorithm.name` and the choices."""
+        if not isinstance(data, dict):
+            return data
+        name = data.get("name", cls.model_fields["name"].default)
+        if not isinstance(name, str) or name not in PRESETS:
+            return data
+        return {**preset_values(name), **data}
+
+    @model_validator(mode="after")
+    def _check(self) -> AlgorithmConfig:
+        if (
+            self.overlong_max_len is not None
+            and self.overlong_cache_len is not None
+            and self.overlong_cache_len > self.overlong_max_len
+        ):
+            raise ValueError("overlong_cache_len must not exceed overlong_max_len")
+        return self
 
 
 class ControllerConfig(Section):

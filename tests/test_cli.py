@@ -49,9 +49,24 @@ def test_yaml_syntax_error_exits_2(tmp_path):
     assert "YAML syntax error" in res.stderr
 
 
+def test_algorithms_lists_presets_and_pieces(capsys):
+    from areal_sys.algorithms.presets import PRESETS
+    from areal_sys.algorithms.registry import REGISTRIES, plugins
+    from areal_sys.cli import main
+
+    assert main(["algorithms"]) == 0
+    out = capsys.readouterr().out
+    for name in PRESETS:
+        assert f"  {name} " in out, name
+    for kind in REGISTRIES:
+        assert f"{kind} (algorithm." in out
+        for name, plugin in plugins(kind).items():
+            assert f"  {name} " in out and plugin.description in out, (kind, name)
+
+
 def test_import_is_light():
     code = ("import sys, areal_sys, areal_sys.config, areal_sys.trajectory, areal_sys.cli; "
-            "print(sorted(m for m in ('ray', 'vllm', 'deepspeed') if m in sys.modules))")
+            "print(sorted(m for m in ('ray', 'vllm', 'deepspeed', 'torch') if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert res.stdout.strip() == "[]", res.stderr
 

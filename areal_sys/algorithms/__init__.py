@@ -1,42 +1,68 @@
-"""Algorithm plugins: advantage estimators, policy losses and loss aggregations, registered by name.
+"""Algorithm plugins: advantage estimators, policy losses, aggregations, group filters and KL
+estimators, registered by name, plus named presets over them.
 
-Importing the package registers every built-in plugin; `build_algorithm(algo_cfg)` binds the ones
-an `AlgorithmConfig` names. See registry.py for the plugin interfaces and ALGORITHMS.md for the
-formulas.
+`build_algorithm(algo_cfg)` binds the pieces an `AlgorithmConfig` names (algorithm.py says how the
+trainer and controller call them). See registry.py for the plugin interfaces and ALGORITHMS.md
+for the formulas.
+
+The package imports lazily: `import areal_sys.algorithms.presets` (what config.py reads) does not
+import torch; the first access to a name below loads every built-in plugin.
 """
 
-from areal_sys.algorithms import advantages, aggregation, losses  # noqa: F401  (registers plugins)
-from areal_sys.algorithms.advantages import (
-    broadcast_to_tokens,
-    dr_grpo_advantages,
-    grpo_advantages,
-)
-from areal_sys.algorithms.aggregation import LossDenominators
-from areal_sys.algorithms.losses import decoupled_ppo_loss, ppo_clip_loss
-from areal_sys.algorithms.registry import (
-    AGGREGATION,
-    ESTIMATOR,
-    POLICY_LOSS,
-    REGISTRIES,
-    Algorithm,
-    build_algorithm,
-    get_plugin,
-    register,
-)
+from __future__ import annotations
 
-__all__ = [
-    "AGGREGATION",
-    "ESTIMATOR",
-    "POLICY_LOSS",
-    "REGISTRIES",
-    "Algorithm",
-    "LossDenominators",
-    "broadcast_to_tokens",
-    "build_algorithm",
-    "decoupled_ppo_loss",
-    "dr_grpo_advantages",
-    "get_plugin",
-    "grpo_advantages",
-    "ppo_clip_loss",
-    "register",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AGGREGATION": "registry",
+    "ESTIMATOR": "registry",
+    "FILTER": "registry",
+    "KL": "registry",
+    "POLICY_LOSS": "registry",
+    "REGISTRIES": "registry",
+    "get_plugin": "registry",
+    "plugins": "registry",
+    "register": "registry",
+    "Algorithm": "algorithm",
+    "build_algorithm": "algorithm",
+    "PRESETS": "presets",
+    "broadcast_to_tokens": "advantages",
+    "dr_grpo_advantages": "advantages",
+    "grpo_advantages": "advantages",
+    "raft_weights": "advantages",
+    "reinforce_advantages": "advantages",
+    "rloo_advantages": "advantages",
+    "gae_advantages": "critic",
+    "masked_whiten": "critic",
+    "outcome_token_rewards": "critic",
+    "value_loss": "critic",
+    "LossDenominators": "aggregation",
+    "decoupled_ppo_loss": "losses",
+    "ppo_clip_loss": "losses",
+    "raft_pp_loss": "losses",
+    "raft_sft_loss": "losses",
+    "kl_k1": "kl",
+    "kl_k2": "kl",
+    "kl_k3": "kl",
+    "kl_loss_term": "kl",
+    "kl_reward_term": "kl",
+    "overlong_keep_mask": "shaping",
+    "overlong_penalty": "shaping",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    importlib.import_module(f"{__name__}.registry").load_builtin_plugins()
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -51,3 +51,47 @@ def dr_grpo_advantages(rewards: torch.Tensor) -> torch.Tensor:
     """
     r = rewards.double().flatten()
     return (r - r.mean()).float()
+
+
+@register(ESTIMATOR, "rloo")
+def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """RLOO: A_i = R_i − mean_{j≠i} R_j, the leave-one-out baseline (= G/(G−1)·(R_i − mean R)).
+
+    rewards [1,0,0,0] → [1, −1/3, −1/3, −1/3]. A group of one has no baseline: A = 0.
+    """
+    r = rewards.double().flatten()
+    g = r.numel()
+    if g < 2:
+        return torch.zeros_like(r, dtype=torch.float32)
+    return (r - (r.sum() - r) / (g - 1)).float()
+
+
+@register(ESTIMATOR, "reinforce")
+def reinforce_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """REINFORCE: A_i = R_i (no baseline).
+
+    With filter `reject_all_same` this is Reinforce-Rej, which wants rewards ±1: with 0/1 rewards
+    wrong answers get A = 0 and it degenerates into RAFT.
+    """
+    return rewards.flatten().float().clone()
+
+
+@register(
+    ESTIMATOR,
+    "raft",
+    options={"success_threshold": "success_threshold"},
+    meta={"mask_zero_advantage": True},
+)
+def raft_weights(rewards: torch.Tensor, *, success_threshold: float = 0.5) -> torch.Tensor:
+    """RAFT weights: w_i = 1 if R_i equals the group max and is a success, else 0.
+
+    Success means R_i >= `success_threshold` (0.5 suits both 0/1 and ±1 rewards). Only correct
+    responses train; an all-wrong group gets all zeros. Responses with w = 0 leave the loss and
+    its denominators (`Algorithm.mask_zero_advantage`), so the loss is SFT over the kept samples.
+    rewards [1,−1,−1,−1] → [1, 0, 0, 0].
+    """
+    r = rewards.double().flatten()
+    if r.numel() == 0:
+        return torch.zeros(0)
+    keep = (r == r.max()) & (r >= success_threshold)
+    return keep.float()

@@ -1,22 +1,26 @@
 """Name → function registries for the algorithm plugins, and the one place a config picks them.
 
-Three kinds of plugin, all pure tensor functions (no config objects, no I/O, no distributed calls):
+Five kinds of plugin, all pure tensor functions (no config objects, no I/O, no distributed calls):
 
-- advantage estimator: rewards of one group [G] → one advantage per response [G]
-  (the trainer broadcasts it to every response token);
+- estimator: rewards of one group [G] → one advantage (or RAFT weight) per response [G], which
+  the trainer broadcasts to every response token. A token-level estimator (`gae`) registers with
+  `meta={"token_level": True, "needs_critic": True}` and has its own signature (critic.py);
 - policy loss: (logprobs, proximal, behaviour, advantages, mask), each [S, L] → per-token loss
   [S, L] (zero where not trained) and a dict of per-token statistics [S, L];
-- aggregation: (per-token loss [S, L], mask [S, L], global denominators) → scalar.
+- aggregation: (per-token loss [S, L], mask [S, L], global denominators) → scalar;
+- filter: rewards of one scored group [G] → keep it (bool);
+- kl: (logprobs, reference logprobs) → per-token KL estimate.
 
 A plugin registers under a name together with `options`: a mapping from its keyword arguments to
 the `AlgorithmConfig` fields that set them. `build_algorithm` binds those options from the config,
-so the trainer calls plugins without knowing any algorithm by name, and a new estimator or loss is
-one decorated function with no change elsewhere.
+so the trainer and controller call plugins without knowing any algorithm by name, and a new
+estimator, loss or filter is one decorated function (plus its name in the config's choices).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,35 +28,68 @@ from typing import Any
 ESTIMATOR = "estimator"
 POLICY_LOSS = "policy_loss"
 AGGREGATION = "aggregation"
+FILTER = "filter"
+KL = "kl"
+
+# Modules whose import registers the built-in plugins (loaded on first look-up).
+BUILTIN_MODULES = ("advantages", "critic", "losses", "aggregation", "filters", "kl")
 
 
 @dataclass(frozen=True)
 class Plugin:
-    """A registered function and the config fields its keyword options come from."""
+    """A registered function, the config fields its keyword options come from, and facts about
+    it the trainer needs (`meta`, e.g. `token_level`, `needs_critic`, `mask_zero_advantage`)."""
 
     name: str
     fn: Callable[..., Any]
     options: Mapping[str, str] = field(default_factory=dict)  # kwarg name -> config field
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def description(self) -> str:
+        """The first paragraph of the function's docstring, on one line."""
+        first = (self.fn.__doc__ or "").strip().split("\n\n")[0]
+        return " ".join(first.split())
 
 
-REGISTRIES: dict[str, dict[str, Plugin]] = {ESTIMATOR: {}, POLICY_LOSS: {}, AGGREGATION: {}}
+REGISTRIES: dict[str, dict[str, Plugin]] = {
+    ESTIMATOR: {}, POLICY_LOSS: {}, AGGREGATION: {}, FILTER: {}, KL: {}
+}
 
 
-def register(kind: str, name: str, options: Mapping[str, str] | None = None):
+def register(
+    kind: str,
+    name: str,
+    options: Mapping[str, str] | None = None,
+    meta: Mapping[str, Any] | None = None,
+):
     """Decorator: register a function as plugin `name` of `kind` (estimator, policy_loss, ...)."""
     registry = REGISTRIES[kind]
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in registry:
             raise ValueError(f"{kind} {name!r} is already registered ({registry[name].fn})")
-        registry[name] = Plugin(name, fn, dict(options or {}))
+        registry[name] = Plugin(name, fn, dict(options or {}), dict(meta or {}))
         return fn
 
     return deco
 
 
+def load_builtin_plugins() -> None:
+    """Import the modules that register the built-in plugins (cheap after the first call)."""
+    for module in BUILTIN_MODULES:
+        importlib.import_module(f"areal_sys.algorithms.{module}")
+
+
+def plugins(kind: str) -> dict[str, Plugin]:
+    """Every registered plugin of `kind`, by name."""
+    load_builtin_plugins()
+    return dict(REGISTRIES[kind])
+
+
 def get_plugin(kind: str, name: str) -> Plugin:
     """The plugin `name` of `kind`; a KeyError lists the registered names."""
+    load_builtin_plugins()
     registry = REGISTRIES[kind]
     if name not in registry:
         raise KeyError(f"unknown {kind} {name!r}; registered: {sorted(registry)}")
@@ -67,36 +104,3 @@ def bind(kind: str, name: str, cfg: Mapping[str, Any]) -> Callable[..., Any]:
         raise KeyError(f"{kind} {name!r} needs config fields {missing}")
     kwargs = {arg: cfg[f] for arg, f in plugin.options.items()}
     return functools.partial(plugin.fn, **kwargs) if kwargs else plugin.fn
-
-
-@dataclass(frozen=True)
-class Algorithm:
-    """The plugins one experiment uses, with their options bound.
-
-    `estimator(rewards [G]) -> [G]`; `policy_loss(logp, prox, behav, adv, mask) -> (loss, stats)`;
-    `aggregate(loss, mask, denominators) -> scalar`. `summary` says which path is active (log it).
-    """
-
-    estimator: Callable[..., Any]
-    policy_loss: Callable[..., Any]
-    aggregate: Callable[..., Any]
-    summary: str
-
-
-def build_algorithm(algo_cfg: Mapping[str, Any]) -> Algorithm:
-    """Pick and bind the plugins named by an `AlgorithmConfig.model_dump()`.
-
-    The estimator is named by `name` (the preset), the loss by `loss`, the aggregation by
-    `aggregation`.
-    """
-    est_name, loss_name, agg_name = algo_cfg["name"], algo_cfg["loss"], algo_cfg["aggregation"]
-    parts = []
-    for kind, name in ((ESTIMATOR, est_name), (POLICY_LOSS, loss_name), (AGGREGATION, agg_name)):
-        opts = {arg: algo_cfg.get(f) for arg, f in get_plugin(kind, name).options.items()}
-        parts.append(f"{kind}={name}{opts if opts else ''}")
-    return Algorithm(
-        estimator=bind(ESTIMATOR, est_name, algo_cfg),
-        policy_loss=bind(POLICY_LOSS, loss_name, algo_cfg),
-        aggregate=bind(AGGREGATION, agg_name, algo_cfg),
-        summary="; ".join(parts),
-    )

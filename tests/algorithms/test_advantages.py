@@ -1,9 +1,16 @@
-"""GRPO / Dr.GRPO advantages against the hand-checked values of ALGORITHMS.md."""
+"""Group advantage estimators against the hand-checked values of ALGORITHMS.md."""
 
 import pytest
 import torch
 
-from areal_sys.algorithms import broadcast_to_tokens, dr_grpo_advantages, grpo_advantages
+from areal_sys.algorithms import (
+    broadcast_to_tokens,
+    dr_grpo_advantages,
+    grpo_advantages,
+    raft_weights,
+    reinforce_advantages,
+    rloo_advantages,
+)
 
 
 def _t(x: list[float]) -> torch.Tensor:
@@ -43,3 +50,24 @@ def test_broadcast_to_tokens() -> None:
     assert [p.tolist() for p in per_tok] == [[1.5, 1.5, 1.5], [-0.5]]
     with pytest.raises(ValueError):
         broadcast_to_tokens(_t([1.0]), [1, 2])
+
+
+def test_rloo_leave_one_out_baseline() -> None:
+    a = rloo_advantages(_t([1, 0, 0, 0]))
+    assert torch.allclose(a, _t([1, -1 / 3, -1 / 3, -1 / 3]), atol=1e-6)
+    assert torch.allclose(rloo_advantages(_t([1, 1, -1, -1])), _t([4 / 3, 4 / 3, -4 / 3, -4 / 3]))
+    assert torch.equal(rloo_advantages(_t([2.0])), torch.zeros(1))
+    assert torch.equal(rloo_advantages(_t([1, 1, 1])), torch.zeros(3))
+
+
+def test_reinforce_is_the_reward() -> None:
+    assert reinforce_advantages(_t([1, -1, -1, 1])).tolist() == [1, -1, -1, 1]
+
+
+def test_raft_weights() -> None:
+    assert raft_weights(_t([1, -1, -1, -1])).tolist() == [1, 0, 0, 0]
+    assert raft_weights(_t([1, 0, 1, 0])).tolist() == [1, 0, 1, 0]  # every best correct one
+    assert raft_weights(_t([-1, -1])).tolist() == [0, 0]  # all wrong: nothing trains
+    assert raft_weights(_t([0.4, 0.2])).tolist() == [0, 0]  # best but below the threshold
+    assert raft_weights(_t([0.4, 0.2]), success_threshold=0.3).tolist() == [1, 0]
+    assert raft_weights(_t([1.0, 0.6])).tolist() == [1, 0]  # a success that is not the max

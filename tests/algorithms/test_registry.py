@@ -1,4 +1,6 @@
-"""Registries: config → bound plugins, loud errors for unknown names."""
+"""Registries and build_algorithm: config → bound plugins, loud errors for unknown names."""
+
+import typing
 
 import pytest
 import torch
@@ -6,26 +8,44 @@ import torch
 from areal_sys.algorithms import (
     AGGREGATION,
     ESTIMATOR,
+    FILTER,
+    KL,
     POLICY_LOSS,
+    REGISTRIES,
     LossDenominators,
     build_algorithm,
     register,
 )
-from areal_sys.algorithms.registry import get_plugin
+from areal_sys.algorithms.registry import get_plugin, plugins
 from areal_sys.config import AlgorithmConfig
 
+CONFIG_FIELD = {
+    ESTIMATOR: "estimator",
+    POLICY_LOSS: "loss",
+    AGGREGATION: "aggregation",
+    FILTER: "filter",
+    KL: "kl_estimator",
+}
 
-def test_every_config_choice_is_registered() -> None:
-    fields = AlgorithmConfig.model_fields
-    for kind, field in ((ESTIMATOR, "name"), (POLICY_LOSS, "loss"), (AGGREGATION, "aggregation")):
-        for choice in fields[field].annotation.__args__:  # type: ignore[union-attr]
-            assert get_plugin(kind, choice).name == choice
+
+@pytest.mark.parametrize("kind", sorted(CONFIG_FIELD))
+def test_config_choices_and_registry_agree(kind: str) -> None:
+    """Every choice the config accepts is registered, and every registered plugin is selectable."""
+    choices = set(typing.get_args(AlgorithmConfig.model_fields[CONFIG_FIELD[kind]].annotation))
+    assert choices == set(plugins(kind)), kind
+    assert set(REGISTRIES) == set(CONFIG_FIELD)
+
+
+def test_every_plugin_has_a_one_line_description() -> None:
+    for kind in REGISTRIES:
+        for name, plugin in plugins(kind).items():
+            assert plugin.description and "\n" not in plugin.description, (kind, name)
 
 
 def test_build_algorithm_binds_config_options() -> None:
     cfg = AlgorithmConfig(adv_std="population", clip_high=0.28, behav_weight_cap=None).model_dump()
     algo = build_algorithm(cfg)
-    adv = algo.estimator(torch.tensor([1.0, 1.0, -1.0, -1.0]))
+    adv = algo.estimator(torch.tensor([1.0, 1.0, -1.0, -1.0]))  # type: ignore[misc]
     assert torch.allclose(adv, torch.tensor([1.0, 1.0, -1.0, -1.0]), atol=1e-5)  # population std
     lp = torch.log(torch.tensor([0.0127]))  # within clip-high 0.28 of π_old = 0.01
     old = torch.log(torch.tensor([0.01]))
@@ -36,8 +56,46 @@ def test_build_algorithm_binds_config_options() -> None:
     assert "decoupled_ppo" in algo.summary and "population" in algo.summary
 
 
+def test_build_algorithm_accepts_a_partial_mapping_and_the_model() -> None:
+    a = build_algorithm({"name": "dr_grpo"})
+    b = build_algorithm(AlgorithmConfig(name="dr_grpo"))
+    assert a.summary == b.summary
+    assert "aggregation=dr_grpo" in a.summary
+
+
+def test_default_algorithm_is_plain_grpo() -> None:
+    algo = build_algorithm({})
+    assert algo.estimator is not None and algo.token_estimator is None
+    assert not algo.needs_critic and algo.value_loss is None
+    assert not algo.needs_reference and not algo.kl_in_loss and not algo.kl_in_reward
+    assert not algo.mask_zero_advantage and algo.overlong_lengths is None
+    assert algo.filter(torch.tensor([1.0, 1.0]))
+    r = torch.tensor([1.0, 0.0])
+    assert torch.equal(algo.shape_rewards(r, [5000, 3]), r)
+    assert algo.train_mask(["length", "stop"]).tolist() == [1.0, 1.0]
+    assert "kl=off" in algo.summary and "filter=none" in algo.summary
+
+
 def test_unknown_names_and_duplicates_fail_loudly() -> None:
     with pytest.raises(KeyError, match="registered"):
         get_plugin(ESTIMATOR, "nope")
     with pytest.raises(ValueError, match="already registered"):
         register(ESTIMATOR, "grpo")(lambda r: r)
+
+
+def test_a_new_plugin_is_one_decorated_function() -> None:
+    """A plugin registered elsewhere is bound like the built-ins (the config would list its
+    name); nothing in build_algorithm or the trainer knows it."""
+
+    @register(FILTER, "_test_at_least_two_correct", options={"t": "success_threshold"})
+    def at_least_two(rewards: torch.Tensor, *, t: float) -> bool:
+        """Keep groups with two or more correct responses."""
+        return int((rewards >= t).sum()) >= 2
+
+    try:
+        from areal_sys.algorithms.registry import bind
+
+        keep = bind(FILTER, "_test_at_least_two_correct", {"success_threshold": 0.5})
+        assert keep(torch.tensor([1.0, 1.0, 0.0])) and not keep(torch.tensor([1.0, 0.0]))
+    finally:
+        del REGISTRIES[FILTER]["_test_at_least_two_correct"]

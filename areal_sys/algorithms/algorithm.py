@@ -1,0 +1,184 @@
+"""`build_algorithm`: an `AlgorithmConfig` → the bound plugins and settings one experiment uses.
+
+The trainer and the controller hold one `Algorithm` and call its pieces; they never branch on an
+algorithm's name, only on the facts it carries (`needs_critic`, `needs_reference`, ...). The call
+sequence is written out in the `Algorithm` docstring.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from areal_sys.algorithms import shaping
+from areal_sys.algorithms.critic import value_loss
+from areal_sys.algorithms.kl import KLFn, kl_loss_term, kl_reward_term
+from areal_sys.algorithms.registry import (
+    AGGREGATION,
+    ESTIMATOR,
+    FILTER,
+    KL,
+    POLICY_LOSS,
+    bind,
+    get_plugin,
+)
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """The plugins of one experiment, options bound, and how to use them.
+
+    Controller, per scored group (raw rewards [G]):
+      `filter(rewards) -> bool`: False → drop the group before buffering and count the drop;
+      refill by admitting more prompts, at most `max_oversample_rounds` extra rounds per step.
+    Trainer, per group, before advantages:
+      `shape_rewards(rewards [G], response_lengths [G])`: R + soft overlong penalty (identity when
+      off); `train_mask(finish_reasons [G])`: 1.0/0.0 per response, multiply it into that
+      response's loss mask (overlong filtering; all ones when off).
+    Advantages:
+      group-level (`estimator` not None): `estimator(rewards [G]) -> [G]`, broadcast to tokens.
+      If `mask_zero_advantage` (RAFT weights), responses with advantage exactly 0 get loss mask 0,
+      so they leave the loss and its denominators (SFT over the kept samples only).
+      token-level (`needs_critic`, `estimator` None): critic values V [S, L];
+      `critic.outcome_token_rewards(R, mask)` (+ `kl_reward(...)` when `kl_in_reward`), then
+      `token_estimator(token_rewards, V, mask) -> (A, returns)`; if `whiten_advantages`,
+      `critic.masked_whiten(A, mask)` over the whole batch. Train the critic with
+      `value_loss(V_new, V, returns, mask) -> (loss, stats)` aggregated by `aggregate`.
+    Loss (unchanged): `policy_loss(logp, prox, behav, adv, mask) -> (loss, stats)`; if
+      `kl_in_loss` add `kl_loss(logp, ref_logp, mask)` to the per-token loss; then
+      `aggregate(loss, mask, denominators)`.
+    KL needs the reference model's logπ_ref of the sampled tokens: `needs_reference`. In the
+      reward it is computed once from the rollout's log-probabilities; for a group estimator
+      add `kl_reward(...).sum(-1)` to R_i before the estimator.
+    `summary` says which path is active: log it at start-up.
+    """
+
+    estimator: Callable[[torch.Tensor], torch.Tensor] | None
+    token_estimator: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None
+    policy_loss: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    aggregate: Callable[..., torch.Tensor]
+    filter: Callable[[torch.Tensor], bool]
+    needs_critic: bool
+    value_loss: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]] | None
+    whiten_advantages: bool
+    mask_zero_advantage: bool
+    kl: KLFn | None  # None: KL off (kl_coef = 0)
+    kl_coef: float
+    kl_placement: str  # "reward" | "loss"
+    overlong_filter: bool
+    overlong_lengths: tuple[int, int] | None  # (L_max, L_cache) when the soft penalty is on
+    max_oversample_rounds: int
+    summary: str
+
+    @property
+    def needs_reference(self) -> bool:
+        """A frozen reference policy's log-probabilities are needed (KL on)."""
+        return self.kl is not None
+
+    @property
+    def kl_in_loss(self) -> bool:
+        return self.kl is not None and self.kl_placement == "loss"
+
+    @property
+    def kl_in_reward(self) -> bool:
+        return self.kl is not None and self.kl_placement == "reward"
+
+    def shape_rewards(self, rewards: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
+        """Rewards [G] plus the soft overlong penalty of each response length (if on)."""
+        if self.overlong_lengths is None:
+            return rewards.float()
+        lmax, lcache = self.overlong_lengths
+        pen = shaping.overlong_penalty(torch.tensor(list(lengths)), max_len=lmax, cache_len=lcache)
+        return rewards.float() + pen
+
+    def train_mask(self, finish_reasons: Sequence[str]) -> torch.Tensor:
+        """Per response 1.0 (train) or 0.0 (truncated and overlong filtering on)."""
+        if not self.overlong_filter:
+            return torch.ones(len(finish_reasons))
+        return shaping.overlong_keep_mask(finish_reasons)
+
+    def kl_loss(
+        self, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """β·KL_t to add to the per-token policy loss (call only when `kl_in_loss`)."""
+        if self.kl is None:
+            raise RuntimeError("KL is off (algorithm.kl_coef = 0)")
+        return kl_loss_term(logprobs, ref_logprobs, mask, coef=self.kl_coef, estimator=self.kl)
+
+    def kl_reward(
+        self, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """−β·KL_t per token, reward shaping (call only when `kl_in_reward`)."""
+        if self.kl is None:
+            raise RuntimeError("KL is off (algorithm.kl_coef = 0)")
+        return kl_reward_term(
+            logprobs, ref_logprobs, mask, coef=self.kl_coef, estimator=self.kl
+        )
+
+
+def _describe(kind: str, name: str, cfg: Mapping[str, Any]) -> str:
+    opts = {arg: cfg.get(f) for arg, f in get_plugin(kind, name).options.items()}
+    return f"{kind}={name}{opts if opts else ''}"
+
+
+def build_algorithm(algo_cfg: Any, *, max_new_tokens: int | None = None) -> Algorithm:
+    """Bind the pieces an `AlgorithmConfig` (or its `model_dump()`, or any partial mapping of its
+    fields: it is validated, so a preset fills the rest) names.
+
+    `max_new_tokens` (rollout.max_new_tokens) is the default L_max of the soft overlong penalty;
+    it is required only when `overlong_penalty` is on and `overlong_max_len` is unset.
+    """
+    from areal_sys.config import AlgorithmConfig
+
+    if not isinstance(algo_cfg, AlgorithmConfig):
+        algo_cfg = AlgorithmConfig.model_validate(dict(algo_cfg))
+    cfg = algo_cfg.model_dump()
+    est = get_plugin(ESTIMATOR, cfg["estimator"])
+    token_level = bool(est.meta.get("token_level"))
+    needs_critic = bool(est.meta.get("needs_critic"))
+    kl_on = cfg["kl_coef"] > 0
+    lengths = (
+        shaping.resolve_overlong_lengths(
+            cfg["overlong_max_len"], cfg["overlong_cache_len"], max_new_tokens
+        )
+        if cfg["overlong_penalty"]
+        else None
+    )
+    parts = [
+        f"preset={cfg['name']}",
+        _describe(ESTIMATOR, cfg["estimator"], cfg),
+        _describe(POLICY_LOSS, cfg["loss"], cfg),
+        _describe(AGGREGATION, cfg["aggregation"], cfg),
+        _describe(FILTER, cfg["filter"], cfg),
+        f"kl={cfg['kl_estimator']}(coef={cfg['kl_coef']}, in {cfg['kl_placement']})"
+        if kl_on
+        else "kl=off",
+        f"overlong_penalty(L_max={lengths[0]}, L_cache={lengths[1]})" if lengths else "",
+        "overlong_filter" if cfg["overlong_filter"] else "",
+        f"critic(value_clip={cfg['value_clip']}, whiten={cfg['whiten_advantages']})"
+        if needs_critic
+        else "",
+    ]
+    return Algorithm(
+        estimator=None if token_level else bind(ESTIMATOR, cfg["estimator"], cfg),
+        token_estimator=bind(ESTIMATOR, cfg["estimator"], cfg) if token_level else None,
+        policy_loss=bind(POLICY_LOSS, cfg["loss"], cfg),
+        aggregate=bind(AGGREGATION, cfg["aggregation"], cfg),
+        filter=bind(FILTER, cfg["filter"], cfg),
+        needs_critic=needs_critic,
+        value_loss=functools.partial(value_loss, clip=cfg["value_clip"]) if needs_critic else None,
+        whiten_advantages=cfg["whiten_advantages"],
+        mask_zero_advantage=bool(est.meta.get("mask_zero_advantage")),
+        kl=bind(KL, cfg["kl_estimator"], cfg) if kl_on else None,
+        kl_coef=cfg["kl_coef"],
+        kl_placement=cfg["kl_placement"],
+        overlong_filter=cfg["overlong_filter"],
+        overlong_lengths=lengths,
+        max_oversample_rounds=cfg["max_oversample_rounds"],
+        summary="; ".join(p for p in parts if p),
+    )
+
