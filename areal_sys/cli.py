@@ -145,7 +145,7 @@ def _run(cfg: ExperimentConfig) -> int:
         actors = runtime.create_actors(cfg, model_path)
 
         async def go() -> dict[str, Any]:
-            await runtime.start_actors(actors)
+            await runtime.start_actors(cfg, actors)
             return await Controller(cfg, actors, train, held_out).run()
 
         results = asyncio.run(go())

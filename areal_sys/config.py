@@ -104,14 +104,24 @@ class TrainerConfig(Section):
     lr: float = Field(1e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = Field(1e-8, gt=0)
     grad_clip: float = Field(1.0, gt=0)
     warmup_steps: int = Field(0, ge=0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     ppo_minibatches: int = Field(1, ge=1, description="optimiser updates per step")
     max_tokens_per_microbatch: int = Field(8192, ge=16, description="packing budget")
+    keep_groups_together: bool = Field(
+        False, description="split minibatches at group boundaries (advantages are computed per "
+        "group before the split, so the built-in algorithms do not need it)"
+    )
     zero_stage: int = Field(1, ge=0, le=3)
     gradient_checkpointing: bool = False
-    weight_sync: Literal["shm_file"] = "shm_file"
+    weight_sync: Literal["shm_file", "collective"] = Field(
+        "shm_file",
+        description="shm_file: safetensors through /dev/shm (one node); collective: bucketed "
+        "broadcast from trainer rank 0 to every rollout engine (gloo on CPU, NCCL on GPU)",
+    )
+    sync_bucket_mb: int = Field(256, ge=1, description="collective sync: bucket size in MiB")
     save_every: int = Field(0, ge=0, description="checkpoint every N steps (0: off)")
 
 

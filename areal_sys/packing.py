@@ -107,15 +107,18 @@ def plan_minibatches(
     max_tokens: int,
     world_size: int = 1,
     names: Sequence[str] | None = None,
+    groups: Sequence[int] | None = None,
 ) -> list[list[list[list[int]]]]:
     """[minibatch][rank][micro-batch] → indices into `lengths`.
 
     The sequences are split into `num_minibatches` token-balanced minibatches (one optimiser
     update each; empty ones are dropped, when there are fewer sequences than minibatches), and
-    each minibatch is planned over the ranks by `plan_microbatches`.
+    each minibatch is planned over the ranks by `plan_microbatches`. With `groups` (a group id per
+    sequence) the minibatch split keeps every group whole, for objectives that need a group's
+    members in the same update.
     """
     plans = []
-    for mbatch in balanced_partition(lengths, num_minibatches):
+    for mbatch in _minibatch_split(lengths, num_minibatches, groups):
         if not mbatch:
             continue
         sub = plan_microbatches(
@@ -123,6 +126,19 @@ def plan_minibatches(
         )
         plans.append([[[mbatch[j] for j in mb] for mb in bins] for bins in sub])
     return plans
+
+
+def _minibatch_split(
+    lengths: Sequence[int], k: int, groups: Sequence[int] | None
+) -> list[list[int]]:
+    if groups is None:
+        return balanced_partition(lengths, k)
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    units = list(members.values())
+    parts = balanced_partition([sum(lengths[i] for i in u) for u in units], k)
+    return [sorted(i for j in part for i in units[j]) for part in parts]
 
 
 def _name(names: Sequence[str] | None, i: int) -> str:

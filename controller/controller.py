@@ -147,10 +147,15 @@ class Controller:
 
     async def _push_weights(self, version: int) -> dict[str, float]:
         t0 = time.time()
-        path = f"{self.actors.sync_dir}/weights.safetensors"
-        await asyncio.gather(*[t.export_weights.remote(path) for t in self.actors.trainers])
-        loads = await asyncio.gather(
-            *[w.update_weights.remote(path, version) for w in self.actors.rollout])
+        trainers, rollout = self.actors.trainers, self.actors.rollout
+        if self.cfg.trainer.weight_sync == "collective":  # send and receive at the same time
+            sends = [t.broadcast_weights.remote() for t in trainers]
+            loads = [w.update_weights.remote(None, version) for w in rollout]
+            loads = (await asyncio.gather(*sends, *loads))[len(sends):]
+        else:
+            path = f"{self.actors.sync_dir}/weights.safetensors"
+            await asyncio.gather(*[t.export_weights.remote(path) for t in trainers])
+            loads = await asyncio.gather(*[w.update_weights.remote(path, version) for w in rollout])
         self.version = version
         self.staleness.set_version(version)
         return {"sync_s": time.time() - t0,

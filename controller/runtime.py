@@ -155,10 +155,30 @@ def create_actors(cfg: ExperimentConfig, model_path: str) -> Actors:
     return Actors(rollout, trainers, reward, sync_dir)
 
 
-async def start_actors(actors: Actors) -> None:
+async def start_actors(cfg: ExperimentConfig, actors: Actors) -> None:
+    """Start the engines and the trainer ranks in parallel, then connect the weight sync."""
     await asyncio.gather(
         *[w.start.remote() for w in actors.rollout],
         *[t.setup.remote() for t in actors.trainers],
+    )
+    await init_weight_sync(cfg, actors)
+
+
+async def init_weight_sync(cfg: ExperimentConfig, actors: Actors) -> None:
+    """`collective` backend: trainer rank 0 and every rollout engine form one group (rank 0 =
+    trainer); the weights' names, shapes and dtypes travel once, here. No-op for `shm_file`."""
+    if cfg.trainer.weight_sync != "collective":
+        return
+    metas = await asyncio.gather(*[t.weight_meta.remote() for t in actors.trainers])
+    host, port = await actors.trainers[0].weight_sync_endpoint.remote()
+    on_gpu = cfg.cluster.trainer_gpus > 0 and cfg.cluster.rollout_gpus > 0
+    common = {"meta": metas[0], "bucket_bytes": cfg.trainer.sync_bucket_mb << 20,
+              "backend": "nccl" if on_gpu else "gloo"}
+    world = 1 + len(actors.rollout)
+    await asyncio.gather(
+        actors.trainers[0].init_weight_group.remote(host, port, world, **common),
+        *[w.init_weight_group.remote(host, port, 1 + i, world, **common)
+          for i, w in enumerate(actors.rollout)],
     )
 
 

@@ -11,6 +11,7 @@ from areal_sys.packing import (
     pack_micro_batch,
     packing_stats,
     plan_microbatches,
+    plan_minibatches,
     response_logprobs,
     to_padded,
 )
@@ -128,3 +129,40 @@ def test_packed_logprobs_equal_unpacked(tiny_model) -> None:
         out = tiny_model(input_ids=mb.input_ids, position_ids=contiguous, use_cache=False)
         leaky = response_logprobs(out.logits[0, mb.logit_index], mb.target_ids, temperature)
         assert (leaky - unpacked_t).abs().max().item() > 1e-2
+
+
+def long_tail(rng: random.Random, n: int) -> list[int]:
+    """Sequence lengths with a long tail (most short, a few near the budget)."""
+    return [min(1000, 16 + int(rng.paretovariate(1.2) * 30)) for _ in range(n)]
+
+
+@pytest.mark.parametrize("trial", range(40))
+def test_plan_invariants_on_random_inputs(trial: int) -> None:
+    """No sequence split or lost, budget respected, equal micro-batch counts per rank, and the
+    heaviest rank exceeds the lightest by at most the longest sequence."""
+    rng = random.Random(1000 + trial)
+    world = rng.randint(1, 5)
+    lengths = long_tail(rng, rng.randint(world, 120))
+    budget = rng.choice([1000, 1500, 4096])
+    plan = plan_microbatches(lengths, budget, world)
+    placed = [i for bins in plan for mb in bins for i in mb]
+    assert sorted(placed) == list(range(len(lengths)))  # each sequence exactly once, whole
+    assert all(sum(lengths[i] for i in mb) <= budget for bins in plan for mb in bins)
+    assert len({len(bins) for bins in plan}) == 1
+    rank_tokens = packing_stats(plan, lengths, budget).rank_tokens
+    assert max(rank_tokens) - min(rank_tokens) <= max(lengths)
+
+
+def test_minibatches_can_keep_groups_whole() -> None:
+    rng = random.Random(7)
+    groups = [g for g in range(12) for _ in range(4)]
+    lengths = [rng.randint(10, 90) for _ in groups]
+    plans = plan_minibatches(lengths, 3, 256, 2, groups=groups)
+    assert len(plans) == 3
+    seen = []
+    for plan in plans:
+        members = {i for bins in plan for mb in bins for i in mb}
+        for g in {groups[i] for i in members}:  # the whole group is in this minibatch
+            assert all(i in members for i in range(48) if groups[i] == g)
+        seen.extend(members)
+    assert sorted(seen) == list(range(48))

@@ -295,8 +295,23 @@ class RolloutWorker:
             return s
 
     # ------------------------------------------------------------------ weights
-    async def update_weights(self, path: str, version: int) -> dict[str, float | int]:
-        """Load the HF-named safetensors file at `path` as policy `version`.
+    async def init_weight_group(
+        self, host: str, port: int, rank: int, world_size: int, meta: list[Any],
+        bucket_bytes: int, backend: str, timeout_s: float = 1800.0,
+    ) -> bool:
+        """Join the `collective` weight-sync group as `rank` (trainer rank 0 joins at the same
+        time). `meta` = (name, shape, dtype) of every weight, sent only here."""
+        engine = self._require_engine()
+        await engine.collective_rpc(
+            "init_weight_group",
+            args=(host, port, rank, world_size, meta, bucket_bytes, backend, timeout_s),
+        )
+        return True
+
+    async def update_weights(self, path: str | None, version: int) -> dict[str, float | int]:
+        """Load new weights as policy `version`: from the HF-named safetensors file at `path`
+        (`shm_file`), or, with `path=None`, from the trainer's broadcast on the weight-sync group
+        (`collective`; trainer rank 0 sends concurrently).
 
         Returns seconds spent draining in-flight requests (`drain_s`), in the engine's reload
         (`reload_s`), loading incl. prefix-cache reset (`load_s`), overall (`total_s`), the number
@@ -317,7 +332,11 @@ class RolloutWorker:
                     await self._drained.wait()
                 t1 = time.perf_counter()
                 try:
-                    results = await engine.collective_rpc("load_weights_from_file", args=(path,))
+                    if path is None:
+                        results = await engine.collective_rpc("receive_weights")
+                    else:
+                        results = await engine.collective_rpc(
+                            "load_weights_from_file", args=(path,))
                     if not await engine.reset_prefix_cache():
                         raise RuntimeError("prefix cache reset failed: requests still hold KV")
                 except BaseException as exc:  # weights may be half-loaded: refuse to sample

@@ -29,7 +29,6 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,6 +46,7 @@ from areal_sys.packing import (
     to_padded,
 )
 from areal_sys.trajectory import Group
+from workers.weight_sync import SyncGroup, TensorMeta, tensor_meta, write_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ class TrainBatch:
     mask: list[torch.Tensor]  # [R_i] float 0/1
     adv: list[torch.Tensor]  # [R_i]
     names: list[str]
+    group_ids: list[int]
 
     @property
     def lengths(self) -> list[int]:
@@ -89,7 +90,7 @@ class TrainBatch:
 
 def prepare_batch(groups: list[Group], estimator: Any) -> TrainBatch:
     """Advantages per group (over all its members), then one entry per non-empty response."""
-    b = TrainBatch([], [], [], [], [], [])
+    b = TrainBatch([], [], [], [], [], [], [])
     for g in groups:
         adv = estimator(torch.tensor(g.rewards, dtype=torch.float32))
         per_token = broadcast_to_tokens(adv, [len(t.response_ids) for t in g.trajectories])
@@ -102,6 +103,7 @@ def prepare_batch(groups: list[Group], estimator: Any) -> TrainBatch:
             b.mask.append(torch.tensor(t.loss_mask, dtype=torch.float32))
             b.adv.append(a)
             b.names.append(f"{t.prompt_uid}/group{g.group_id}/sample{k}")
+            b.group_ids.append(g.group_id)
     return b
 
 
@@ -134,6 +136,7 @@ class TrainerWorker:
         self.master_addr, self.master_port = master_addr, master_port
         self.dtype, self.seed, self.temperature = dtype, seed, temperature
         self.engine: Any = None
+        self._weight_group: SyncGroup | None = None
 
     # ----------------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -170,6 +173,7 @@ class TrainerWorker:
             lr=self.cfg["lr"],
             betas=tuple(self.cfg["adam_betas"]),
             weight_decay=self.cfg["weight_decay"],
+            eps=self.cfg["adam_eps"],
         )
         ds_config = {
             "train_micro_batch_size_per_gpu": 1,
@@ -202,7 +206,8 @@ class TrainerWorker:
             raise ValueError("train_step got no response tokens to train on")
         lengths, budget = batch.lengths, self.cfg["max_tokens_per_microbatch"]
         plans = plan_minibatches(
-            lengths, self.cfg["ppo_minibatches"], budget, self.world_size, batch.names
+            lengths, self.cfg["ppo_minibatches"], budget, self.world_size, batch.names,
+            groups=batch.group_ids if self.cfg["keep_groups_together"] else None,
         )
         my_mbs = [[self._pack(batch, idx) for idx in plan[self.rank]] for plan in plans]
         whole = [[mb for plan in plans for mb in plan[r]] for r in range(self.world_size)]
@@ -405,20 +410,53 @@ class TrainerWorker:
         return out
 
     def export_weights(self, path: str) -> dict[str, float]:
-        """Rank 0 writes the full HF-named weights as one safetensors file, atomically (a temporary
-        file in the same directory, then rename), so a reader never sees a partial file."""
-        from safetensors.torch import save_file
+        """`shm_file` sync: rank 0 writes the full HF-named weights as one safetensors file,
+        atomically, so a reader never sees a partial file."""
+        t0 = time.perf_counter()
+        sd = self._full_state_dict()
+        num_bytes = write_safetensors(sd, path) if sd is not None else 0
+        self._barrier()
+        return {"export_s": time.perf_counter() - t0, "num_bytes": float(num_bytes)}
 
+    def weight_sync_endpoint(self) -> tuple[str, int]:
+        """Where rank 0 hosts the `collective` group's store: this node's address, a free port."""
+        import socket
+
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def weight_meta(self) -> list[TensorMeta] | None:
+        """(name, shape, dtype) of every exported weight on rank 0 (collective under ZeRO-3)."""
+        sd = self._full_state_dict()
+        return tensor_meta(sd) if sd is not None else None
+
+    def init_weight_group(
+        self, host: str, port: int, world_size: int, meta: list[TensorMeta],
+        bucket_bytes: int, backend: str, timeout_s: float = 1800.0,
+    ) -> bool:
+        """Rank 0 joins the `collective` group as its rank 0, together with every rollout engine
+        (they call `RolloutWorker.init_weight_group` at the same time). Other ranks do nothing."""
+        if self.rank == 0:
+            self._weight_group = SyncGroup(
+                host, port, 0, world_size, meta,
+                bucket_bytes=bucket_bytes, backend=backend, timeout_s=timeout_s,
+            )
+        return True
+
+    def broadcast_weights(self) -> dict[str, float]:
+        """`collective` sync: gather the full weights (every rank calls it) and broadcast them
+        from rank 0 while the rollout engines receive (`RolloutWorker.update_weights(None, v)`)."""
         t0 = time.perf_counter()
         sd = self._full_state_dict()
         num_bytes = 0
         if sd is not None:
-            target = Path(path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-            save_file(sd, str(tmp), metadata={"format": "pt"})
-            os.replace(tmp, target)
-            num_bytes = target.stat().st_size
+            if self._weight_group is None:
+                raise RuntimeError("broadcast_weights before init_weight_group")
+            num_bytes = self._weight_group.send(sd)
         self._barrier()
         return {"export_s": time.perf_counter() - t0, "num_bytes": float(num_bytes)}
 

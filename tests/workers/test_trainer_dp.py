@@ -1,0 +1,118 @@
+"""Data parallelism: N TrainerWorker ranks (real DeepSpeed, gloo, one process each) must compute
+the same update as one rank on the same global batch, at any micro-batch split and ZeRO stage.
+
+Every configuration trains one step from the same weights on the same groups and rank 0 writes the
+updated full weights. Adam's first step is nearly sign(g)·lr, which would hide a gradient scaled by
+a wrong factor, so these runs use adam_eps = 1 (the update is then ~lr·g for these small
+gradients) and also compare the loss and the global gradient norm.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from areal_sys.config import AlgorithmConfig, TrainerConfig
+from tests.workers.test_trainer import make_groups
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rank_main(rank: int, world: int, port: int, model: str, cfg: dict, out: str) -> None:
+    """One trainer rank: set up, train one step, export the weights (rank 0 writes `out`)."""
+    import os
+
+    os.environ["AREAL_SYS_CPU_CORES"] = str(rank % max(1, len(os.sched_getaffinity(0))))
+    from workers.trainer import TrainerWorker
+
+    worker = TrainerWorker(
+        model, trainer_cfg=cfg, algo_cfg=AlgorithmConfig().model_dump(), rank=rank,
+        world_size=world, master_port=port,
+    )
+    worker.setup()
+    metrics = worker.train_step(make_groups(6, 4, seed=11), step=0)
+    worker.export_weights(out + ".safetensors")
+    if rank == 0:
+        torch.save(metrics, out + ".metrics")
+    worker.shutdown()
+
+
+def train_one_step(model: Path, out: Path, *, world: int, zero_stage: int, budget: int) -> Any:
+    cfg = TrainerConfig(
+        lr=1e-2, adam_eps=1.0, zero_stage=zero_stage, max_tokens_per_microbatch=budget,
+        num_workers=world,
+    ).model_dump()
+    ctx = multiprocessing.get_context("spawn")
+    port = _free_port()
+    procs = [
+        ctx.Process(target=_rank_main, args=(r, world, port, str(model), cfg, str(out)))
+        for r in range(world)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    from safetensors.torch import load_file
+
+    return load_file(f"{out}.safetensors"), torch.load(f"{out}.metrics")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from areal_sys.models.tiny import save_random_tiny_model
+
+    root = tmp_path_factory.mktemp("dp")
+    model = save_random_tiny_model(root / "model", seed=0)
+    settings = {
+        "1rank_1mb": dict(world=1, zero_stage=1, budget=4096),
+        "1rank_3mb": dict(world=1, zero_stage=1, budget=160),
+        "2rank_zero1": dict(world=2, zero_stage=1, budget=160),
+        "2rank_zero3": dict(world=2, zero_stage=3, budget=160),
+    }
+    out = {name: train_one_step(model, root / name, **kw) for name, kw in settings.items()}
+    from safetensors.torch import load_file
+
+    out["initial"] = (load_file(str(model / "model.safetensors")), {})
+    return out
+
+
+def max_weight_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def test_micro_batch_split_does_not_change_the_update(runs: dict[str, Any]) -> None:
+    (w1, m1), (w3, m3) = runs["1rank_1mb"], runs["1rank_3mb"]
+    assert m1["num_microbatches"] == 1 and m3["num_microbatches"] >= 3
+    assert m3["loss"] == pytest.approx(m1["loss"], abs=1e-6)
+    assert m3["grad_norm"] == pytest.approx(m1["grad_norm"], rel=1e-4)
+    assert max_weight_diff(w1, w3) < 1e-6
+
+
+def test_two_data_parallel_ranks_equal_one(runs: dict[str, Any]) -> None:
+    (w1, m1), (w2, m2) = runs["1rank_1mb"], runs["2rank_zero1"]
+    assert m2["loss"] == pytest.approx(m1["loss"], abs=1e-6)
+    assert m2["grad_norm"] == pytest.approx(m1["grad_norm"], rel=1e-4)
+    assert m2["rank_imbalance"] < 0.2
+    moved = max_weight_diff(w1, runs["initial"][0])
+    assert moved > 1e-4  # the step really changed the weights ...
+    assert max_weight_diff(w1, w2) < 1e-3 * moved  # ... identically with one rank and two
+
+
+def test_zero3_gathered_weights_equal_zero1(runs: dict[str, Any]) -> None:
+    (w1, m1), (w3, m3) = runs["2rank_zero1"], runs["2rank_zero3"]
+    assert m3["loss"] == pytest.approx(m1["loss"], abs=1e-6)
+    assert m3["grad_norm"] == pytest.approx(m1["grad_norm"], rel=1e-4)
+    assert max_weight_diff(w1, w3) < 1e-6
