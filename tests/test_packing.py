@@ -89,15 +89,44 @@ def test_pack_micro_batch_layout() -> None:
         pack_micro_batch([[]], [[1]])
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory):
+@pytest.fixture(scope="module", params=["sdpa", "packed_sdpa"])
+def tiny_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """The tiny model under plain sdpa (block-diagonal mask) and the trainer's varlen attention."""
     from transformers import AutoModelForCausalLM
 
+    from areal_sys.attention import register
     from areal_sys.models.tiny import save_random_tiny_model
 
+    register()
     path = save_random_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, attn_implementation=request.param
+    )
     return model.eval()
+
+
+def test_packed_gradients_equal_unpacked(tiny_model) -> None:
+    rng = random.Random(1)
+    vocab = tiny_model.config.vocab_size
+    prompts = [[rng.randrange(vocab) for _ in range(rng.randint(1, 9))] for _ in range(4)]
+    responses = [[rng.randrange(vocab) for _ in range(rng.randint(1, 15))] for _ in range(4)]
+    params = [p for p in tiny_model.parameters() if p.requires_grad]
+
+    def grads(loss: torch.Tensor) -> list[torch.Tensor]:
+        return [g.clone() for g in torch.autograd.grad(loss, params, allow_unused=True)
+                if g is not None]
+
+    mb = pack_micro_batch(prompts, responses)
+    out = tiny_model(input_ids=mb.input_ids, position_ids=mb.position_ids, use_cache=False,
+                     logits_to_keep=mb.logit_index)
+    packed = grads(response_logprobs(out.logits[0], mb.target_ids).sum())
+    total = 0
+    for p, r in zip(prompts, responses, strict=True):
+        logits = tiny_model(input_ids=torch.tensor([p + r]), use_cache=False).logits[0]
+        total = total + response_logprobs(logits[len(p) - 1 : -1], torch.tensor(r)).sum()
+    unpacked = grads(total)
+    assert len(packed) == len(unpacked)
+    assert max(float((a - b).abs().max()) for a, b in zip(packed, unpacked, strict=True)) < 1e-4
 
 
 def test_packed_logprobs_equal_unpacked(tiny_model) -> None:

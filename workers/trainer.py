@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from areal_sys.algorithms import LossDenominators, broadcast_to_tokens, build_algorithm
+from areal_sys.attention import attention_implementation
 from areal_sys.packing import (
     PackedMicroBatch,
     ffd_pack,
@@ -165,7 +166,10 @@ class TrainerWorker:
         deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
         torch.manual_seed(self.seed)
 
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            self.model_path, dtype=torch.float32,
+            attn_implementation=attention_implementation("cuda" if on_gpu else "cpu"),
+        )
         if self.cfg["gradient_checkpointing"]:
             model.gradient_checkpointing_enable({"use_reentrant": False})
         optimizer = torch.optim.AdamW(
