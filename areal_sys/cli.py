@@ -139,6 +139,10 @@ def _run(cfg: ExperimentConfig) -> int:
     train = _encode(cfg, rows["train"], "train", tokenizer)
     held_out = _encode(cfg, rows["eval"], "eval", tokenizer)
 
+    from areal_sys.algorithms import build_algorithm
+
+    algo = build_algorithm(cfg.algorithm, max_new_tokens=cfg.rollout.max_new_tokens)
+    print(f"algorithm: {algo.summary}")  # which path is active, before anything starts
     runtime.start_ray(cfg)
     actors = None
     try:

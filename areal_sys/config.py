@@ -102,6 +102,9 @@ class TrainerConfig(Section):
     num_workers: int = Field(1, ge=1, description="data-parallel TrainerWorker actors")
     total_steps: int = Field(50, ge=1, description="optimiser steps (policy versions) to run")
     lr: float = Field(1e-5, gt=0)
+    critic_lr: float = Field(
+        1e-5, gt=0, description="learning rate of the value model (critic; PPO with GAE only)"
+    )
     weight_decay: float = Field(0.0, ge=0)
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = Field(1e-8, gt=0)
@@ -238,6 +241,10 @@ class ClusterConfig(Section):
     reward_cpus: float = Field(0.0, ge=0)
     rollout_gpus: float = Field(0.0, ge=0)
     trainer_gpus: float = Field(0.0, ge=0)
+    critic_cpus: float = Field(
+        0.0, ge=0, description="Ray CPUs of the critic (PPO only; 0: it shares the trainer's)"
+    )
+    critic_gpus: float = Field(0.0, ge=0, description="GPUs of the critic (PPO only)")
     pin_cpus: bool = Field(
         True, description="local CPU runs: give each rollout engine and trainer its own cores"
     )
@@ -246,6 +253,11 @@ class ClusterConfig(Section):
 class LoggingConfig(Section):
     progress_bar: bool = True
     log_every: int = Field(1, ge=1)
+    kl_to_initial: bool = Field(
+        True, description="log train/kl_to_initial every step: keeps a frozen copy of the initial "
+        "policy in each trainer rank (its memory) and runs one more no-gradient forward per step "
+        "(~1/3 of a step's compute); a KL penalty loads that copy regardless",
+    )
 
 
 class EvalConfig(Section):

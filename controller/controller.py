@@ -1,9 +1,21 @@
 """The single controller: admits prompts under the staleness gate, buffers scored groups, trains,
 pushes weights. It runs in the Ray driver; every heavy operation is a call to an actor.
 
+Filtering and dynamic sampling: each scored group goes through `Algorithm.filter`. A dropped group
+never reaches the buffer; it leaves the staleness gate's `running` count (`on_reject`), so the gate
+admits another prompt in its place and dropped groups never count toward a batch. Refills are
+bounded per step: at most `max_oversample_rounds` extra rounds of B admissions, i.e. at most
+R·B dropped groups while the trainer is at one version. Past that bound a group the filter would
+drop is trained anyway (counted as `groups_filter_bypassed`): the batch is always B groups, no
+step ever waits on a filter, and the staleness accounting is unchanged. Every dropped group is
+written to `filtered.jsonl`, so every admitted prompt is either in the staleness audit (trained)
+or there.
+
     admission loop (background):  while gate open: pick prompt -> rollout worker -> reward -> buffer
+    scored group -> algorithm's filter: kept -> buffer; dropped -> slot freed, filtered.jsonl
     step loop:                    batch <- buffer (oldest first, staleness-feasible)
-                                  train on all trainer ranks (version v -> v+1)
+                                  [critic: values + GAE advantages]
+                                  train on all trainer ranks (version v -> v+1) [+ critic update]
                                   push weights to every rollout worker (interrupting generation)
                                   open the gate for version v+1, log
 """
@@ -16,6 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from areal_sys.algorithms import build_algorithm
 from areal_sys.config import ExperimentConfig
 from areal_sys.data.sampler import EpochSampler
 from areal_sys.metrics import JsonlWriter
@@ -44,6 +59,12 @@ class Controller:
         self.buffer = Buffer(cfg.controller.batch_size)
         self.metrics = JsonlWriter(self.run_dir / "metrics.jsonl")
         self.audit = JsonlWriter(self.run_dir / "staleness.jsonl")
+        self.filtered = JsonlWriter(self.run_dir / "filtered.jsonl")
+        self.algo = build_algorithm(cfg.algorithm, max_new_tokens=cfg.rollout.max_new_tokens)
+        self._refill_budget = self.algo.max_oversample_rounds * cfg.controller.batch_size
+        self._refills_left = self._refill_budget  # drops still allowed at this version
+        self._counts = {"scored": 0, "filtered": 0, "bypassed": 0}  # since the last step record
+        self.filtered_total = 0
         self.version = 0
         self._next_seq = 0
         self._load = [0] * len(actors.rollout)  # groups in flight per rollout worker
@@ -53,7 +74,7 @@ class Controller:
     # ---------------------------------------------------------------- the step loop
     async def run(self) -> dict[str, Any]:
         self._failure = asyncio.get_running_loop().create_future()
-        results: dict[str, Any] = {}
+        results: dict[str, Any] = {"algorithm": self.algo.summary}
         if self.cfg.eval.before_and_after:
             results["pass_rate_before"] = await self.evaluate("before")
         bar = _progress(self.cfg)
@@ -80,6 +101,7 @@ class Controller:
         if self.cfg.eval.before_and_after:
             results["pass_rate_after"] = await self.evaluate("after")
         results["steps"] = self.cfg.trainer.total_steps
+        results["groups_filtered"] = self.filtered_total
         return results
 
     # ---------------------------------------------------------------- admission and rollout
@@ -109,8 +131,30 @@ class Controller:
         finally:
             self._load[worker] -= 1
         await self._score(trajs)
-        self.buffer.put(seq, Group(seq, prompt.uid, trajs, admit_version))
-        self.staleness.on_accept()
+        group = Group(seq, prompt.uid, trajs, admit_version)
+        if self._keep(group):
+            self.buffer.put(seq, group)
+            self.staleness.on_accept()
+
+    def _keep(self, group: Group) -> bool:
+        """The algorithm's filter on a scored group (module doc). A dropped group leaves the
+        buffer and the gate (its slot is refilled) and is recorded in filtered.jsonl."""
+        self._counts["scored"] += 1
+        if self.algo.filter(torch.tensor(group.rewards, dtype=torch.float32)):
+            return True
+        if self._refills_left <= 0:  # the step's refill bound is reached: train it anyway
+            self._counts["bypassed"] += 1
+            return True
+        self._refills_left -= 1
+        self._counts["filtered"] += 1
+        self.filtered_total += 1
+        self.buffer.drop(group.group_id)
+        self.staleness.on_reject()
+        self.filtered.write({
+            "version": self.version, "prompt_uid": group.prompt_uid, "group_id": group.group_id,
+            "admit_version": group.admit_version, "rewards": group.rewards,
+        })
+        return False
 
     async def _score(self, trajs: list[Trajectory]) -> None:
         items = [{"task": t.task, "response": t.response_text, "reference": t.reference}
@@ -142,8 +186,20 @@ class Controller:
 
     # ---------------------------------------------------------------- training and weight sync
     async def _train(self, batch: list[Group], step: int) -> dict[str, float]:
-        refs = [t.train_step.remote(batch, step) for t in self.actors.trainers]
-        return (await self._until_failure(asyncio.gather(*refs)))[0]
+        trainers, critic = self.actors.trainers, self.actors.critic
+        if critic is None:
+            refs = [t.train_step.remote(batch, step) for t in trainers]
+            return (await self._until_failure(asyncio.gather(*refs)))[0]
+        # PPO with a critic: values and GAE in the critic (workers/critic.py), then the policy
+        # update (on the critic's advantages) and the value update run at the same time.
+        ref_logp = None
+        if self.algo.kl_in_reward:
+            ref_logp = await trainers[0].reference_logprobs.remote(batch)
+        adv = await self._until_failure(critic.prepare.remote(batch, ref_logp))
+        refs = [t.train_step.remote(batch, step, adv) for t in trainers]
+        *policy, value = await self._until_failure(
+            asyncio.gather(*refs, critic.update.remote(step)))
+        return {**policy[0], **value}
 
     async def _push_weights(self, version: int) -> dict[str, float]:
         t0 = time.time()
@@ -157,6 +213,7 @@ class Controller:
             await asyncio.gather(*[t.export_weights.remote(path) for t in trainers])
             loads = await asyncio.gather(*[w.update_weights.remote(path, version) for w in rollout])
         self.version = version
+        self._refills_left = self._refill_budget
         self.staleness.set_version(version)
         return {"sync_s": time.time() - t0,
                 "interrupted": float(sum(r.get("interrupted", 0) for r in loads))}
@@ -186,6 +243,8 @@ class Controller:
         trajs = [t for g in batch for t in g.trajectories]
         step_time = time.time() - t0
         tokens = sum(g.num_tokens_generated for g in batch)
+        counts, self._counts = self._counts, dict.fromkeys(self._counts, 0)
+        filtered_frac = counts["filtered"] / max(counts["scored"], 1)
         return {
             "step": step, "version": self.version,
             "reward_mean": sum(t.reward for t in trajs) / len(trajs),
@@ -195,6 +254,9 @@ class Controller:
             "overlap_tokens": overlap, "staleness_max": staleness,
             "step_time_s": step_time, "wait_s": wait_s,
             "buffered": len(self.buffer), "in_flight": self.buffer.in_flight,
+            "groups_scored": counts["scored"], "groups_filtered": counts["filtered"],
+            "groups_filter_bypassed": counts["bypassed"], "filtered_frac": filtered_frac,
+            "train/filtered_frac": filtered_frac,
             **sync, **{f"train/{k}": v for k, v in train.items()},
         }
 

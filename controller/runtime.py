@@ -102,12 +102,14 @@ class Actors:
     trainers: list[Any]
     reward: Any
     sync_dir: str
+    critic: Any = None  # the value model (workers/critic.py), only when the algorithm needs one
     handles: list[Any] = field(default_factory=list)
 
 
 def create_actors(cfg: ExperimentConfig, model_path: str) -> Actors:
     import ray
 
+    from areal_sys.algorithms import build_algorithm
     from reward_service.service import RewardService
     from workers.rollout import RolloutWorker
     from workers.trainer import TrainerWorker
@@ -141,9 +143,23 @@ def create_actors(cfg: ExperimentConfig, model_path: str) -> Actors:
             model_path, trainer_cfg=cfg.trainer.model_dump(), algo_cfg=cfg.algorithm.model_dump(),
             rank=r, world_size=cfg.trainer.num_workers, master_port=port, dtype=cfg.model.dtype,
             seed=cfg.seed, temperature=cfg.rollout.temperature,
+            max_new_tokens=cfg.rollout.max_new_tokens, kl_to_initial=cfg.logging.kl_to_initial,
         )
         for r in range(cfg.trainer.num_workers)
     ]
+    critic = None
+    if build_algorithm(cfg.algorithm, max_new_tokens=cfg.rollout.max_new_tokens).needs_critic:
+        from workers.critic import CriticWorker
+
+        # one rank of its own process group; on local CPU it shares trainer rank 0's cores
+        critic = ray.remote(CriticWorker).options(
+            num_cpus=cfg.cluster.critic_cpus, num_gpus=cfg.cluster.critic_gpus,
+            runtime_env=pinned(trainer_pins[0]),
+        ).remote(
+            model_path, trainer_cfg=cfg.trainer.model_dump(), algo_cfg=cfg.algorithm.model_dump(),
+            max_new_tokens=cfg.rollout.max_new_tokens, master_port=_free_port(),
+            dtype=cfg.model.dtype, seed=cfg.seed,
+        )
     reward = ray.remote(RewardService).options(
         num_cpus=cfg.cluster.reward_cpus, runtime_env=env, max_concurrency=1000,
     ).remote(
@@ -152,7 +168,7 @@ def create_actors(cfg: ExperimentConfig, model_path: str) -> Actors:
     )
     shm = "/dev/shm" if Path("/dev/shm").is_dir() else None
     sync_dir = tempfile.mkdtemp(prefix="areal_sys-", dir=shm)
-    return Actors(rollout, trainers, reward, sync_dir)
+    return Actors(rollout, trainers, reward, sync_dir, critic=critic)
 
 
 async def start_actors(cfg: ExperimentConfig, actors: Actors) -> None:
@@ -160,6 +176,7 @@ async def start_actors(cfg: ExperimentConfig, actors: Actors) -> None:
     await asyncio.gather(
         *[w.start.remote() for w in actors.rollout],
         *[t.setup.remote() for t in actors.trainers],
+        *([actors.critic.setup.remote()] if actors.critic is not None else []),
     )
     await init_weight_sync(cfg, actors)
 
@@ -188,6 +205,8 @@ def shutdown(actors: Actors | None) -> None:
     if actors is not None:
         calls = [w.shutdown.remote() for w in actors.rollout]
         calls += [t.shutdown.remote() for t in actors.trainers]
+        if actors.critic is not None:
+            calls.append(actors.critic.shutdown.remote())
         calls.append(actors.reward.shutdown.remote())
         try:
             ray.get(calls, timeout=60)

@@ -2,16 +2,29 @@
 
 A plain class; the controller wraps it with `ray.remote`. One `train_step(groups, step)`:
 
-1. advantages per group with the configured estimator, broadcast to every response token;
+1. the batch's view (workers/batch.py): shaped rewards, loss masks (overlong filtering, RAFT
+   weights) and advantages, from a group estimator or, for GAE, from the critic (the controller
+   passes the critic's per-token advantages; workers/critic.py says where GAE runs);
 2. the batch is split into `ppo_minibatches` minibatches (balanced tokens), each minibatch over
    the data-parallel ranks (balanced tokens), and each rank's share packed padding-free into
    micro-batches of at most `max_tokens_per_microbatch` tokens, the same count on every rank;
 3. proximal log-probs are recomputed ONCE for every sequence, without gradient, with the weights
-   before this step (π_prox of decoupled PPO); the policy entropy and the approximate KL to the
-   behaviour policy, mean(logπ_b − logπ_prox), are measured on the same pass;
+   before this step (π_prox of decoupled PPO); the policy entropy, the approximate KL to the
+   behaviour policy, mean(logπ_b − logπ_prox), and, with a reference model, the reference
+   log-probs and the KL to the initial policy are measured on the same pass;
 4. one optimiser update per minibatch, accumulating gradients over its micro-batches. Every
    micro-batch loss is normalised by denominators of the whole minibatch (all ranks), so the
-   micro-batch losses sum to the minibatch loss.
+   micro-batch losses sum to the minibatch loss. With `kl_in_loss`, β·KL_t to the reference is
+   added to the per-token loss before the aggregation.
+
+The trainer never reads an algorithm's name: it calls the `Algorithm`'s pieces and branches only
+on its facts (`needs_reference`, `kl_in_loss`, `kl_in_reward`, token-level or group estimator).
+
+Reference model: a frozen copy of the initial weights (fp32, not sharded: one full copy per rank),
+loaded when the algorithm needs it (KL on) or when `kl_to_initial` asks for the metric
+`kl_to_initial` = mean over loss tokens of k3(π_prox ‖ π_init). Cost: one more no-gradient
+forward over the rank's sequences per step (about a third of a step's compute) and the model's
+memory; `logging.kl_to_initial: false` turns it off when no KL is needed.
 
 Log-probs are log_softmax(logits / temperature) at the response positions, in float32. Only
 response tokens with loss_mask 1 train. Every rank receives the whole batch and derives the same
@@ -24,16 +37,16 @@ inference) uses, never training, so it is switched off here at every world size.
 
 from __future__ import annotations
 
+import copy
 import logging
-import math
 import os
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from areal_sys.algorithms import LossDenominators, broadcast_to_tokens, build_algorithm
+from areal_sys.algorithms import LossDenominators, build_algorithm
+from areal_sys.algorithms.kl import kl_k3
 from areal_sys.attention import attention_implementation
 from areal_sys.packing import (
     PackedMicroBatch,
@@ -47,68 +60,20 @@ from areal_sys.packing import (
     to_padded,
 )
 from areal_sys.trajectory import Group
-from workers.weight_sync import SyncGroup, TensorMeta, tensor_meta, write_safetensors
+from workers.batch import Nested, TrainBatch, lr_at_step, prepare_batch
+from workers.trainer_weights import _DTYPES, WeightsOut
+from workers.weight_sync import SyncGroup
+
+__all__ = ["TrainBatch", "TrainerWorker", "lr_at_step", "prepare_batch"]
 
 log = logging.getLogger(__name__)
 
 CPU_CORES_ENV = "AREAL_SYS_CPU_CORES"  # comma-separated core ids this rank may use (CPU only)
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_SUMS = ("loss", "entropy", "kl_behav", "kl_initial", "kl_loss", "clipped", "behav_weight",
+         "capped", "n_loss_tokens", "n_seqs_trained", "response_tokens")
 
 
-def lr_at_step(
-    step: int, *, lr: float, warmup_steps: int, total_steps: int, schedule: str
-) -> float:
-    """Learning rate of train step `step` (0-based policy version): linear warm-up over
-    `warmup_steps` steps (lr·(step+1)/warmup), then constant, or cosine decay to 0 at `total_steps`.
-    Every minibatch update of one step uses the same rate.
-    """
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    if schedule == "constant":
-        return lr
-    if schedule != "cosine":
-        raise ValueError(f"unknown lr_schedule {schedule!r}")
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-@dataclass
-class TrainBatch:
-    """The training view of a list of groups: one entry per trained sequence (batch order)."""
-
-    prompts: list[list[int]]
-    responses: list[list[int]]
-    behav: list[torch.Tensor]  # [R_i] engine log-probs
-    mask: list[torch.Tensor]  # [R_i] float 0/1
-    adv: list[torch.Tensor]  # [R_i]
-    names: list[str]
-    group_ids: list[int]
-
-    @property
-    def lengths(self) -> list[int]:
-        return [len(p) + len(r) for p, r in zip(self.prompts, self.responses, strict=True)]
-
-
-def prepare_batch(groups: list[Group], estimator: Any) -> TrainBatch:
-    """Advantages per group (over all its members), then one entry per non-empty response."""
-    b = TrainBatch([], [], [], [], [], [], [])
-    for g in groups:
-        adv = estimator(torch.tensor(g.rewards, dtype=torch.float32))
-        per_token = broadcast_to_tokens(adv, [len(t.response_ids) for t in g.trajectories])
-        for k, (t, a) in enumerate(zip(g.trajectories, per_token, strict=True)):
-            if not t.response_ids:
-                continue
-            b.prompts.append(list(t.prompt_ids))
-            b.responses.append(list(t.response_ids))
-            b.behav.append(torch.tensor(t.behav_logprobs, dtype=torch.float32))
-            b.mask.append(torch.tensor(t.loss_mask, dtype=torch.float32))
-            b.adv.append(a)
-            b.names.append(f"{t.prompt_uid}/group{g.group_id}/sample{k}")
-            b.group_ids.append(g.group_id)
-    return b
-
-
-class TrainerWorker:
+class TrainerWorker(WeightsOut):
     """One data-parallel trainer rank. Construct cheaply, then `setup()` (joins the process group
     and builds the engine), `train_step(...)` per policy version, `export_weights(...)` for weight
     sync, `save_hf(...)` for checkpoints, `shutdown()` at the end.
@@ -127,17 +92,28 @@ class TrainerWorker:
         dtype: str = "float32",
         seed: int = 0,
         temperature: float = 1.0,
+        max_new_tokens: int | None = None,
+        kl_to_initial: bool = False,
     ) -> None:
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         self.model_path = model_path
         self.cfg = dict(trainer_cfg)
-        self.algo = build_algorithm(algo_cfg)
+        self.algo = build_algorithm(algo_cfg, max_new_tokens=max_new_tokens)
+        self.use_reference = self.algo.needs_reference or kl_to_initial
         self.rank, self.world_size = rank, world_size
         self.master_addr, self.master_port = master_addr, master_port
         self.dtype, self.seed, self.temperature = dtype, seed, temperature
         self.engine: Any = None
+        self.ref_model: Any = None
         self._weight_group: SyncGroup | None = None
+
+    @staticmethod
+    def _frozen_copy(model: Any) -> Any:
+        """The reference policy: a frozen copy of the initial weights (module doc)."""
+        ref = copy.deepcopy(model).eval()
+        ref.requires_grad_(False)
+        return ref
 
     # ----------------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -170,6 +146,7 @@ class TrainerWorker:
             self.model_path, dtype=torch.float32,
             attn_implementation=attention_implementation("cuda" if on_gpu else "cpu"),
         )
+        self.ref_model = self._frozen_copy(model) if self.use_reference else None
         if self.cfg["gradient_checkpointing"]:
             model.gradient_checkpointing_enable({"use_reentrant": False})
         optimizer = torch.optim.AdamW(
@@ -201,11 +178,23 @@ class TrainerWorker:
             )
 
     # ------------------------------------------------------------------------------ train step
-    def train_step(self, groups: list[Group], step: int) -> dict[str, float]:
-        """One policy update (version `step` → `step + 1`) on the whole batch; returns metrics."""
+    def train_step(
+        self, groups: list[Group], step: int, advantages: Nested | None = None
+    ) -> dict[str, float]:
+        """One policy update (version `step` → `step + 1`) on the whole batch; returns metrics.
+
+        `advantages`: per-token advantages nested like `groups`, required for a token-level
+        estimator (the critic's GAE; workers/critic.py), ignored otherwise.
+        """
         if self.engine is None:
             raise RuntimeError("call setup() before train_step()")
-        batch = prepare_batch(groups, self.algo.estimator)
+        bonus = None
+        if self.algo.kl_in_reward and self.algo.estimator is not None:
+            bonus = self._kl_reward_sums(groups)
+        batch = prepare_batch(
+            groups, self.algo, reward_bonus=bonus,
+            advantages=advantages if self.algo.estimator is None else None,
+        )
         if not batch.prompts:
             raise ValueError("train_step got no response tokens to train on")
         lengths, budget = batch.lengths, self.cfg["max_tokens_per_microbatch"]
@@ -218,7 +207,7 @@ class TrainerWorker:
         pstats = packing_stats(whole, lengths, budget)
 
         t0 = time.perf_counter()
-        prox, sums = self._proximal_pass(batch, [mb for mbs in my_mbs for mb in mbs])
+        prox, ref, sums = self._proximal_pass(batch, [mb for mbs in my_mbs for mb in mbs])
         t1 = time.perf_counter()
         lr = lr_at_step(
             step, lr=self.cfg["lr"], warmup_steps=self.cfg["warmup_steps"],
@@ -231,7 +220,7 @@ class TrainerWorker:
             members = [i for bins in plan for mb in bins for i in mb]  # all ranks' sequences
             denom = LossDenominators.from_masks(batch.mask[i] for i in members)
             for mb in mbs:
-                self._train_micro_batch(batch, mb, prox, denom, sums)
+                self._train_micro_batch(batch, mb, prox, ref, denom, sums)
             pre_step_norm = self._plain_grad_norm()
             self.engine.step()
             norm = self.engine.get_global_grad_norm()
@@ -240,7 +229,7 @@ class TrainerWorker:
 
         s = self._all_reduce(sums)
         n_tok = max(s["n_loss_tokens"], 1.0)
-        return {
+        metrics = {
             "loss": s["loss"] / len(plans),
             "entropy": s["entropy"] / n_tok,
             "approx_kl_behav": s["kl_behav"] / n_tok,
@@ -248,6 +237,9 @@ class TrainerWorker:
             "behav_weight_mean": s["behav_weight"] / n_tok,
             "behav_weight_max": s["behav_weight_max"],
             "behav_capped_frac": s["capped"] / n_tok,
+            "response_len_mean": s["response_tokens"] / len(lengths),
+            "trained_seq_frac": s["n_seqs_trained"] / len(lengths),
+            "reward_shaped_mean": sum(batch.rewards) / len(batch.rewards),
             "grad_norm": sum(grad_norms) / len(grad_norms),
             "lr": float(lr),
             "n_tokens": float(sum(lengths)),
@@ -261,29 +253,60 @@ class TrainerWorker:
             "train_time_s": t2 - t1,
             "tokens_per_s": sum(lengths) / max(t2 - t0, 1e-9),
         }
+        if self.ref_model is not None:
+            metrics["kl_to_initial"] = s["kl_initial"] / n_tok
+        if self.algo.kl_in_loss:
+            metrics["kl_loss"] = s["kl_loss"] / max(len(plans), 1)
+        return metrics
 
     @torch.no_grad()
-    def compute_logprobs(self, groups: list[Group]) -> list[list[list[float]]]:
+    def compute_logprobs(self, groups: list[Group]) -> Nested:
         """Log-probs (at `temperature`) of every response token under the current weights, packed,
         without gradient: one list per trajectory, nested like `groups`. Every rank computes all
         of them (ZeRO-3 forwards are collective: call it on every rank)."""
+        self.engine.eval()
+        out = self._all_logprobs(groups, self._logits)
+        self.engine.train()
+        return out
+
+    @torch.no_grad()
+    def reference_logprobs(self, groups: list[Group]) -> Nested:
+        """Like `compute_logprobs`, under the frozen initial weights (needs the reference model;
+        not sharded, so any single rank may answer)."""
+        if self.ref_model is None:
+            raise RuntimeError("no reference model (KL off and kl_to_initial false)")
+        return self._all_logprobs(groups, self._ref_logits)
+
+    def _all_logprobs(self, groups: list[Group], logits_fn: Any) -> Nested:
         trajs = [t for g in groups for t in g.trajectories]
         out: list[list[float]] = [[] for _ in trajs]
         live = [i for i, t in enumerate(trajs) if t.response_ids]
-        self.engine.eval()
         budget = self.cfg["max_tokens_per_microbatch"]
         for bin_ in ffd_pack([trajs[i].length for i in live], budget):
             idx = [live[j] for j in bin_]
             mb = pack_micro_batch(
                 [trajs[i].prompt_ids for i in idx], [trajs[i].response_ids for i in idx], idx
             ).to(self.engine.device)
-            logp = response_logprobs(self._logits(mb), mb.target_ids, self.temperature)
+            logp = response_logprobs(logits_fn(mb), mb.target_ids, self.temperature)
             rows = to_padded(logp, mb).cpu()
             for s, i in enumerate(idx):
                 out[i] = rows[s, : len(trajs[i].response_ids)].tolist()
-        self.engine.train()
         flat = iter(out)
         return [[next(flat) for _ in g.trajectories] for g in groups]
+
+    def _kl_reward_sums(self, groups: list[Group]) -> list[list[float]]:
+        """Σ_t −β·KL_t(behaviour ‖ reference) per response, for a group estimator's rewards.
+        Every rank computes all of them, so every rank derives the same advantages."""
+        ref = self.reference_logprobs(groups)
+        out = []
+        for g, rows in zip(groups, ref, strict=True):
+            sums = []
+            for t, r in zip(g.trajectories, rows, strict=True):
+                behav = torch.tensor(t.behav_logprobs, dtype=torch.float32)
+                mask = torch.tensor(t.loss_mask, dtype=torch.float32)
+                sums.append(float(self.algo.kl_reward(behav, torch.tensor(r), mask).sum()))
+            out.append(sums)
+        return out
 
     def _pack(self, batch: TrainBatch, idx: list[int]) -> PackedMicroBatch:
         if not idx:  # rank has fewer sequences than micro-batches: a zero-loss dummy pass
@@ -296,7 +319,16 @@ class TrainerWorker:
 
     def _logits(self, mb: PackedMicroBatch) -> torch.Tensor:
         """Logits [N, V] at the positions predicting the micro-batch's response tokens."""
-        out = self.engine(
+        return self._forward(self.engine, mb)
+
+    def _ref_logits(self, mb: PackedMicroBatch) -> torch.Tensor:
+        if next(self.ref_model.parameters()).device != mb.input_ids.device:
+            self.ref_model.to(mb.input_ids.device)
+        return self._forward(self.ref_model, mb)
+
+    @staticmethod
+    def _forward(model: Any, mb: PackedMicroBatch) -> torch.Tensor:
+        out = model(
             input_ids=mb.input_ids,
             position_ids=mb.position_ids,
             attention_mask=None,  # with use_cache=False: block-diagonal mask from position_ids
@@ -311,15 +343,13 @@ class TrainerWorker:
     @torch.no_grad()
     def _proximal_pass(
         self, batch: TrainBatch, mbs: list[PackedMicroBatch]
-    ) -> tuple[list[torch.Tensor], dict[str, float]]:
-        """π_prox for every sequence of this rank (weights before the update; other ranks'
-        sequences stay empty), plus the entropy and KL numerators."""
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], dict[str, float]]:
+        """π_prox (and π_ref with a reference model) for every sequence of this rank (weights
+        before the update; other ranks' sequences stay empty), plus the metric numerators."""
         self.engine.eval()
         prox = [torch.zeros(0) for _ in batch.prompts]
-        sums = dict.fromkeys(
-            ("loss", "entropy", "kl_behav", "clipped", "behav_weight", "capped", "n_loss_tokens"),
-            0.0,
-        )
+        ref = [torch.zeros(0) for _ in batch.prompts]
+        sums = dict.fromkeys(_SUMS, 0.0)
         sums["behav_weight_max"] = 0.0
         for mb in mbs:
             logits = self._logits(mb)
@@ -329,18 +359,30 @@ class TrainerWorker:
             ent_rows = to_padded(response_entropy(logits, self.temperature), mb)
             for s, i in enumerate(mb.seq_indices):
                 prox[i] = logp_rows[s, : len(batch.responses[i])].cpu()
-            keep = self._rows(batch.mask, mb).bool()
+            mask = self._rows(batch.mask, mb)
+            keep = mask.bool()
+            if self.ref_model is not None:
+                ref_logits = self._ref_logits(mb)
+                ref_rows = to_padded(
+                    response_logprobs(ref_logits, mb.target_ids, self.temperature), mb
+                )
+                for s, i in enumerate(mb.seq_indices):
+                    ref[i] = ref_rows[s, : len(batch.responses[i])].cpu()
+                sums["kl_initial"] += float(kl_k3(logp_rows, ref_rows)[keep].sum())
             sums["entropy"] += float(ent_rows[keep].sum())
             sums["kl_behav"] += float((self._rows(batch.behav, mb) - logp_rows)[keep].sum())
             sums["n_loss_tokens"] += float(keep.sum())
+            sums["n_seqs_trained"] += float((mask.sum(-1) > 0).sum())
+            sums["response_tokens"] += float(sum(len(batch.responses[i]) for i in mb.seq_indices))
         self.engine.train()
-        return prox, sums
+        return prox, ref, sums
 
     def _train_micro_batch(
         self,
         batch: TrainBatch,
         mb: PackedMicroBatch,
         prox: list[torch.Tensor],
+        ref: list[torch.Tensor],
         denom: LossDenominators,
         sums: dict[str, float],
     ) -> None:
@@ -349,13 +391,18 @@ class TrainerWorker:
             self.engine.backward(logp.sum() * 0.0)
             return
         mask = self._rows(batch.mask, mb)
+        logp_rows = to_padded(logp, mb)
         token_loss, stats = self.algo.policy_loss(
-            to_padded(logp, mb),
+            logp_rows,
             self._rows(prox, mb),
             self._rows(batch.behav, mb),
             self._rows(batch.adv, mb),
             mask,
         )
+        if self.algo.kl_in_loss:
+            kl_term = self.algo.kl_loss(logp_rows, self._rows(ref, mb), mask)
+            token_loss = token_loss + kl_term
+            sums["kl_loss"] += float(self.algo.aggregate(kl_term.detach(), mask, denom))
         loss = self.algo.aggregate(token_loss, mask, denom)
         # DeepSpeed averages gradients over data-parallel ranks; the global loss is their sum.
         self.engine.backward(loss * self.world_size)
@@ -392,95 +439,6 @@ class TrainerWorker:
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
         dist.all_reduce(peak, op=dist.ReduceOp.MAX)
         return {k: float(peak[j] if k.endswith("_max") else total[j]) for j, k in enumerate(keys)}
-
-    # --------------------------------------------------------------------------- weights out
-    def _full_state_dict(self) -> dict[str, torch.Tensor] | None:
-        """HF-named full weights on rank 0 (None elsewhere), tied duplicates dropped (as HF saves
-        them). Collective under ZeRO-3: every rank must call it."""
-        if self.cfg["zero_stage"] == 3:
-            sd = self.engine._zero3_consolidated_16bit_state_dict()
-        else:
-            sd = self.engine.module.state_dict() if self.rank == 0 else None
-        if sd is None:
-            return None
-        out: dict[str, torch.Tensor] = {}
-        seen: set[tuple[int, tuple[int, ...]]] = set()
-        for name, t in sd.items():
-            key = (t.data_ptr(), tuple(t.shape))
-            if key in seen:  # a tied weight (lm_head.weight = embed_tokens.weight)
-                continue
-            seen.add(key)
-            out[name] = t.detach().to("cpu").contiguous()
-        return out
-
-    def export_weights(self, path: str) -> dict[str, float]:
-        """`shm_file` sync: rank 0 writes the full HF-named weights as one safetensors file,
-        atomically, so a reader never sees a partial file."""
-        t0 = time.perf_counter()
-        sd = self._full_state_dict()
-        num_bytes = write_safetensors(sd, path) if sd is not None else 0
-        self._barrier()
-        return {"export_s": time.perf_counter() - t0, "num_bytes": float(num_bytes)}
-
-    def weight_sync_endpoint(self) -> tuple[str, int]:
-        """Where rank 0 hosts the `collective` group's store: this node's address, a free port."""
-        import socket
-
-        import ray
-
-        with socket.socket() as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
-        return ray.util.get_node_ip_address(), port
-
-    def weight_meta(self) -> list[TensorMeta] | None:
-        """(name, shape, dtype) of every exported weight on rank 0 (collective under ZeRO-3)."""
-        sd = self._full_state_dict()
-        return tensor_meta(sd) if sd is not None else None
-
-    def init_weight_group(
-        self, host: str, port: int, world_size: int, meta: list[TensorMeta],
-        bucket_bytes: int, backend: str, timeout_s: float = 1800.0,
-    ) -> bool:
-        """Rank 0 joins the `collective` group as its rank 0, together with every rollout engine
-        (they call `RolloutWorker.init_weight_group` at the same time). Other ranks do nothing."""
-        if self.rank == 0:
-            self._weight_group = SyncGroup(
-                host, port, 0, world_size, meta,
-                bucket_bytes=bucket_bytes, backend=backend, timeout_s=timeout_s,
-            )
-        return True
-
-    def broadcast_weights(self) -> dict[str, float]:
-        """`collective` sync: gather the full weights (every rank calls it) and broadcast them
-        from rank 0 while the rollout engines receive (`RolloutWorker.update_weights(None, v)`)."""
-        t0 = time.perf_counter()
-        sd = self._full_state_dict()
-        num_bytes = 0
-        if sd is not None:
-            if self._weight_group is None:
-                raise RuntimeError("broadcast_weights before init_weight_group")
-            num_bytes = self._weight_group.send(sd)
-        self._barrier()
-        return {"export_s": time.perf_counter() - t0, "num_bytes": float(num_bytes)}
-
-    def save_hf(self, out_dir: str) -> None:
-        """HF-format model + tokenizer in `out_dir` (rank 0), loadable by transformers and vLLM."""
-        from transformers import AutoTokenizer
-
-        sd = self._full_state_dict()
-        if sd is not None:
-            module = self.engine.module
-            module.config.dtype = _DTYPES[self.dtype]
-            module.save_pretrained(out_dir, state_dict=sd)
-            AutoTokenizer.from_pretrained(self.model_path).save_pretrained(out_dir)
-        self._barrier()
-
-    def _barrier(self) -> None:
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
 
     def shutdown(self) -> None:
         """Release the engine and leave the process group. Goes through deepspeed.comm (not

@@ -123,3 +123,54 @@ def test_take_batch_wakes_on_put():
         return await asyncio.wait_for(waiter, 1.0)
 
     assert [g.group_id for g in asyncio.run(main())] == [0]
+
+
+@pytest.mark.parametrize("eta", [0, 1, 3])
+def test_filtered_groups_free_their_slot_and_never_count_toward_a_batch(eta):
+    """Dynamic sampling under the gate: about half the scored groups are filtered (dropped from
+    the buffer, `on_reject`). Batches stay full, the bound holds, and every admitted group is
+    either trained exactly once or filtered, never both."""
+    rng = random.Random(100 + eta)
+    B = 3
+    gate = StalenessManager(batch_size=B, max_staleness=eta)
+    buf = Buffer(batch_size=B)
+    running: dict[int, int] = {}
+    seq = 0
+    trained: list[int] = []
+    filtered: list[int] = []
+
+    async def main():
+        nonlocal seq
+        for step in range(20):
+            while True:
+                while gate.can_admit():
+                    running[seq] = gate.on_admit()
+                    buf.on_admit(seq, gate.deadline())
+                    seq += 1
+                assert gate.accepted + gate.running <= gate.capacity
+                batch = buf.ready_batch(step)
+                if batch is not None:
+                    break
+                done = rng.choice(list(running))
+                admit_version = running.pop(done)
+                if rng.random() < 0.5:  # the filter drops it: its slot is refilled
+                    buf.drop(done)
+                    gate.on_reject()
+                    filtered.append(done)
+                    continue
+                g = _group(done)
+                g.admit_version = admit_version
+                buf.put(done, g)
+                gate.on_accept()
+            assert len(batch) == B
+            for g in batch:
+                assert step - g.admit_version <= eta
+                trained.append(g.group_id)
+            gate.set_version(step + 1)
+
+    asyncio.run(main())
+    assert len(trained) == len(set(trained)) == 20 * B
+    assert not set(trained) & set(filtered)
+    assert gate.rejected == len(filtered) > 0
+    buffered = {g.group_id for _, _, g in buf.completed_groups()}
+    assert set(trained) | set(filtered) | set(running) | buffered == set(range(seq))

@@ -14,10 +14,9 @@ from typing import Any
 import pytest
 import torch
 
-from areal_sys.algorithms import grpo_advantages
 from areal_sys.config import AlgorithmConfig, TrainerConfig
 from areal_sys.trajectory import Group, Trajectory
-from workers.trainer import TrainerWorker, lr_at_step, prepare_batch
+from workers.trainer import TrainerWorker
 
 VOCAB = 22  # the tiny char vocabulary
 
@@ -37,27 +36,6 @@ def make_groups(n_groups: int, size: int, seed: int) -> list[Group]:
             )
         groups.append(Group(g, f"p{g}", trajs))
     return groups
-
-
-def test_lr_schedule() -> None:
-    kw: dict[str, Any] = {"lr": 1.0, "warmup_steps": 4, "total_steps": 14}
-    assert [lr_at_step(s, schedule="constant", **kw) for s in (0, 3, 4, 13)] == [0.25, 1, 1, 1]
-    cosine = [lr_at_step(s, schedule="cosine", **kw) for s in (4, 9, 14, 20)]
-    assert cosine == pytest.approx([1.0, 0.5, 0.0, 0.0], abs=1e-9)
-
-
-def test_prepare_batch_broadcasts_group_advantages_and_skips_empty_responses() -> None:
-    groups = make_groups(2, 4, seed=0)
-    empty = groups[1].trajectories[3]
-    groups[1].trajectories[3] = Trajectory(empty.prompt_uid, 1, empty.prompt_ids, [], [], [], [])
-    batch = prepare_batch(groups, grpo_advantages)
-    assert len(batch.prompts) == 7
-    expected = grpo_advantages(torch.tensor([0.0, 1.0, 0.0, 1.0]))
-    for k in range(4):
-        assert torch.allclose(batch.adv[k], expected[k].expand(len(batch.responses[k])))
-    # the empty response still counts in its group's statistics (rewards 0, 1, 0, 0)
-    assert batch.adv[4][0].item() == pytest.approx(-0.5, abs=1e-5)
-    assert batch.names[6] == "p1/group1/sample2"
 
 
 # ------------------------------------------------------------------------- real DeepSpeed engine

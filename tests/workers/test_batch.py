@@ -1,0 +1,77 @@
+"""workers/batch.py: the algorithm's per-group pieces applied in order, and the lr schedule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from areal_sys.algorithms import build_algorithm, grpo_advantages
+from areal_sys.trajectory import Group, Trajectory
+from tests.workers.test_trainer import make_groups
+from workers.batch import lr_at_step, nest, prepare_batch
+
+
+def test_lr_schedule() -> None:
+    kw: dict[str, Any] = {"lr": 1.0, "warmup_steps": 4, "total_steps": 14}
+    assert [lr_at_step(s, schedule="constant", **kw) for s in (0, 3, 4, 13)] == [0.25, 1, 1, 1]
+    cosine = [lr_at_step(s, schedule="cosine", **kw) for s in (4, 9, 14, 20)]
+    assert cosine == pytest.approx([1.0, 0.5, 0.0, 0.0], abs=1e-9)
+
+
+def test_prepare_batch_broadcasts_group_advantages_and_skips_empty_responses() -> None:
+    groups = make_groups(2, 4, seed=0)
+    empty = groups[1].trajectories[3]
+    groups[1].trajectories[3] = Trajectory(empty.prompt_uid, 1, empty.prompt_ids, [], [], [], [])
+    batch = prepare_batch(groups, build_algorithm({"name": "grpo"}))
+    assert len(batch.prompts) == 7
+    expected = grpo_advantages(torch.tensor([0.0, 1.0, 0.0, 1.0]))
+    for k in range(4):
+        assert torch.allclose(batch.adv[k], expected[k].expand(len(batch.responses[k])))
+    # the empty response still counts in its group's statistics (rewards 0, 1, 0, 0)
+    assert batch.adv[4][0].item() == pytest.approx(-0.5, abs=1e-5)
+    assert batch.names[6] == "p1/group1/sample2"
+    assert batch.positions[6] == (1, 2)
+
+
+def _group(rewards: list[float], lengths: list[int], reasons: list[str]) -> Group:
+    trajs = [
+        Trajectory("p", 0, [3, 4], [5] * n, [-1.0] * n, [0] * n, [1] * n, finish_reason=f,
+                   reward=r)
+        for r, n, f in zip(rewards, lengths, reasons, strict=True)
+    ]
+    return Group(0, "p", trajs)
+
+
+def test_raft_weights_mask_out_wrong_responses() -> None:
+    g = _group([1.0, 0.0, 1.0, 0.0], [4, 5, 6, 7], ["stop"] * 4)
+    batch = prepare_batch([g], build_algorithm({"name": "raft"}))
+    assert [float(m.sum()) for m in batch.mask] == [4.0, 0.0, 6.0, 0.0]
+    assert [float(a[0]) for a in batch.adv] == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_overlong_penalty_and_filter_shape_rewards_and_masks() -> None:
+    # dapo: soft punishment with L_max = 10 (max_new_tokens), L_cache = 2
+    algo = build_algorithm({"name": "dapo", "overlong_filter": True}, max_new_tokens=10)
+    g = _group([1.0, 1.0, -1.0, -1.0], [4, 9, 10, 3], ["stop", "stop", "length", "stop"])
+    batch = prepare_batch([g], algo)
+    assert batch.rewards == pytest.approx([1.0, 0.5, -2.0, -1.0])
+    assert [float(m.sum()) for m in batch.mask] == [4.0, 9.0, 0.0, 3.0]
+
+
+def test_token_level_estimator_takes_the_critics_advantages() -> None:
+    algo = build_algorithm({"name": "ppo"})
+    groups = make_groups(2, 2, seed=1)
+    with pytest.raises(ValueError, match="critic"):
+        prepare_batch(groups, algo)
+    adv = [[[0.5 + k] * len(t.response_ids) for k, t in enumerate(g.trajectories)]
+           for g in groups]
+    batch = prepare_batch(groups, algo, advantages=adv)
+    assert nest([a.tolist() for a in batch.adv], batch, groups) == adv
+
+
+def test_reward_bonus_enters_before_the_estimator() -> None:
+    g = _group([1.0, 0.0], [3, 3], ["stop"] * 2)
+    batch = prepare_batch([g], build_algorithm({"name": "reinforce"}), reward_bonus=[[-0.25, 0.0]])
+    assert [float(a[0]) for a in batch.adv] == pytest.approx([0.75, 0.0])

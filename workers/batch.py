@@ -1,0 +1,126 @@
+"""The training view of a batch of scored groups, and the learning-rate schedule.
+
+`prepare_batch` applies an `Algorithm`'s per-group pieces in the order its docstring fixes:
+
+1. reward shaping: R = `shape_rewards(R, response lengths)` (soft overlong penalty), plus an
+   optional per-response reward bonus (the summed −β·KL_t when the KL sits in the reward);
+2. loss mask: the rollout's loss mask × `train_mask(finish_reasons)` (overlong filtering);
+3. advantages: a group estimator's A_i broadcast to every token of response i, or, for a
+   token-level estimator (GAE), the per-token advantages the critic computed;
+4. RAFT-style weights (`mask_zero_advantage`): responses whose weight is exactly 0 leave the loss
+   (mask 0), so they drop out of the loss denominators too.
+
+Empty responses still count in their group's statistics but get no entry (nothing to train).
+Pure tensor code: no I/O, no distributed calls; shared by the policy trainer and the critic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from areal_sys.algorithms import Algorithm, broadcast_to_tokens
+from areal_sys.trajectory import Group
+
+# per trajectory, nested like the groups: [group][member][token]
+Nested = list[list[list[float]]]
+
+
+def lr_at_step(
+    step: int, *, lr: float, warmup_steps: int, total_steps: int, schedule: str
+) -> float:
+    """Learning rate of train step `step` (0-based policy version): linear warm-up over
+    `warmup_steps` steps (lr·(step+1)/warmup), then constant, or cosine decay to 0 at `total_steps`.
+    Every minibatch update of one step uses the same rate.
+    """
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return lr
+    if schedule != "cosine":
+        raise ValueError(f"unknown lr_schedule {schedule!r}")
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class TrainBatch:
+    """The training view of a list of groups: one entry per trained sequence (batch order)."""
+
+    prompts: list[list[int]]
+    responses: list[list[int]]
+    behav: list[torch.Tensor]  # [R_i] engine log-probs
+    mask: list[torch.Tensor]  # [R_i] float 0/1 (rollout mask × overlong filter × RAFT weight)
+    adv: list[torch.Tensor]  # [R_i]
+    rewards: list[float]  # shaped reward of each entry's response (R_i after shaping)
+    names: list[str]
+    group_ids: list[int]
+    positions: list[tuple[int, int]]  # (group index, member index) of each entry
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(p) + len(r) for p, r in zip(self.prompts, self.responses, strict=True)]
+
+
+def shaped_rewards(
+    algo: Algorithm, group: Group, bonus: Sequence[float] | None = None
+) -> torch.Tensor:
+    """R [G] of one group after the soft overlong penalty, plus `bonus` (e.g. summed KL reward)."""
+    rewards = torch.tensor(group.rewards, dtype=torch.float32)
+    r = algo.shape_rewards(rewards, [len(t.response_ids) for t in group.trajectories])
+    if bonus is not None:
+        r = r + torch.tensor(list(bonus), dtype=torch.float32)
+    return r
+
+
+def prepare_batch(
+    groups: list[Group],
+    algo: Algorithm,
+    *,
+    advantages: Nested | None = None,
+    reward_bonus: list[list[float]] | None = None,
+) -> TrainBatch:
+    """Shaped rewards, loss masks and advantages per group, then one entry per non-empty response.
+
+    `advantages` (token-level estimators only): per-token advantages from the critic, nested like
+    `groups`. `reward_bonus`: one number per response added to its reward before the estimator.
+    """
+    if advantages is None and algo.estimator is None:
+        raise ValueError("a token-level estimator (gae) needs the critic's advantages")
+    b = TrainBatch([], [], [], [], [], [], [], [], [])
+    for gi, g in enumerate(groups):
+        lengths = [len(t.response_ids) for t in g.trajectories]
+        rewards = shaped_rewards(algo, g, reward_bonus[gi] if reward_bonus else None)
+        keep = algo.train_mask([t.finish_reason for t in g.trajectories])
+        if advantages is not None:
+            per_token = [torch.tensor(a, dtype=torch.float32) for a in advantages[gi]]
+        else:
+            assert algo.estimator is not None
+            adv = algo.estimator(rewards)
+            if algo.mask_zero_advantage:
+                keep = keep * (adv != 0).float()
+            per_token = broadcast_to_tokens(adv, lengths)
+        for k, (t, a) in enumerate(zip(g.trajectories, per_token, strict=True)):
+            if not t.response_ids:
+                continue
+            b.prompts.append(list(t.prompt_ids))
+            b.responses.append(list(t.response_ids))
+            b.behav.append(torch.tensor(t.behav_logprobs, dtype=torch.float32))
+            b.mask.append(torch.tensor(t.loss_mask, dtype=torch.float32) * keep[k])
+            b.adv.append(a)
+            b.rewards.append(float(rewards[k]))
+            b.names.append(f"{t.prompt_uid}/group{g.group_id}/sample{k}")
+            b.group_ids.append(g.group_id)
+            b.positions.append((gi, k))
+    return b
+
+
+def nest(values: list[list[float]], batch: TrainBatch, groups: list[Group]) -> Nested:
+    """Per-entry lists back into the shape of `groups` (empty responses get [])."""
+    out: Nested = [[[] for _ in g.trajectories] for g in groups]
+    for (gi, k), v in zip(batch.positions, values, strict=True):
+        out[gi][k] = v
+    return out
