@@ -15,6 +15,14 @@ STEPS = 6
 SFT_STEPS = 40
 
 
+# eta = 2 also exercises the scale-out paths inside the loop: two data-parallel trainer ranks and
+# the collective weight sync (gloo broadcast through Ray actors).
+EXTRA = {
+    0: [],
+    2: ["trainer.num_workers=2", "trainer.weight_sync=collective", "cluster.num_cpus=4"],
+}
+
+
 def _run(run_dir: Path, eta: int) -> subprocess.CompletedProcess:
     args = [
         sys.executable, "-m", "areal_sys.cli", "run", "configs/local_tiny.yaml",
@@ -23,6 +31,7 @@ def _run(run_dir: Path, eta: int) -> subprocess.CompletedProcess:
         "logging.progress_bar=false",
         # a briefly warm-started tiny model: these tests check the system, not learning
         f"model.tiny_sft_steps={SFT_STEPS}",
+        *EXTRA[eta],
     ]
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
@@ -49,6 +58,11 @@ def test_run_writes_its_outputs(run):
             assert key in m, key
         assert m["tokens_generated"] > 0
         assert m["staleness_max"] <= eta
+        assert m["sync_s"] > 0 and m["train/n_loss_tokens"] > 0
+    config = (run_dir / "config.yaml").read_text()
+    if eta == 2:
+        assert "weight_sync: collective" in config and "num_workers: 2" in config
+        assert all(m["train/rank_imbalance"] < 0.5 for m in metrics)
 
 
 @pytest.mark.slow
