@@ -232,7 +232,8 @@ class Controller:
                     "step": step, "prompt_uid": t.prompt_uid, "group_id": group.group_id,
                     "trainer_version": self.version, "admit_version": group.admit_version,
                     "min_token_version": t.min_version, "max_token_version": t.max_version,
-                    "num_interrupts": t.num_interrupts,
+                    "num_interrupts": t.num_interrupts, "reward": t.reward,
+                    "response_len": len(t.response_ids),
                 })
                 worst = max(worst, self.version - t.min_version)
         return worst
