@@ -1,4 +1,4 @@
-"""`areal-sys` command line: run | validate | algorithms | make-tiny-model.
+"""`areal-sys` command line: run | validate | algorithms | make-tiny-model | reward-serve.
 
 Every user error (configuration, data, model resolution) ends with one line on stderr and exit
 code 2, before Ray starts.
@@ -35,6 +35,18 @@ def _parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("make-tiny-model", help="build (or reuse) the cached tiny CPU model")
     tiny.add_argument("--seed", type=int, default=1)
     tiny.add_argument("--sft-steps", type=int, default=None)
+    rs = sub.add_parser("reward-serve", help="HTTP reward service (POST /score, GET /health)")
+    rs.add_argument("--host", default="127.0.0.1")
+    rs.add_argument("--port", type=int, default=8700)
+    rs.add_argument("--timeout-s", type=float, default=5.0, help="per-item limit (default)")
+    rs.add_argument("--max-concurrency", type=int, default=8, help="items graded at once")
+    rs.add_argument("--num-procs", type=int, default=2, help="grader subprocesses")
+    rs.add_argument("--cache-size", type=int, default=65536, help="LRU results kept (0: off)")
+    rs.add_argument("--correct-reward", type=float, default=1.0)
+    rs.add_argument("--wrong-reward", type=float, default=0.0)
+    rs.add_argument("--math-extract", default="auto", help="auto | e.g. boxed,gsm8k,last_number")
+    rs.add_argument("--code-reward", default="fraction", choices=["fraction", "all_or_nothing"])
+    rs.add_argument("--code-wall-s", type=float, default=2.0, help="sandbox limit per test case")
     return p
 
 
@@ -57,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                 kwargs["sft_steps"] = args.sft_steps
             print(ensure_tiny_model(**kwargs))
             return 0
+        if args.command == "reward-serve":
+            return _reward_serve(args)
         if args.command == "run":
             return _run(load_config(args.config, args.overrides))
     except (ConfigError, UserError) as e:
@@ -65,6 +79,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("areal-sys: interrupted", file=sys.stderr)
         return 130
+    return 0
+
+
+def _reward_serve(args: argparse.Namespace) -> int:
+    try:
+        from reward_service.graders import GraderSettings
+
+        settings = GraderSettings(math_extract=args.math_extract, code_reward=args.code_reward,
+                                  code_wall_s=args.code_wall_s)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    from reward_service.http import serve  # fastapi/uvicorn only for this command
+
+    serve(args.host, args.port, timeout_s=args.timeout_s, max_concurrency=args.max_concurrency,
+          num_procs=args.num_procs, cache_size=args.cache_size,
+          correct_reward=args.correct_reward, wrong_reward=args.wrong_reward,
+          grader_settings=vars(settings))
     return 0
 
 

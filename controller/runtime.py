@@ -160,12 +160,21 @@ def create_actors(cfg: ExperimentConfig, model_path: str) -> Actors:
             max_new_tokens=cfg.rollout.max_new_tokens, master_port=_free_port(),
             dtype=cfg.model.dtype, seed=cfg.seed,
         )
-    reward = ray.remote(RewardService).options(
-        num_cpus=cfg.cluster.reward_cpus, runtime_env=env, max_concurrency=1000,
-    ).remote(
-        timeout_s=cfg.reward.timeout_s, max_concurrency=cfg.reward.max_concurrency,
-        correct_reward=cfg.reward.correct_reward, wrong_reward=cfg.reward.wrong_reward,
-    )
+    if cfg.reward.url:  # a remote HTTP reward server: the same score() behind the same actor API
+        from reward_service.client import HttpRewardClient
+
+        print(f"reward: HTTP server {cfg.reward.url}", flush=True)
+        reward = ray.remote(HttpRewardClient).options(
+            num_cpus=0, runtime_env=env, max_concurrency=1000,
+        ).remote(cfg.reward.url, timeout_s=cfg.reward.timeout_s,
+                 wrong_reward=cfg.reward.wrong_reward)
+    else:
+        reward = ray.remote(RewardService).options(
+            num_cpus=cfg.cluster.reward_cpus, runtime_env=env, max_concurrency=1000,
+        ).remote(
+            timeout_s=cfg.reward.timeout_s, max_concurrency=cfg.reward.max_concurrency,
+            correct_reward=cfg.reward.correct_reward, wrong_reward=cfg.reward.wrong_reward,
+        )
     shm = "/dev/shm" if Path("/dev/shm").is_dir() else None
     sync_dir = tempfile.mkdtemp(prefix="areal_sys-", dir=shm)
     return Actors(rollout, trainers, reward, sync_dir, critic=critic)

@@ -6,7 +6,7 @@ exception as a failed result instead of a reward.
 
 Task names resolve in this order (see `get_grader`):
 - a name registered with `@register_grader(name)` in the grading process: the built-ins
-  `synthetic` and `math` below;
+  `synthetic`, `math`, `code` and `format` below;
 - `"package.module:function"`: imported by the grading process (how user plugins are loaded);
 - `"/path/to/file.py:function"`: a plugin file loaded by path.
 The reward service grades in subprocesses that import only this module, so a grader registered
@@ -16,16 +16,25 @@ The math grader uses math-verify with its own signal-based timeouts disabled (si
 a process's main thread); the reward service enforces a wall-clock limit by killing the grading
 process instead. It looks only at a bounded answer region of each text, so megabyte responses stay
 fast (math-verify's regexes and sympy take tens of seconds on unbounded adversarial input).
+
+Settings the built-ins read (`SETTINGS`, a `GraderSettings`) come from the JSON in the environment
+variable `AREAL_SYS_GRADER_SETTINGS`, which the reward service sets for its grader processes.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import logging
+import math
+import os
+import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 Grader = Callable[[str, str], bool | float]
 
@@ -35,6 +44,12 @@ TAIL_CHARS = 2048
 BOXED_WINDOW_CHARS = 1024
 # Characters read after the last GSM8K `####` marker (its answer runs to the end of that line).
 GSM8K_WINDOW_CHARS = 256
+
+# Responses longer than this are wrong for the `code` (as a program) and `format` graders.
+MAX_PROGRAM_CHARS = 256 << 10
+MAX_FORMAT_CHARS = 256 << 10
+MATH_EXTRACTORS = ("gsm8k", "boxed", "last_number")
+SETTINGS_ENV = "AREAL_SYS_GRADER_SETTINGS"
 
 _REGISTRY: dict[str, Grader] = {}
 _PLUGINS: dict[str, Grader] = {}
@@ -54,6 +69,41 @@ def register_grader(name: str) -> Callable[[Grader], Grader]:
         return fn
 
     return deco
+
+
+@dataclass
+class GraderSettings:
+    """Options of the built-in graders (the service passes them to its grader processes).
+
+    math_extract: "auto" (the later of a `####` line and a `\\boxed{}`, else the text's tail), or
+    a comma-separated order of extractors from `gsm8k`, `boxed`, `last_number`: the first that
+    finds its marker decides; none found means a wrong answer.
+    code_reward: "fraction" (tests passed / tests) or "all_or_nothing" (correct/wrong reward).
+    code_wall_s, code_memory_mb: sandbox limits per test case; code_max_tests: test cases run.
+    """
+
+    math_extract: str = "auto"
+    code_reward: str = "fraction"
+    code_wall_s: float = 2.0
+    code_memory_mb: int = 512
+    code_max_tests: int = 32
+
+    def __post_init__(self) -> None:
+        order = [x.strip() for x in self.math_extract.split(",")]
+        if self.math_extract != "auto" and not set(order) <= set(MATH_EXTRACTORS):
+            raise ValueError(f"math_extract {self.math_extract!r}: use 'auto' or a comma list of "
+                             f"{MATH_EXTRACTORS}")
+        if self.code_reward not in ("fraction", "all_or_nothing"):
+            raise ValueError(f"code_reward {self.code_reward!r}: 'fraction' or 'all_or_nothing'")
+
+    @classmethod
+    def from_env(cls) -> GraderSettings:
+        raw = json.loads(os.environ.get(SETTINGS_ENV) or "{}")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+SETTINGS = GraderSettings.from_env()
 
 
 def registered_graders() -> list[str]:
@@ -135,6 +185,25 @@ def answer_region(text: str, tail_chars: int = TAIL_CHARS) -> str:
     return text[-tail_chars:]
 
 
+_LAST_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+
+
+def extract_answer(text: str, order: str) -> str | None:
+    """Answer region by an explicit extractor order (`GraderSettings.math_extract`); None when
+    no extractor finds its marker. Bounded like `answer_region`."""
+    for name in order.split(","):
+        name = name.strip()
+        if name == "gsm8k" and (i := text.rfind("####")) >= 0:
+            return text[i + 4 : i + 4 + GSM8K_WINDOW_CHARS].lstrip().split("\n", 1)[0]
+        if name == "boxed" and (i := text.rfind("\\boxed")) >= 0:
+            return text[i : i + BOXED_WINDOW_CHARS]
+        if name == "last_number":
+            numbers = _LAST_NUMBER.findall(text[-TAIL_CHARS:])
+            if numbers:
+                return numbers[-1]
+    return None
+
+
 def _parse(text: str) -> list:
     from math_verify import parse
 
@@ -165,7 +234,81 @@ def grade_math(response: str, reference: str) -> bool:
         gold = _parse(ref)
     if not gold:
         raise ValueError(f"math grader: cannot parse reference {reference[-60:]!r}")
-    pred = _parse(answer_region(response))
+    if SETTINGS.math_extract == "auto":
+        region: str | None = answer_region(response)
+    else:
+        region = extract_answer(response, SETTINGS.math_extract)
+    pred = _parse(region) if region else []
     if not pred:
         return False
     return bool(verify(gold, pred, timeout_seconds=None))
+
+
+def extract_program(response: str) -> str:
+    """The last fenced ```python (or ```py / bare ```) block of `response`, else all of it."""
+    for fence in ("```python", "```py", "```"):
+        start = response.rfind(fence)
+        while start >= 0:
+            body = response.find("\n", start)
+            end = response.find("```", body + 1) if body >= 0 else -1
+            if body >= 0 and end >= 0:
+                return response[body + 1 : end]
+            start = response.rfind(fence, 0, start)  # an unclosed fence: try an earlier one
+    return response
+
+
+def _trim(text: str) -> str:
+    return "\n".join(line.rstrip() for line in text.rstrip().split("\n"))
+
+
+def _code_tests(reference: str) -> tuple[list[dict[str, str]], str]:
+    spec: Any = json.loads(reference)
+    tests = spec.get("tests") if isinstance(spec, dict) else None
+    if not isinstance(tests, list) or not tests or not all(
+        isinstance(t, dict) and isinstance(t.get("input", ""), str)
+        and isinstance(t.get("output"), str) for t in tests
+    ):
+        raise ValueError('code grader: reference must be {"tests": [{"input": str, "output": str}'
+                         ', ...]} with at least one test')
+    mode = spec.get("reward", SETTINGS.code_reward)
+    if mode not in ("fraction", "all_or_nothing"):
+        raise ValueError(f"code grader: reward {mode!r} is not 'fraction' or 'all_or_nothing'")
+    return tests[: SETTINGS.code_max_tests], mode
+
+
+@register_grader("code")
+def grade_code(response: str, reference: str) -> bool | float:
+    """Run the response's Python program in the sandbox once per test case (stdin in, stdout
+    compared with the expected output after trimming trailing whitespace of each line and of
+    the text). `reference`: `{"tests": [{"input", "output"}, ...], "reward"?: mode}`.
+    Returns the fraction passed, or a bool with `all_or_nothing`. Raises on a bad reference or
+    when the sandbox itself fails (infrastructure, not the program's fault)."""
+    from reward_service.sandbox import SandboxLimits, run_python
+
+    tests, mode = _code_tests(reference)
+    program = extract_program(response)
+    if len(program) > MAX_PROGRAM_CHARS:
+        return False if mode == "all_or_nothing" else 0.0
+    wall = SETTINGS.code_wall_s
+    limits = SandboxLimits(wall_s=wall, cpu_s=max(1, math.ceil(wall)),
+                           memory_mb=SETTINGS.code_memory_mb)
+    passed = 0
+    for test in tests:
+        r = run_python(program, test.get("input", ""), limits)
+        if r.error:
+            raise RuntimeError(f"sandbox failed: {r.error}")
+        ok = r.exit_code == 0 and not r.truncated and _trim(r.stdout) == _trim(test["output"])
+        passed += ok
+        if not ok and mode == "all_or_nothing":
+            return False
+    return passed == len(tests) if mode == "all_or_nothing" else passed / len(tests)
+
+
+@register_grader("format")
+def grade_format(response: str, reference: str) -> bool:
+    """`reference` is a regular expression the whole response must match (`re.fullmatch`, with
+    DOTALL). Responses over MAX_FORMAT_CHARS are wrong; a catastrophic pattern is bounded by the
+    service's per-item timeout."""
+    if len(response) > MAX_FORMAT_CHARS:
+        return False
+    return re.fullmatch(reference, response, flags=re.DOTALL) is not None

@@ -13,10 +13,12 @@ How grading runs
   per round-trip (one JSON line in, one JSON line out per item), so a cheap grader such as
   `synthetic` costs one pipe round-trip per batch, not per item. At most `max_concurrency`
   items are inside grader processes at any time; the rest wait (backpressure, no sleeps).
-- Per-item timeout: an item's clock starts when the process starts on it (the previous item's
+- Per-item timeout: `timeout_s` of the service, or an item's own `"timeout_s"` (at most
+  `max_item_timeout_s`). An item's clock starts when the process starts on it (the previous item's
   result arrived). Past `timeout_s` the process is killed, the item gets `reason="timeout"` and
   `wrong_reward`, a replacement process starts and the rest of that batch is sent to it.
-  A process that dies mid-item fails that item ("grader process died ...") the same way.
+  A process that dies mid-item (an infrastructure failure, not a timeout) is replaced and the
+  item is retried up to `retries` times before it fails ("grader process died ...").
 - Results with `ok=True` are kept in an LRU cache keyed by a hash of (task, response,
   reference); identical items in flight at the same time are graded once.
 
@@ -37,8 +39,11 @@ import signal
 import sys
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
+
+from reward_service.graders import SETTINGS_ENV, GraderSettings
+from reward_service.sandbox import detect_mode, remove_work_dirs
 
 _WORKER_CMD = "from reward_service.service import _worker_main; _worker_main()"
 _MAX_REASON_CHARS = 300
@@ -61,6 +66,8 @@ class _Job:
     response: str
     reference: str
     future: asyncio.Future[RewardResult]
+    timeout_s: float
+    attempts: int = 0
 
 
 class _ProcessDied(Exception):
@@ -74,8 +81,10 @@ class _GraderProcess:
         self.proc = proc
 
     @classmethod
-    async def start(cls, memory_limit_mb: int | None, start_timeout_s: float) -> _GraderProcess:
+    async def start(cls, memory_limit_mb: int | None, start_timeout_s: float,
+                    settings_json: str) -> _GraderProcess:
         env = dict(os.environ)
+        env[SETTINGS_ENV] = settings_json
         # The child sees exactly the modules this process sees (plugins under tests/, Ray dirs).
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         proc = await asyncio.create_subprocess_exec(
@@ -118,6 +127,7 @@ class _GraderProcess:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
         await self.proc.wait()
+        remove_work_dirs(self.proc.pid)  # what the sandbox of a killed grader left in /tmp
         # Close the pipes now, on the owning loop: left to the garbage collector, the transport
         # closes them later and fails if that loop is closed by then.
         transport = getattr(self.proc, "_transport", None)
@@ -137,7 +147,8 @@ class RewardService:
     timeout_s: per-item wall-clock limit. max_concurrency: items inside grader processes at once.
     num_procs: grader subprocesses. cache_size: LRU entries (0: off). memory_limit_mb: address
     space limit of each grader process (None: none). start_timeout_s: limit for a grader process
-    to start and import its graders.
+    to start and import its graders. retries: re-runs of an item whose grader process died
+    (timeouts are never retried). grader_settings: `GraderSettings` fields for the built-ins.
     """
 
     def __init__(
@@ -151,6 +162,9 @@ class RewardService:
         cache_size: int = 4096,
         memory_limit_mb: int | None = 4096,
         start_timeout_s: float = 60.0,
+        retries: int = 1,
+        max_item_timeout_s: float = 600.0,
+        grader_settings: dict[str, Any] | None = None,
     ) -> None:
         if timeout_s <= 0 or max_concurrency < 1 or num_procs < 1 or cache_size < 0:
             raise ValueError(
@@ -164,6 +178,11 @@ class RewardService:
         self.cache_size = cache_size
         self.memory_limit_mb = memory_limit_mb
         self.start_timeout_s = start_timeout_s
+        self.retries = max(0, retries)
+        self.max_item_timeout_s = max_item_timeout_s
+        # validated here, so that a bad setting fails at start-up, not in every grader process
+        self._settings_json = json.dumps(asdict(GraderSettings(**(grader_settings or {}))))
+        self.sandbox_mode = detect_mode()  # probed once per process, logged; graders inherit it
         self._cache: OrderedDict[str, RewardResult] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[RewardResult]] = {}
         self._queue: asyncio.Queue[_Job] | None = None
@@ -171,7 +190,8 @@ class RewardService:
         self._procs: dict[int, _GraderProcess] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
-        self.stats = {"graded": 0, "cache_hits": 0, "timeouts": 0, "errors": 0, "restarts": 0}
+        self.stats = {"graded": 0, "cache_hits": 0, "timeouts": 0, "errors": 0, "restarts": 0,
+                      "retries": 0}
 
     # ----------------------------------------------------------------------------------------
     # public API
@@ -220,7 +240,7 @@ class RewardService:
         self._ensure_started()
         waits: list[tuple[int, asyncio.Future[RewardResult]]] = []
         for i, item in enumerate(items):
-            bad = _check_item(item)
+            bad = _check_item(item, self.max_item_timeout_s)
             if bad:
                 results[i] = self._fail(bad)
                 continue
@@ -235,7 +255,8 @@ class RewardService:
             if fut is None:
                 fut = asyncio.get_running_loop().create_future()
                 self._inflight[key] = fut
-                job = _Job(key, item["task"], item["response"], item["reference"], fut)
+                timeout = float(item.get("timeout_s") or self.timeout_s)
+                job = _Job(key, item["task"], item["response"], item["reference"], fut, timeout)
                 self._queue.put_nowait(job)
             waits.append((i, fut))
         for i, fut in waits:
@@ -285,7 +306,8 @@ class RewardService:
             if fresh:
                 if proc is not None:
                     self.stats["restarts"] += 1
-                proc = await _GraderProcess.start(self.memory_limit_mb, self.start_timeout_s)
+                proc = await _GraderProcess.start(self.memory_limit_mb, self.start_timeout_s,
+                                                  self._settings_json)
                 self._procs[slot] = proc
         except _ProcessDied as e:
             self._procs.pop(slot, None)
@@ -303,12 +325,16 @@ class RewardService:
         for i, job in enumerate(batch):
             t0 = time.perf_counter()
             try:
-                msg = await proc.receive(self.timeout_s)
+                msg = await proc.receive(job.timeout_s)
             except (TimeoutError, _ProcessDied) as e:
                 timed_out = isinstance(e, TimeoutError)
                 await proc.kill()
                 self._procs.pop(slot, None)
                 self.stats["restarts"] += 1
+                if not timed_out and job.attempts < self.retries:
+                    job.attempts += 1
+                    self.stats["retries"] += 1
+                    return batch[i:]  # the same item again, on a fresh process
                 self.stats["timeouts" if timed_out else "errors"] += 1
                 reason = "timeout" if timed_out else str(e)
                 self._finish(job, self._fail(reason, time.perf_counter() - t0))
@@ -340,13 +366,17 @@ class RewardService:
         return RewardResult(self.wrong_reward, False, reason[:_MAX_REASON_CHARS], elapsed_s)
 
 
-def _check_item(item: Any) -> str | None:
+def _check_item(item: Any, max_timeout_s: float) -> str | None:
     if not isinstance(item, dict):
         return f"bad item: expected a dict, got {type(item).__name__}"
     for field in ("task", "response", "reference"):
         if not isinstance(item.get(field), str):
             got = type(item.get(field)).__name__ if field in item else "missing"
             return f"bad item: field {field!r} must be a string ({got})"
+    t = item.get("timeout_s")
+    if t is not None and (isinstance(t, bool) or not isinstance(t, int | float)
+                          or not 0 < t <= max_timeout_s):
+        return f"bad item: timeout_s must be a number in (0, {max_timeout_s:g}] ({t!r})"
     return None
 
 
