@@ -19,7 +19,9 @@ Isolation modes, best first; `detect_mode()` probes them once per process and lo
   refuses sockets, `ctypes` and process spawning (`os.fork` stays allowed), process-group kill.
 - `rlimits` (neither): rlimits, the same audit hook, process-group kill.
 
-Every mode: scrubbed environment (PATH, LANG, HOME only), `python -I` (no user site, no
+The wall clock starts when the sandbox is built (just before the interpreter starts on the
+program), so a loaded machine does not charge set-up time to the program. Every mode: scrubbed
+environment (PATH, LANG, HOME only), `python -I` (no user site, no
 PYTHON* variables), rlimits on CPU seconds, address space, processes, open files, file size and
 core dumps, the whole process group SIGKILLed at the wall-clock limit, output read up to
 `max_output_bytes` (the program is killed once it writes more).
@@ -56,6 +58,8 @@ MODE_ENV = "AREAL_SYS_SANDBOX_MODE"
 WORK_PREFIX = "areal_sbx-"  # + pid of the grading process: see `remove_work_dirs`
 _SETUP_FAILED = 121  # exit code of the launcher when it could not build the sandbox
 _STDERR_BYTES = 16 << 10
+# Limit for building the sandbox (unshare, mounts, interpreter start); not charged to the program.
+SETUP_TIMEOUT_S = 20.0
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +145,7 @@ libc.prctl(1, 9)  # PR_SET_PDEATHSIG = SIGKILL again: a uid change clears it
 os.chdir(d)
 fd = os.open("stdin.txt", os.O_RDONLY); os.dup2(fd, 0); os.close(fd)
 env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": d}
+os.write(2, b"\0")  # set-up done: the supervisor starts the program's wall clock now
 os.execve(cfg["python"], [cfg["python"], "-I", "-c", cfg["stub"], "1" if cfg["hook"] else "0",
                           "prog.py"], env)
 '''
@@ -223,8 +228,8 @@ def _supervise(cmd: list[str], limits: SandboxLimits, mode: str, t0: float) -> S
         start_new_session=True, preexec_fn=_preexec, close_fds=True,
     )
     out, err = bytearray(), bytearray()
-    timed_out = truncated = False
-    deadline = t0 + limits.wall_s
+    timed_out = truncated = started = False
+    deadline = time.monotonic() + SETUP_TIMEOUT_S
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ, out)  # type: ignore[arg-type]
     sel.register(proc.stderr, selectors.EVENT_READ, err)  # type: ignore[arg-type]
@@ -240,6 +245,9 @@ def _supervise(cmd: list[str], limits: SandboxLimits, mode: str, t0: float) -> S
                     sel.unregister(key.fileobj)
                     continue
                 buf: bytearray = key.data
+                if buf is err and not started and chunk.startswith(b"\0"):
+                    started, chunk = True, chunk[1:]
+                    deadline = time.monotonic() + limits.wall_s
                 cap = limits.max_output_bytes if buf is out else _STDERR_BYTES
                 room = max(0, cap - len(buf))
                 buf += chunk[:room]
@@ -257,7 +265,9 @@ def _supervise(cmd: list[str], limits: SandboxLimits, mode: str, t0: float) -> S
     code = None if timed_out or truncated else proc.returncode
     stderr = err.decode("utf-8", "replace")
     error = ""
-    if proc.returncode == _SETUP_FAILED and "sandbox setup failed" in stderr:
+    if not started and timed_out:
+        error = f"sandbox set-up took over {SETUP_TIMEOUT_S:g} s"
+    elif proc.returncode == _SETUP_FAILED and "sandbox setup failed" in stderr:
         error = stderr.strip().splitlines()[-1]
     return SandboxResult(out.decode("utf-8", "replace"), stderr, code, timed_out, truncated,
                          time.monotonic() - t0, mode, error)
