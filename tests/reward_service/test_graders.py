@@ -1,5 +1,5 @@
-"""The grader registry and the built-in `math` and `synthetic` graders (in-process, real
-math-verify).
+"""The grader registry and the built-in `math`, `synthetic`, `code` and `format` graders
+(in-process, real math-verify, real sandbox).
 
 Inputs that could take long (megabyte and regex-hostile texts) are graded through the service in
 test_service.py, where a timeout bounds them.
@@ -7,17 +7,23 @@ test_service.py, where a timeout bounds them.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from areal_sys.data.synthetic import make_problems
+from reward_service import graders
 from reward_service.graders import (
     BOXED_WINDOW_CHARS,
     GSM8K_WINDOW_CHARS,
+    MAX_FORMAT_CHARS,
+    MAX_PROGRAM_CHARS,
     TAIL_CHARS,
+    GraderSettings,
     UnknownTaskError,
     answer_region,
+    extract_program,
     get_grader,
     register_grader,
     registered_graders,
@@ -130,3 +136,74 @@ def test_unknown_graders_raise_one_line(name: str, match: str) -> None:
 def test_register_rejects_plugin_style_names() -> None:
     with pytest.raises(ValueError, match="no ':'"):
         register_grader("a:b")
+
+
+# ---------------------------------------------------------------------------------------------
+# math extraction settings, code and format graders
+
+
+@pytest.mark.parametrize(
+    ("order", "response", "expected"),
+    [
+        ("boxed", "#### 5 but \\boxed{5}", True),
+        ("boxed", "#### 5", False),  # no \boxed: wrong under a boxed-only policy
+        ("gsm8k", "\\boxed{5} then #### 5", True),
+        ("gsm8k,last_number", "it is 5", True),
+        ("last_number", "it is 5 or maybe 6", False),
+        ("last_number", "1,000 then 5.0", True),
+    ],
+)
+def test_math_extraction_is_configurable(
+    monkeypatch: pytest.MonkeyPatch, order: str, response: str, expected: bool
+) -> None:
+    monkeypatch.setattr(graders, "SETTINGS", GraderSettings(math_extract=order))
+    assert get_grader("math")(response, "5") is expected
+
+
+def test_grader_settings_are_validated() -> None:
+    with pytest.raises(ValueError, match="math_extract"):
+        GraderSettings(math_extract="boxed,latex")
+    with pytest.raises(ValueError, match="code_reward"):
+        GraderSettings(code_reward="half")
+
+
+@pytest.mark.parametrize(
+    ("response", "program"),
+    [
+        ("print(1)", "print(1)"),
+        ("text\n```python\nprint(2)\n```\nmore", "print(2)\n"),
+        ("```py\nprint(3)\n```", "print(3)\n"),
+        ("```\nprint(4)\n```", "print(4)\n"),
+        ("```python\nold()\n```\n```python\nprint(5)\n```", "print(5)\n"),
+        ("```python\nprint(6)\n```\n```python\nunclosed", "print(6)\n"),
+    ],
+)
+def test_extract_program(response: str, program: str) -> None:
+    assert extract_program(response) == program
+
+
+def test_code_grader_in_process() -> None:
+    grade = get_grader("code")
+    tests = {"tests": [{"input": "2\n", "output": "4"}, {"input": "3\n", "output": "9  \n\n"}]}
+    square = "n = int(input())\nprint(n * n)"
+    assert grade(square, json.dumps(tests)) == 1.0
+    assert grade("print(4)", json.dumps(tests)) == 0.5
+    assert grade("print(4)", json.dumps({**tests, "reward": "all_or_nothing"})) is False
+    assert grade("x" * (MAX_PROGRAM_CHARS + 1), json.dumps(tests)) == 0.0
+    for bad in ("[]", '{"tests": []}', '{"tests": [{"input": "1"}]}', "nope"):
+        with pytest.raises(ValueError):
+            grade(square, bad)
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        ("<think>a\nb</think> <answer>5</answer>", True),
+        ("<answer>5</answer>", False),
+        ("<think>a</think><answer>5</answer> trailing", False),
+        ("<think>" + "a" * (MAX_FORMAT_CHARS + 1) + "</think><answer>5</answer>", False),
+    ],
+)
+def test_format_grader(response: str, expected: bool) -> None:
+    pattern = r"<think>.*</think>\s*<answer>.*</answer>"
+    assert get_grader("format")(response, pattern) is expected

@@ -1,0 +1,63 @@
+"""The code sandbox directly: the detected mode, limits, truncation, and the fallback modes'
+socket block (the HTTP containment cases are in test_http.py)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+from reward_service import sandbox
+from reward_service.sandbox import SandboxLimits, detect_mode, remove_work_dirs, run_python
+
+FAST = SandboxLimits(wall_s=5.0, cpu_s=5)
+
+
+def test_detected_mode_is_logged_and_cached(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="reward_service.sandbox"):
+        mode = detect_mode(force=True)
+    assert mode in sandbox.MODES and os.environ[sandbox.MODE_ENV] == mode
+    assert f"isolation mode {mode!r}" in caplog.text
+    assert detect_mode() == mode
+
+
+def test_stdin_stdout_and_exit_code() -> None:
+    r = run_python("import sys\nprint(sys.stdin.read().upper())\nsys.exit(3)", "abc", FAST)
+    assert (r.stdout, r.exit_code, r.timed_out, r.truncated, r.error) == ("ABC\n", 3, False,
+                                                                         False, "")
+
+
+def test_output_is_truncated_and_the_program_killed() -> None:
+    limits = SandboxLimits(wall_s=5.0, max_output_bytes=1000)
+    r = run_python("while True:\n    print('y' * 100)", "", limits)
+    assert r.truncated and len(r.stdout) == 1000 and r.exit_code is None
+
+
+def test_cpu_limit_kills_a_busy_program() -> None:
+    r = run_python("while True:\n    pass", "", SandboxLimits(wall_s=20.0, cpu_s=1))
+    # killed by SIGXCPU (unshare reports a child's death by signal as exit code 1)
+    assert not r.timed_out and r.exit_code not in (None, 0)
+
+
+def test_environment_is_scrubbed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AREAL_SANDBOX_TEST_SECRET", "x")
+    r = run_python("import os\nprint(sorted(os.environ))", "", FAST)
+    assert r.stdout.strip() == "['HOME', 'LANG', 'PATH']"
+
+
+@pytest.mark.parametrize("mode", ["rlimits"])
+def test_fallback_mode_refuses_sockets(mode: sandbox.Mode) -> None:
+    program = ("import socket\ntry:\n    socket.socket()\n    print('open')\n"
+               "except PermissionError as e:\n    print('refused', e)")
+    r = run_python(program, "", FAST, mode=mode)
+    assert r.stdout.startswith("refused sandbox: socket.__new__"), r.stderr
+
+
+def test_work_dirs_are_removed() -> None:
+    run_python("open('junk', 'w').write('x')", "", FAST)
+    prefix = f"{sandbox.WORK_PREFIX}{os.getpid()}-"
+    assert not [d for d in os.listdir(tempfile.gettempdir()) if d.startswith(prefix)]
+    left = tempfile.mkdtemp(prefix=prefix)  # what a killed grader process leaves behind
+    remove_work_dirs(os.getpid())
+    assert not os.path.exists(left)
