@@ -1,7 +1,10 @@
 """Scoring as a service: graders by task name and an asynchronous, isolated `RewardService`.
 
-Importing this package is light (no Ray, no math-verify): the controller wraps `RewardService`
-with `ray.remote`, and grading itself runs in subprocesses.
+Two faces over that one core: the controller wraps `RewardService` with `ray.remote` (default),
+and `reward_service.http` serves it over HTTP (`areal-sys reward-serve`), which the controller
+reaches through `reward_service.client.HttpRewardClient` when `reward.url` is set. Code is run by
+`reward_service.sandbox`. Importing this package is light (no Ray, no math-verify, no FastAPI):
+grading itself runs in subprocesses.
 """
 
 from reward_service.graders import UnknownTaskError, get_grader, register_grader
