@@ -20,11 +20,9 @@ A plain class; the controller wraps it with `ray.remote`. One `train_step(groups
 The trainer never reads an algorithm's name: it calls the `Algorithm`'s pieces and branches only
 on its facts (`needs_reference`, `kl_in_loss`, `kl_in_reward`, token-level or group estimator).
 
-Reference model: a frozen copy of the initial weights (fp32, not sharded: one full copy per rank),
-loaded when the algorithm needs it (KL on) or when `kl_to_initial` asks for the metric
-`kl_to_initial` = mean over loss tokens of k3(π_prox ‖ π_init). Cost: one more no-gradient
-forward over the rank's sequences per step (about a third of a step's compute) and the model's
-memory; `logging.kl_to_initial: false` turns it off when no KL is needed.
+Reference model (workers/reference.py): loaded when the algorithm needs it (KL on) or when
+`kl_to_initial` asks for the metric `kl_to_initial` = mean over loss tokens of k3(π_prox ‖ π_init).
+Cost: one more no-gradient forward over the rank's sequences per step and the model's memory.
 
 Log-probs are log_softmax(logits / temperature) at the response positions, in float32. Only
 response tokens with loss_mask 1 train. Every rank receives the whole batch and derives the same
@@ -37,7 +35,6 @@ inference) uses, never training, so it is switched off here at every world size.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import time
@@ -61,6 +58,7 @@ from areal_sys.packing import (
 )
 from areal_sys.trajectory import Group
 from workers.batch import Nested, TrainBatch, lr_at_step, prepare_batch
+from workers.reference import ReferencePolicy
 from workers.trainer_weights import _DTYPES, WeightsOut
 from workers.weight_sync import SyncGroup
 
@@ -73,7 +71,7 @@ _SUMS = ("loss", "entropy", "kl_behav", "kl_initial", "kl_loss", "clipped", "beh
          "capped", "n_loss_tokens", "n_seqs_trained", "response_tokens")
 
 
-class TrainerWorker(WeightsOut):
+class TrainerWorker(ReferencePolicy, WeightsOut):
     """One data-parallel trainer rank. Construct cheaply, then `setup()` (joins the process group
     and builds the engine), `train_step(...)` per policy version, `export_weights(...)` for weight
     sync, `save_hf(...)` for checkpoints, `shutdown()` at the end.
@@ -107,13 +105,6 @@ class TrainerWorker(WeightsOut):
         self.engine: Any = None
         self.ref_model: Any = None
         self._weight_group: SyncGroup | None = None
-
-    @staticmethod
-    def _frozen_copy(model: Any) -> Any:
-        """The reference policy: a frozen copy of the initial weights (module doc)."""
-        ref = copy.deepcopy(model).eval()
-        ref.requires_grad_(False)
-        return ref
 
     # ----------------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -269,14 +260,6 @@ class TrainerWorker(WeightsOut):
         self.engine.train()
         return out
 
-    @torch.no_grad()
-    def reference_logprobs(self, groups: list[Group]) -> Nested:
-        """Like `compute_logprobs`, under the frozen initial weights (needs the reference model;
-        not sharded, so any single rank may answer)."""
-        if self.ref_model is None:
-            raise RuntimeError("no reference model (KL off and kl_to_initial false)")
-        return self._all_logprobs(groups, self._ref_logits)
-
     def _all_logprobs(self, groups: list[Group], logits_fn: Any) -> Nested:
         trajs = [t for g in groups for t in g.trajectories]
         out: list[list[float]] = [[] for _ in trajs]
@@ -294,20 +277,6 @@ class TrainerWorker(WeightsOut):
         flat = iter(out)
         return [[next(flat) for _ in g.trajectories] for g in groups]
 
-    def _kl_reward_sums(self, groups: list[Group]) -> list[list[float]]:
-        """Σ_t −β·KL_t(behaviour ‖ reference) per response, for a group estimator's rewards.
-        Every rank computes all of them, so every rank derives the same advantages."""
-        ref = self.reference_logprobs(groups)
-        out = []
-        for g, rows in zip(groups, ref, strict=True):
-            sums = []
-            for t, r in zip(g.trajectories, rows, strict=True):
-                behav = torch.tensor(t.behav_logprobs, dtype=torch.float32)
-                mask = torch.tensor(t.loss_mask, dtype=torch.float32)
-                sums.append(float(self.algo.kl_reward(behav, torch.tensor(r), mask).sum()))
-            out.append(sums)
-        return out
-
     def _pack(self, batch: TrainBatch, idx: list[int]) -> PackedMicroBatch:
         if not idx:  # rank has fewer sequences than micro-batches: a zero-loss dummy pass
             mb = pack_micro_batch([[0]], [[0]], seq_indices=[])
@@ -320,11 +289,6 @@ class TrainerWorker(WeightsOut):
     def _logits(self, mb: PackedMicroBatch) -> torch.Tensor:
         """Logits [N, V] at the positions predicting the micro-batch's response tokens."""
         return self._forward(self.engine, mb)
-
-    def _ref_logits(self, mb: PackedMicroBatch) -> torch.Tensor:
-        if next(self.ref_model.parameters()).device != mb.input_ids.device:
-            self.ref_model.to(mb.input_ids.device)
-        return self._forward(self.ref_model, mb)
 
     @staticmethod
     def _forward(model: Any, mb: PackedMicroBatch) -> torch.Tensor:

@@ -191,3 +191,26 @@ def test_save_hf_loads_in_transformers(worker: TrainerWorker, tmp_path: Path) ->
         ref = worker.engine.module(input_ids=ids, use_cache=False).logits
         assert (model(input_ids=ids).logits - ref).abs().max().item() < 1e-5
 
+
+@pytest.mark.slow
+def test_kl_in_loss_against_a_frozen_reference(worker: TrainerWorker) -> None:
+    """KL penalty in the loss: the reference is a frozen copy of the weights at its creation, so
+    the first proximal pass sees KL 0 to it, and training moves away from it."""
+    from areal_sys.algorithms import build_algorithm
+
+    saved = worker.algo, worker.ref_model
+    worker.algo = build_algorithm({"name": "grpo", "kl_coef": 0.1})
+    worker.ref_model = worker._frozen_copy(worker.engine.module)
+    try:
+        groups = make_groups(3, 4, seed=6)
+        initial = worker.compute_logprobs(groups)
+        for g, rows in zip(groups, initial, strict=True):
+            for t, lp in zip(g.trajectories, rows, strict=True):
+                t.behav_logprobs = lp
+        first = worker.train_step(groups, step=6)
+        assert abs(first["kl_to_initial"]) < 1e-6 and first["kl_loss"] >= 0.0
+        last = [worker.train_step(groups, step=s) for s in (7, 8)][-1]
+        assert last["kl_to_initial"] > 1e-5 and last["kl_loss"] > 0.0
+        assert max_diff(worker.reference_logprobs(groups), initial) < 1e-5
+    finally:
+        worker.algo, worker.ref_model = saved

@@ -5,6 +5,10 @@ Every configuration trains one step from the same weights on the same groups and
 updated full weights. Adam's first step is nearly sign(g)·lr, which would hide a gradient scaled by
 a wrong factor, so these runs use adam_eps = 1 (the update is then ~lr·g for these small
 gradients) and also compare the loss and the global gradient norm.
+
+Sequence-level aggregations (whose denominators count sequences, not tokens) are checked in the
+same processes, after the weights are exported: one more step per aggregation at lr 0 (the weights
+do not move), comparing the loss and the global gradient norm across the configurations.
 """
 
 from __future__ import annotations
@@ -17,10 +21,18 @@ from typing import Any
 import pytest
 import torch
 
+from areal_sys.algorithms import build_algorithm
 from areal_sys.config import AlgorithmConfig, TrainerConfig
 from tests.workers.test_trainer import make_groups
 
 pytestmark = pytest.mark.slow
+
+# extra aggregations checked at lr 0: name -> algorithm config
+SEQUENCE_LEVEL = {
+    "seq-mean-token-mean": {"name": "grpo", "aggregation": "seq-mean-token-mean"},
+    "seq-mean-token-sum": {"name": "grpo", "aggregation": "seq-mean-token-sum"},
+    "dr_grpo": {"name": "dr_grpo"},
+}
 
 
 def _free_port() -> int:
@@ -41,8 +53,13 @@ def _rank_main(rank: int, world: int, port: int, model: str, cfg: dict, out: str
         world_size=world, master_port=port,
     )
     worker.setup()
-    metrics = worker.train_step(make_groups(6, 4, seed=11), step=0)
+    groups = make_groups(6, 4, seed=11)
+    metrics = worker.train_step(groups, step=0)
     worker.export_weights(out + ".safetensors")
+    worker.cfg["lr"] = 0.0
+    for name, algo in SEQUENCE_LEVEL.items():
+        worker.algo = build_algorithm(algo)
+        metrics[name] = worker.train_step(groups, step=1)
     if rank == 0:
         torch.save(metrics, out + ".metrics")
     worker.shutdown()
@@ -116,3 +133,14 @@ def test_zero3_gathered_weights_equal_zero1(runs: dict[str, Any]) -> None:
     assert m3["loss"] == pytest.approx(m1["loss"], abs=1e-6)
     assert m3["grad_norm"] == pytest.approx(m1["grad_norm"], rel=1e-4)
     assert max_weight_diff(w1, w3) < 1e-6
+
+
+@pytest.mark.parametrize("aggregation", list(SEQUENCE_LEVEL))
+def test_sequence_level_aggregations_are_global(runs: dict[str, Any], aggregation: str) -> None:
+    """Same loss and gradient norm at 1 or 3 micro-batches and 1 or 2 ranks (ZeRO 1 and 3)."""
+    one = runs["1rank_1mb"][1][aggregation]
+    assert one["grad_norm"] > 0 and one["loss"] != 0
+    for name in ("1rank_3mb", "2rank_zero1", "2rank_zero3"):
+        other = runs[name][1][aggregation]
+        assert other["loss"] == pytest.approx(one["loss"], abs=1e-6), name
+        assert other["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4), name
