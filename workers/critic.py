@@ -26,7 +26,6 @@ gives V_t (the value of the state before token t).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
@@ -44,9 +43,9 @@ from areal_sys.packing import (
 )
 from areal_sys.trajectory import Group
 from workers.batch import Nested, TrainBatch, lr_at_step, nest, prepare_batch
+from workers.deepspeed_engine import build_engine, join_process_group
 
 log = logging.getLogger(__name__)
-CPU_CORES_ENV = "AREAL_SYS_CPU_CORES"
 
 
 class CriticWorker:
@@ -79,22 +78,10 @@ class CriticWorker:
 
     def setup(self) -> None:
         """Join a one-rank process group and build the value model's ZeRO engine."""
-        import deepspeed
         from transformers import AutoModelForTokenClassification
 
-        on_gpu = torch.cuda.is_available()
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",
-                          MASTER_ADDR=self.master_addr, MASTER_PORT=str(self.master_port))
-        if not on_gpu and (cores := os.environ.get(CPU_CORES_ENV)):
-            ids = [int(c) for c in cores.split(",")]
-            os.sched_setaffinity(0, ids)
-            torch.set_num_threads(len(ids))
-        if not on_gpu:  # see workers/trainer.py: the shm comm op is never used by training
-            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-        deepspeed.utils.logger.setLevel(logging.WARNING)
-        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+        on_gpu = join_process_group(0, 1, self.master_addr, self.master_port)
         torch.manual_seed(self.seed)
-
         model = AutoModelForTokenClassification.from_pretrained(
             self.model_path, num_labels=1, dtype=torch.float32,
             attn_implementation=attention_implementation("cuda" if on_gpu else "cpu"),
@@ -103,25 +90,7 @@ class CriticWorker:
         torch.nn.init.zeros_(model.score.weight)
         if model.score.bias is not None:
             torch.nn.init.zeros_(model.score.bias)
-        if self.cfg["gradient_checkpointing"]:
-            model.gradient_checkpointing_enable({"use_reentrant": False})
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=self.cfg["critic_lr"], betas=tuple(self.cfg["adam_betas"]),
-            weight_decay=self.cfg["weight_decay"], eps=self.cfg["adam_eps"],
-        )
-        ds_config = {
-            "train_micro_batch_size_per_gpu": 1,
-            "gradient_accumulation_steps": 1,
-            "managed_gradient_accumulation": False,
-            "gradient_clipping": self.cfg["grad_clip"],
-            "zero_optimization": {"stage": self.cfg["zero_stage"]},
-            "bf16": {"enabled": self.dtype == "bfloat16"},
-            "fp16": {"enabled": self.dtype == "float16"},
-            "steps_per_print": 2**31 - 1,
-        }
-        self.engine, *_ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=ds_config, dist_init_required=False
-        )
+        self.engine = build_engine(model, self.cfg, lr=self.cfg["critic_lr"], dtype=self.dtype)
         log.info("CriticWorker: lr=%g zero_stage=%d; %s", self.cfg["critic_lr"],
                  self.cfg["zero_stage"], self.algo.summary)
 

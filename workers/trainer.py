@@ -28,15 +28,12 @@ Log-probs are log_softmax(logits / temperature) at the response positions, in fl
 response tokens with loss_mask 1 train. Every rank receives the whole batch and derives the same
 plan, so planning needs no communication.
 
-CPU facts (ENVIRONMENT.md): gloo backend; DeepSpeed builds a shared-memory comm op on CPU at
-process-group start (~23 s compile on first use) that only `inference_all_reduce` (tensor-parallel
-inference) uses, never training, so it is switched off here at every world size.
+Process-group and engine set-up (gloo on CPU, the DeepSpeed CPU traps): workers/deepspeed_engine.py.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
@@ -58,6 +55,7 @@ from areal_sys.packing import (
 )
 from areal_sys.trajectory import Group
 from workers.batch import Nested, TrainBatch, lr_at_step, prepare_batch
+from workers.deepspeed_engine import build_engine, join_process_group
 from workers.reference import ReferencePolicy
 from workers.trainer_weights import _DTYPES, WeightsOut
 from workers.weight_sync import SyncGroup
@@ -66,7 +64,6 @@ __all__ = ["TrainBatch", "TrainerWorker", "lr_at_step", "prepare_batch"]
 
 log = logging.getLogger(__name__)
 
-CPU_CORES_ENV = "AREAL_SYS_CPU_CORES"  # comma-separated core ids this rank may use (CPU only)
 _SUMS = ("loss", "entropy", "kl_behav", "kl_initial", "kl_loss", "clipped", "behav_weight",
          "capped", "n_loss_tokens", "n_seqs_trained", "response_tokens")
 
@@ -109,58 +106,16 @@ class TrainerWorker(ReferencePolicy, WeightsOut):
     # ----------------------------------------------------------------------------------- setup
     def setup(self) -> None:
         """Join the process group (gloo on CPU, nccl on GPU) and build the ZeRO engine."""
-        import deepspeed
         from transformers import AutoModelForCausalLM
 
-        on_gpu = torch.cuda.is_available()
-        local_rank = self.rank % torch.cuda.device_count() if on_gpu else 0
-        os.environ.update(
-            RANK=str(self.rank),
-            WORLD_SIZE=str(self.world_size),
-            LOCAL_RANK=str(local_rank),
-            MASTER_ADDR=self.master_addr,
-            MASTER_PORT=str(self.master_port),
-        )
-        if on_gpu:
-            torch.cuda.set_device(local_rank)
-        elif cores := os.environ.get(CPU_CORES_ENV):  # pinned by the controller (local CPU runs)
-            ids = [int(c) for c in cores.split(",")]
-            os.sched_setaffinity(0, ids)
-            torch.set_num_threads(len(ids))
-        if not on_gpu:  # the shm op serves only inference_all_reduce: skip its compile (module doc)
-            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-        deepspeed.utils.logger.setLevel(logging.WARNING)
-        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+        on_gpu = join_process_group(self.rank, self.world_size, self.master_addr, self.master_port)
         torch.manual_seed(self.seed)
-
         model = AutoModelForCausalLM.from_pretrained(
             self.model_path, dtype=torch.float32,
             attn_implementation=attention_implementation("cuda" if on_gpu else "cpu"),
         )
         self.ref_model = self._frozen_copy(model) if self.use_reference else None
-        if self.cfg["gradient_checkpointing"]:
-            model.gradient_checkpointing_enable({"use_reentrant": False})
-        optimizer = torch.optim.AdamW(
-            model.parameters(),
-            lr=self.cfg["lr"],
-            betas=tuple(self.cfg["adam_betas"]),
-            weight_decay=self.cfg["weight_decay"],
-            eps=self.cfg["adam_eps"],
-        )
-        ds_config = {
-            "train_micro_batch_size_per_gpu": 1,
-            "gradient_accumulation_steps": 1,
-            # the number of micro-batches varies per step: step() is the accumulation boundary
-            "managed_gradient_accumulation": False,
-            "gradient_clipping": self.cfg["grad_clip"],
-            "zero_optimization": {"stage": self.cfg["zero_stage"]},
-            "bf16": {"enabled": self.dtype == "bfloat16"},
-            "fp16": {"enabled": self.dtype == "float16"},
-            "steps_per_print": 2**31 - 1,
-        }
-        self.engine, *_ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=ds_config, dist_init_required=False
-        )
+        self.engine = build_engine(model, self.cfg, lr=self.cfg["lr"], dtype=self.dtype)
         if self.rank == 0:
             log.info(
                 "TrainerWorker: world_size=%d zero_stage=%d dtype=%s backend=%s; %s",

@@ -1,0 +1,74 @@
+"""The DeepSpeed set-up shared by the policy trainer and the critic: joining the process group and
+wrapping a model in a ZeRO engine with a torch AdamW.
+
+CPU facts (ENVIRONMENT.md): gloo backend; DeepSpeed builds a shared-memory comm op on CPU at
+process-group start (~23 s compile on first use) that only `inference_all_reduce` (tensor-parallel
+inference) uses, never training, so it is switched off here at every world size. DeepSpeed's own
+"optimizer" block would compile a CPU FusedAdam (~40 s); a torch AdamW is passed instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+
+CPU_CORES_ENV = "AREAL_SYS_CPU_CORES"  # comma-separated core ids this rank may use (CPU only)
+
+
+def join_process_group(rank: int, world_size: int, master_addr: str, master_port: int) -> bool:
+    """Set the rank's environment, pin it (CUDA device, or the CPU cores the controller gave it in
+    `AREAL_SYS_CPU_CORES`) and join DeepSpeed's process group (nccl on GPU, gloo on CPU).
+    Returns whether this rank runs on a GPU."""
+    import deepspeed
+
+    on_gpu = torch.cuda.is_available()
+    local_rank = rank % torch.cuda.device_count() if on_gpu else 0
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(local_rank),
+        MASTER_ADDR=master_addr,
+        MASTER_PORT=str(master_port),
+    )
+    if on_gpu:
+        torch.cuda.set_device(local_rank)
+    else:
+        if cores := os.environ.get(CPU_CORES_ENV):  # pinned by the controller (local CPU runs)
+            ids = [int(c) for c in cores.split(",")]
+            os.sched_setaffinity(0, ids)
+            torch.set_num_threads(len(ids))
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # see the module doc
+    deepspeed.utils.logger.setLevel(logging.WARNING)
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+    return on_gpu
+
+
+def build_engine(model: torch.nn.Module, cfg: dict[str, Any], *, lr: float, dtype: str) -> Any:
+    """`model` under ZeRO stage `cfg["zero_stage"]` with AdamW (`lr`, `cfg`'s betas, eps, weight
+    decay), gradient clipping and bf16/fp16 by `dtype`. The caller drives accumulation: the number
+    of micro-batches varies per step, and `engine.step()` is the boundary."""
+    import deepspeed
+
+    if cfg["gradient_checkpointing"]:
+        model.gradient_checkpointing_enable({"use_reentrant": False})
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=lr, betas=tuple(cfg["adam_betas"]),
+        weight_decay=cfg["weight_decay"], eps=cfg["adam_eps"],
+    )
+    ds_config = {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "managed_gradient_accumulation": False,
+        "gradient_clipping": cfg["grad_clip"],
+        "zero_optimization": {"stage": cfg["zero_stage"]},
+        "bf16": {"enabled": dtype == "bfloat16"},
+        "fp16": {"enabled": dtype == "float16"},
+        "steps_per_print": 2**31 - 1,
+    }
+    engine, *_ = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=ds_config, dist_init_required=False
+    )
+    return engine
