@@ -43,7 +43,7 @@ from areal_sys.packing import (
 )
 from areal_sys.trajectory import Group
 from workers.batch import Nested, TrainBatch, lr_at_step, nest, prepare_batch
-from workers.deepspeed_engine import build_engine, join_process_group
+from workers.deepspeed_engine import build_engine, join_process_group, release_engine
 
 log = logging.getLogger(__name__)
 
@@ -190,11 +190,6 @@ class CriticWorker:
         }
 
     def shutdown(self) -> None:
-        if self.engine is None:
-            return
-        import deepspeed.comm as ds_dist
-
-        self.engine.destroy()
-        self.engine = None
-        if ds_dist.is_initialized():
-            ds_dist.destroy_process_group()
+        if self.engine is not None:
+            release_engine(self.engine)
+            self.engine = None

@@ -72,3 +72,13 @@ def build_engine(model: torch.nn.Module, cfg: dict[str, Any], *, lr: float, dtyp
         model=model, optimizer=optimizer, config=ds_config, dist_init_required=False
     )
     return engine
+
+
+def release_engine(engine: Any) -> None:
+    """Destroy `engine` and leave the process group through deepspeed.comm (not torch.distributed),
+    so DeepSpeed drops its cached groups and a later set-up in the same process can join anew."""
+    import deepspeed.comm as ds_dist
+
+    engine.destroy()
+    if ds_dist.is_initialized():
+        ds_dist.destroy_process_group()

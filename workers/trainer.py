@@ -55,7 +55,7 @@ from areal_sys.packing import (
 )
 from areal_sys.trajectory import Group
 from workers.batch import Nested, TrainBatch, lr_at_step, prepare_batch
-from workers.deepspeed_engine import build_engine, join_process_group
+from workers.deepspeed_engine import build_engine, join_process_group, release_engine
 from workers.reference import ReferencePolicy
 from workers.trainer_weights import _DTYPES, WeightsOut
 from workers.weight_sync import SyncGroup
@@ -360,14 +360,7 @@ class TrainerWorker(ReferencePolicy, WeightsOut):
         return {k: float(peak[j] if k.endswith("_max") else total[j]) for j, k in enumerate(keys)}
 
     def shutdown(self) -> None:
-        """Release the engine and leave the process group. Goes through deepspeed.comm (not
-        torch.distributed) so DeepSpeed drops its cached groups and a later setup() in the same
-        process can join a new group."""
-        if self.engine is None:
-            return
-        import deepspeed.comm as ds_dist
-
-        self.engine.destroy()
-        self.engine = None
-        if ds_dist.is_initialized():
-            ds_dist.destroy_process_group()
+        """Release the engine and leave the process group (a later setup() may join anew)."""
+        if self.engine is not None:
+            release_engine(self.engine)
+            self.engine = None
