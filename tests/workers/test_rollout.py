@@ -175,7 +175,9 @@ class TestInProcess:
         for t in trajs:
             tempered = hf_logprobs(hf_models["A"], t, temperature=0.5)
             assert max_abs_diff(t.behav_logprobs, tempered) < TOL
-            assert max_abs_diff(t.behav_logprobs, hf_logprobs(hf_models["A"], t)) > 0.05
+        # control: untempered logprobs differ (one short response may match them by chance)
+        assert max(max_abs_diff(t.behav_logprobs, hf_logprobs(hf_models["A"], t))
+                   for t in trajs) > 0.05
 
     def test_interrupted_requests_keep_partial_tokens_and_resume(
         self, engine: Engine, tiny_models: dict[str, Path], hf_models: dict[str, Any]
