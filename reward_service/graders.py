@@ -143,14 +143,15 @@ def _load_plugin(spec: str) -> Grader:
         else:
             module = importlib.import_module(where)
     except Exception as e:  # noqa: BLE001 - any import failure means "no such grader"
-        raise UnknownTaskError(f"task {spec!r}: cannot load {where!r}: {_one_line(e)}") from None
+        raise UnknownTaskError(f"task {spec!r}: cannot load {where!r}: {one_line(e)}") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise UnknownTaskError(f"task {spec!r}: {where!r} has no callable {attr!r}")
     return fn
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
+    """An exception as one line: `Type: first line of its message`."""
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
 

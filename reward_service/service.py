@@ -33,20 +33,14 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import math
-import os
-import signal
-import sys
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from reward_service.graders import SETTINGS_ENV, GraderSettings
-from reward_service.sandbox import detect_mode, remove_work_dirs
-
-_WORKER_CMD = "from reward_service.service import _worker_main; _worker_main()"
-_MAX_REASON_CHARS = 300
+from reward_service.grader_process import MAX_REASON_CHARS, GraderProcess, ProcessDied
+from reward_service.graders import GraderSettings, one_line
+from reward_service.sandbox import detect_mode
 
 
 @dataclass(frozen=True)
@@ -68,77 +62,6 @@ class _Job:
     future: asyncio.Future[RewardResult]
     timeout_s: float
     attempts: int = 0
-
-
-class _ProcessDied(Exception):
-    pass
-
-
-class _GraderProcess:
-    """One grader subprocess speaking JSON lines over its stdin/stdout."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-
-    @classmethod
-    async def start(cls, memory_limit_mb: int | None, start_timeout_s: float,
-                    settings_json: str) -> _GraderProcess:
-        env = dict(os.environ)
-        env[SETTINGS_ENV] = settings_json
-        # The child sees exactly the modules this process sees (plugins under tests/, Ray dirs).
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _WORKER_CMD, str(os.getpid()), str(memory_limit_mb or 0),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
-        )
-        self = cls(proc)
-        try:
-            line = await asyncio.wait_for(proc.stdout.readline(), start_timeout_s)
-        except TimeoutError:
-            await self.kill()
-            raise _ProcessDied(f"grader process not ready after {start_timeout_s:g} s") from None
-        if not line:
-            code = await proc.wait()
-            raise _ProcessDied(f"grader process failed to start (exit code {code})")
-        return self
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.returncode is None
-
-    async def send(self, jobs: list[_Job]) -> None:
-        msg = {"items": [[j.task, j.response, j.reference] for j in jobs]}
-        try:
-            self.proc.stdin.write(json.dumps(msg).encode() + b"\n")
-            await self.proc.stdin.drain()
-        except (BrokenPipeError, ConnectionResetError) as e:
-            raise _ProcessDied(f"grader process pipe closed: {e}") from None
-
-    async def receive(self, timeout_s: float) -> dict[str, Any]:
-        """Next result line; TimeoutError past `timeout_s`; _ProcessDied on EOF."""
-        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout_s)
-        if not line:
-            code = await self.proc.wait()
-            raise _ProcessDied(f"grader process died (exit code {code})")
-        return json.loads(line)
-
-    async def kill(self) -> None:
-        if self.alive:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-        await self.proc.wait()
-        remove_work_dirs(self.proc.pid)  # what the sandbox of a killed grader left in /tmp
-        # Close the pipes now, on the owning loop: left to the garbage collector, the transport
-        # closes them later and fails if that loop is closed by then.
-        transport = getattr(self.proc, "_transport", None)
-        if transport is not None:
-            transport.close()
-
-    def kill_nowait(self) -> None:
-        """Kill from outside the owning event loop (the loop's child watcher reaps it)."""
-        if self.alive:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGKILL)
 
 
 class RewardService:
@@ -187,7 +110,7 @@ class RewardService:
         self._inflight: dict[str, asyncio.Future[RewardResult]] = {}
         self._queue: asyncio.Queue[_Job] | None = None
         self._servers: list[asyncio.Task[None]] = []
-        self._procs: dict[int, _GraderProcess] = {}
+        self._procs: dict[int, GraderProcess] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self.stats = {"graded": 0, "cache_hits": 0, "timeouts": 0, "errors": 0, "restarts": 0,
@@ -204,7 +127,7 @@ class RewardService:
             raise
         except Exception as e:  # noqa: BLE001 - the contract: failures are results
             n = len(items) if isinstance(items, list) else 0
-            return [self._fail(f"reward service error: {_one_line(e)}") for _ in range(n)]
+            return [self._fail(f"reward service error: {one_line(e)}") for _ in range(n)]
 
     async def shutdown(self) -> None:
         """Stop the grader processes; later `score` calls return ok=False results."""
@@ -292,7 +215,7 @@ class RewardService:
                     if proc is not None:
                         await proc.kill()
                     for job in batch:
-                        self._finish(job, self._fail(f"reward service error: {_one_line(e)}"))
+                        self._finish(job, self._fail(f"reward service error: {one_line(e)}"))
         finally:  # cancelled: shutdown() or the end of asyncio.run()
             proc = self._procs.pop(slot, None)
             if proc is not None:
@@ -306,17 +229,17 @@ class RewardService:
             if fresh:
                 if proc is not None:
                     self.stats["restarts"] += 1
-                proc = await _GraderProcess.start(self.memory_limit_mb, self.start_timeout_s,
+                proc = await GraderProcess.start(self.memory_limit_mb, self.start_timeout_s,
                                                   self._settings_json)
                 self._procs[slot] = proc
-        except _ProcessDied as e:
+        except ProcessDied as e:
             self._procs.pop(slot, None)
             for job in batch:
                 self._finish(job, self._fail(str(e)))
             return []
         try:
             await proc.send(batch)
-        except _ProcessDied as e:
+        except ProcessDied as e:
             self._procs.pop(slot, None)
             if not fresh:  # it died while idle: retry the whole batch on a new process
                 return batch
@@ -326,7 +249,7 @@ class RewardService:
             t0 = time.perf_counter()
             try:
                 msg = await proc.receive(job.timeout_s)
-            except (TimeoutError, _ProcessDied) as e:
+            except (TimeoutError, ProcessDied) as e:
                 timed_out = isinstance(e, TimeoutError)
                 await proc.kill()
                 self._procs.pop(slot, None)
@@ -363,7 +286,7 @@ class RewardService:
             job.future.set_result(result)
 
     def _fail(self, reason: str, elapsed_s: float = 0.0) -> RewardResult:
-        return RewardResult(self.wrong_reward, False, reason[:_MAX_REASON_CHARS], elapsed_s)
+        return RewardResult(self.wrong_reward, False, reason[:MAX_REASON_CHARS], elapsed_s)
 
 
 def _check_item(item: Any, max_timeout_s: float) -> str | None:
@@ -382,62 +305,3 @@ def _check_item(item: Any, max_timeout_s: float) -> str | None:
 
 def _cache_key(task: str, response: str, reference: str) -> str:
     return hashlib.sha256(json.dumps([task, response, reference]).encode()).hexdigest()
-
-
-def _one_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
-
-
-# ---------------------------------------------------------------------------------------------
-# the grader subprocess
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to SIGKILL this process when its parent exits (a hung grader is never orphaned)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent_pid:
-        os._exit(0)
-
-
-def _grade_one(task: str, response: str, reference: str) -> dict[str, Any]:
-    from reward_service.graders import get_grader
-
-    t0 = time.perf_counter()
-    try:
-        value = get_grader(task)(response, reference)
-        if not isinstance(value, bool | int | float) or not math.isfinite(value):
-            shown = repr(value)[:40]
-            raise TypeError(f"grader {task!r} returned {shown}; expected a bool or a finite float")
-        out: dict[str, Any] = {"value": value if isinstance(value, bool) else float(value)}
-    except BaseException as e:  # noqa: BLE001 - SystemExit in a grader is still a grader error
-        out = {"error": _one_line(e)[:_MAX_REASON_CHARS]}
-    out["s"] = time.perf_counter() - t0
-    return out
-
-
-def _worker_main() -> None:
-    """Grader subprocess: argv = [parent_pid, memory_limit_mb]; JSON lines in, JSON lines out."""
-    parent_pid, memory_limit_mb = int(sys.argv[1]), int(sys.argv[2])
-    _die_with_parent(parent_pid)
-    if memory_limit_mb > 0:
-        import resource
-
-        limit = memory_limit_mb << 20
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    # Keep the protocol on a private copy of stdout; anything a grader prints goes to stderr.
-    out = os.fdopen(os.dup(1), "w", encoding="utf-8")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    _grade_one("math", "\\boxed{1}", "1")  # import math-verify + sympy before the first deadline
-    out.write('{"ready": true}\n')
-    out.flush()
-    for line in sys.stdin.buffer:
-        for task, response, reference in json.loads(line)["items"]:
-            out.write(json.dumps(_grade_one(task, response, reference)) + "\n")
-            out.flush()
