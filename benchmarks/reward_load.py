@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from areal_sys.ports import free_port  # noqa: E402
 from benchmarks.common import figure_path, write_results  # noqa: E402
 
 CODE_REF = json.dumps({"tests": [{"input": "3 4\n", "output": "7"},
@@ -128,9 +128,7 @@ def main() -> None:
 
     import httpx
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [sys.executable, "-m", "areal_sys.cli", "reward-serve", "--port", str(port),

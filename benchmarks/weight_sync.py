@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import statistics
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from areal_sys.ports import free_port  # noqa: E402
 from benchmarks.common import figure_path, write_results  # noqa: E402
 
 QWEN25_05B = dict(  # the published Qwen2.5-0.5B shape
@@ -57,12 +57,6 @@ def build_model(kind: str, root: Path) -> Path:
     Qwen2ForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def time_backends(model_dir: Path, repeats: int, bucket_mb: int) -> list[dict[str, Any]]:

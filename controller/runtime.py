@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from areal_sys.config import TINY_MODEL, ConfigError, ExperimentConfig
+from areal_sys.ports import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,14 +60,6 @@ def start_ray(cfg: ExperimentConfig) -> None:
         log_to_driver=True,
         runtime_env={"env_vars": {"PYTHONPATH": str(PROJECT_ROOT)}},
     )
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_placement(cfg: ExperimentConfig) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
@@ -133,7 +126,7 @@ def create_actors(cfg: ExperimentConfig, model_path: str) -> Actors:
         )
         for i in range(cfg.rollout.num_workers)
     ]
-    port = _free_port()
+    port = free_port()
     trainer_cls = ray.remote(TrainerWorker)
     trainers = [
         trainer_cls.options(
@@ -157,7 +150,7 @@ def create_actors(cfg: ExperimentConfig, model_path: str) -> Actors:
             runtime_env=pinned(trainer_pins[0]),
         ).remote(
             model_path, trainer_cfg=cfg.trainer.model_dump(), algo_cfg=cfg.algorithm.model_dump(),
-            max_new_tokens=cfg.rollout.max_new_tokens, master_port=_free_port(),
+            max_new_tokens=cfg.rollout.max_new_tokens, master_port=free_port(),
             dtype=cfg.model.dtype, seed=cfg.seed,
         )
     if cfg.reward.url:  # a remote HTTP reward server: the same score() behind the same actor API

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from reward_service.grader_process import MAX_REASON_CHARS
+from reward_service.graders import one_line
 from reward_service.service import RewardResult
 
 _BACKOFF_S = 0.5
@@ -53,9 +55,9 @@ class HttpRewardClient:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - the contract: failures are results
-            first = str(e).strip().splitlines()
-            reason = f"reward server {self.url}: {type(e).__name__}: {first[0] if first else ''}"
-            return [RewardResult(self.wrong_reward, False, reason[:300], 0.0) for _ in items]
+            reason = f"reward server {self.url}: {one_line(e)}"
+            return [RewardResult(self.wrong_reward, False, reason[:MAX_REASON_CHARS], 0.0)
+                    for _ in items]
 
     async def _post(self, path: str, payload: Any) -> Any:
         import httpx

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from areal_sys.ports import free_port
 from workers.weight_sync import SyncGroup, TensorMeta, tensor_meta, write_safetensors
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -63,14 +64,9 @@ class WeightsOut:
 
     def weight_sync_endpoint(self) -> tuple[str, int]:
         """Where rank 0 hosts the `collective` group's store: this node's address, a free port."""
-        import socket
-
         import ray
 
-        with socket.socket() as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
-        return ray.util.get_node_ip_address(), port
+        return ray.util.get_node_ip_address(), free_port("")
 
     def weight_meta(self) -> list[TensorMeta] | None:
         """(name, shape, dtype) of every exported weight on rank 0 (collective under ZeRO-3)."""

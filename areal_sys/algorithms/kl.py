@@ -75,5 +75,4 @@ def kl_reward_term(
     estimator: KLFn = kl_k3,
 ) -> torch.Tensor:
     """−β·KL_t per token (0 where M = 0), detached: reward shaping from the rollout's logπ."""
-    kl = estimator(logprobs.detach(), ref_logprobs)
-    return torch.where(mask.bool(), -coef * kl, torch.zeros_like(kl))
+    return -kl_loss_term(logprobs.detach(), ref_logprobs, mask, coef=coef, estimator=estimator)

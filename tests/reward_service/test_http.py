@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from areal_sys.ports import free_port
 from reward_service.client import HttpRewardClient
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,12 +30,6 @@ SECRET = "s3cr3t-the-model-must-never-see-this"
 ITEM_TIMEOUT_S = 4.0
 WALL_S = 1.5  # sandbox limit per test case (--code-wall-s)
 MARGIN_S = 2.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_server(port: int, *extra: str) -> subprocess.Popen:

@@ -4,21 +4,14 @@ GAE advantages come back nested like the groups and whitened, and value updates 
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 
 from areal_sys.config import AlgorithmConfig, TrainerConfig
+from areal_sys.ports import free_port
 from tests.workers.test_trainer import make_groups
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_critic_advantages_and_value_updates(tmp_path) -> None:
@@ -29,7 +22,7 @@ def test_critic_advantages_and_value_updates(tmp_path) -> None:
     cfg = TrainerConfig(critic_lr=1e-3, max_tokens_per_microbatch=128).model_dump()
     critic = CriticWorker(str(path), trainer_cfg=cfg,
                           algo_cfg=AlgorithmConfig(name="ppo").model_dump(),
-                          master_port=_free_port())
+                          master_port=free_port())
     critic.setup()
     try:
         groups = make_groups(3, 4, seed=5)

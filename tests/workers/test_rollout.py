@@ -9,7 +9,6 @@ logprob with a transformers forward pass of the weights named by the token's ver
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from areal_sys.ports import free_port
 from areal_sys.trajectory import Trajectory
 from workers.rollout import RolloutWorker, actor_runtime_env
 
@@ -51,12 +51,6 @@ def check_tokens_match_versions(
         ref = {name: hf_logprobs(hf_models[name], t) for name in set(weights_of.values())}
         for pos, (lp, v) in enumerate(zip(t.behav_logprobs, t.versions, strict=True)):
             assert abs(lp - ref[weights_of[v]][pos]) < TOL, (t.versions, pos)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Engine:
@@ -136,7 +130,7 @@ class TestInProcess:
 
         engine.load(tiny_models["A"])
         weights_b = load_file(str(tiny_models["B"] / "model.safetensors"))
-        meta, port, sender = tensor_meta(weights_b), _free_port(), {}
+        meta, port, sender = tensor_meta(weights_b), free_port(), {}
         kw: dict[str, Any] = {"bucket_bytes": 1 << 16, "backend": "gloo", "timeout_s": 120}
 
         def trainer_rank0() -> None:

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from areal_sys.config import AlgorithmConfig, TrainerConfig
+from areal_sys.ports import free_port
 from areal_sys.trajectory import Group, Trajectory
 from workers.trainer import TrainerWorker
 
@@ -41,14 +42,6 @@ def make_groups(n_groups: int, size: int, seed: int) -> list[Group]:
 # ------------------------------------------------------------------------- real DeepSpeed engine
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory: pytest.TempPathFactory):
     from areal_sys.models.tiny import save_random_tiny_model
@@ -57,7 +50,7 @@ def worker(tmp_path_factory: pytest.TempPathFactory):
     cfg = TrainerConfig(lr=1e-3, ppo_minibatches=2, max_tokens_per_microbatch=128).model_dump()
     w = TrainerWorker(
         str(path), trainer_cfg=cfg, algo_cfg=AlgorithmConfig().model_dump(),
-        master_port=_free_port(),
+        master_port=free_port(),
     )
     w.setup()
     yield w

@@ -14,7 +14,6 @@ do not move), comparing the loss and the global gradient norm across the configu
 from __future__ import annotations
 
 import multiprocessing
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import torch
 
 from areal_sys.algorithms import build_algorithm
 from areal_sys.config import AlgorithmConfig, TrainerConfig
+from areal_sys.ports import free_port
 from tests.workers.test_trainer import make_groups
 
 pytestmark = pytest.mark.slow
@@ -33,12 +33,6 @@ SEQUENCE_LEVEL = {
     "seq-mean-token-sum": {"name": "grpo", "aggregation": "seq-mean-token-sum"},
     "dr_grpo": {"name": "dr_grpo"},
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _rank_main(rank: int, world: int, port: int, model: str, cfg: dict, out: str) -> None:
@@ -71,7 +65,7 @@ def train_one_step(model: Path, out: Path, *, world: int, zero_stage: int, budge
         num_workers=world,
     ).model_dump()
     ctx = multiprocessing.get_context("spawn")
-    port = _free_port()
+    port = free_port()
     procs = [
         ctx.Process(target=_rank_main, args=(r, world, port, str(model), cfg, str(out)))
         for r in range(world)

@@ -11,7 +11,8 @@ import math
 import pytest
 
 from areal_sys.config import AlgorithmConfig, TrainerConfig
-from tests.workers.test_trainer import _free_port, make_groups
+from areal_sys.ports import free_port
+from tests.workers.test_trainer import make_groups
 from workers.batch import lr_at_step
 from workers.trainer import TrainerWorker
 
@@ -31,7 +32,7 @@ def test_bf16_trains_with_warmup_and_cosine_schedule(
         lr_schedule="cosine", total_steps=6, ppo_minibatches=2,
     ).model_dump()
     w = TrainerWorker(str(path), trainer_cfg=cfg, algo_cfg=AlgorithmConfig().model_dump(),
-                      dtype="bfloat16", master_port=_free_port())
+                      dtype="bfloat16", master_port=free_port())
     w.setup()
     try:
         groups = make_groups(4, 4, seed=5)

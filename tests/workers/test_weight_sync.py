@@ -5,12 +5,12 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 
 import pytest
 import torch
 
+from areal_sys.ports import free_port
 from workers.weight_sync import (
     ALIGN,
     SyncGroup,
@@ -19,12 +19,6 @@ from workers.weight_sync import (
     tensor_meta,
     write_safetensors,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def weights() -> dict[str, torch.Tensor]:
