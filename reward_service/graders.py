@@ -180,10 +180,20 @@ def answer_region(text: str, tail_chars: int = TAIL_CHARS) -> str:
     gsm = text.rfind("####")
     boxed = text.rfind("\\boxed")
     if gsm >= 0 and gsm > boxed:
-        return text[gsm + 4 : gsm + 4 + GSM8K_WINDOW_CHARS].lstrip().split("\n", 1)[0]
+        return _after_gsm8k_marker(text, gsm)
     if boxed >= 0:
-        return text[boxed : boxed + BOXED_WINDOW_CHARS]
+        return _from_boxed(text, boxed)
     return text[-tail_chars:]
+
+
+def _after_gsm8k_marker(text: str, i: int) -> str:
+    """The rest of the line after the `####` at `i` (bounded)."""
+    return text[i + 4 : i + 4 + GSM8K_WINDOW_CHARS].lstrip().split("\n", 1)[0]
+
+
+def _from_boxed(text: str, i: int) -> str:
+    """A fixed window from the `\\boxed` at `i`."""
+    return text[i : i + BOXED_WINDOW_CHARS]
 
 
 _LAST_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
@@ -195,9 +205,9 @@ def extract_answer(text: str, order: str) -> str | None:
     for name in order.split(","):
         name = name.strip()
         if name == "gsm8k" and (i := text.rfind("####")) >= 0:
-            return text[i + 4 : i + 4 + GSM8K_WINDOW_CHARS].lstrip().split("\n", 1)[0]
+            return _after_gsm8k_marker(text, i)
         if name == "boxed" and (i := text.rfind("\\boxed")) >= 0:
-            return text[i : i + BOXED_WINDOW_CHARS]
+            return _from_boxed(text, i)
         if name == "last_number":
             numbers = _LAST_NUMBER.findall(text[-TAIL_CHARS:])
             if numbers:
