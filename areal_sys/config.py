@@ -226,6 +226,49 @@ class AlgorithmConfig(Section):
         return self
 
 
+class RpoConfig(Section):
+    """RPO: each rollout keeps a prefix of a cached response and generates only the suffix.
+
+    The truncation m ~ U{1..L}: L = `max_regen_tokens` (fixed) or `regen_fraction` × the cached
+    length (set at most one; neither: fraction 0.5). m >= the cached length: a full rollout.
+    """
+
+    enabled: bool = False
+    max_regen_tokens: int | None = Field(None, ge=1, description="L fixed (the paper: 300)")
+    regen_fraction: float | None = Field(
+        None, gt=0, le=1, description="L = fraction x cached length (default 0.5 if neither is set)"
+    )
+    loss_mode: Literal["faithful", "suffix_only", "decoupled"] = Field(
+        "faithful", description="faithful: prefix in the loss as on-policy tokens (the paper); "
+        "suffix_only: prefix masked; decoupled: prefix weighted by its cached behaviour logprobs",
+    )
+    epsilon: float = Field(
+        0.5, ge=0, le=1, description="cache update: P(store the group's best response)"
+    )
+    length_reward: bool = Field(True, description="length-aware reward for correct responses")
+    length_alpha: float = Field(0.01, gt=0, description="slope of the length-aware reward")
+    cache_fill: Literal["pass", "lazy"] = Field(
+        "pass", description="pass: one full response per train prompt before training; "
+        "lazy: a prompt's first visit is a full rollout",
+    )
+    max_cache_entries: int = Field(
+        1_000_000, ge=1, description="bound on cached prompts (least recently used evicted)"
+    )
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> RpoConfig:
+        if self.max_regen_tokens is not None and self.regen_fraction is not None:
+            raise ValueError("set rpo.max_regen_tokens or rpo.regen_fraction, not both")
+        return self
+
+    def regen_limit(self, cached_len: int) -> int:
+        """L for a cached response of `cached_len` tokens (at least 1)."""
+        if self.max_regen_tokens is not None:
+            return self.max_regen_tokens
+        fraction = 0.5 if self.regen_fraction is None else self.regen_fraction
+        return max(1, round(fraction * cached_len))
+
+
 class ControllerConfig(Section):
     batch_size: int = Field(16, ge=1, description="groups (prompts) per training step, B")
     max_staleness: int = Field(
@@ -236,17 +279,23 @@ class ControllerConfig(Section):
 class ClusterConfig(Section):
     address: str | None = Field(None, description="Ray address; None starts or joins locally")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance")
-    rollout_cpus: float = Field(1.0, ge=0)
-    trainer_cpus: float = Field(1.0, ge=0)
-    reward_cpus: float = Field(0.0, ge=0)
-    rollout_gpus: float = Field(0.0, ge=0)
-    trainer_gpus: float = Field(0.0, ge=0)
+    rollout_cpus: float = Field(1.0, ge=0, description="Ray CPUs of each rollout worker")
+    trainer_cpus: float = Field(1.0, ge=0, description="Ray CPUs of each trainer rank")
+    reward_cpus: float = Field(0.0, ge=0, description="Ray CPUs of the reward service actor")
+    rollout_gpus: float = Field(0.0, ge=0, description="GPUs of each rollout worker")
+    trainer_gpus: float = Field(0.0, ge=0, description="GPUs of each trainer rank")
     critic_cpus: float = Field(
         0.0, ge=0, description="Ray CPUs of the critic (PPO only; 0: it shares the trainer's)"
     )
     critic_gpus: float = Field(0.0, ge=0, description="GPUs of the critic (PPO only)")
     pin_cpus: bool = Field(
         True, description="local CPU runs: give each rollout engine and trainer its own cores"
+    )
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="Ray placement-group strategy for the bundles of each role"
+    )
+    placement_timeout_s: float = Field(
+        120.0, gt=0, description="fail when the cluster cannot place every role within this time"
     )
 
 
@@ -275,6 +324,7 @@ class ExperimentConfig(Section):
     reward: RewardConfig = RewardConfig()
     trainer: TrainerConfig = TrainerConfig()
     algorithm: AlgorithmConfig = AlgorithmConfig()
+    rpo: RpoConfig = RpoConfig()
     controller: ControllerConfig = ControllerConfig()
     cluster: ClusterConfig = ClusterConfig()
     logging: LoggingConfig = LoggingConfig()
@@ -290,6 +340,12 @@ class ExperimentConfig(Section):
             raise ValueError(
                 "trainer.max_tokens_per_microbatch must hold one full sequence (>= max_model_len)"
             )
+        if self.rpo.enabled:
+            if self.algorithm.estimator == "gae":
+                raise ValueError("rpo: needs a group estimator (grpo, dr_grpo, rloo, reinforce, "
+                                 "raft); PPO with a critic is not supported")
+            if self.rpo.loss_mode == "decoupled" and self.algorithm.loss != "decoupled_ppo":
+                raise ValueError("rpo.loss_mode=decoupled needs algorithm.loss=decoupled_ppo")
         return self
 
 

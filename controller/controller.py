@@ -17,7 +17,13 @@ or there.
                                   [critic: values + GAE advantages]
                                   train on all trainer ranks (version v -> v+1) [+ critic update]
                                   push weights to every rollout worker (interrupting generation)
+                                  [RPO: update the experience cache from the batch]
                                   open the gate for version v+1, log
+
+RPO (`rpo.enabled`, algorithms/rpo.py): before training, one full response per train prompt fills
+the experience cache (`rpo.cache_fill: pass`; `lazy`: a prompt's first visit is a full rollout).
+Each admitted group then continues a prefix of its prompt's cached response and generates only the
+suffix; after each step every trained group replaces its prompt's entry, ε-greedily.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import Any
 import torch
 
 from areal_sys.algorithms import build_algorithm
+from areal_sys.algorithms.rpo import PartialPlan, RpoPlanner
 from areal_sys.config import ExperimentConfig
 from areal_sys.data.sampler import EpochSampler
 from areal_sys.metrics import JsonlWriter
@@ -52,7 +59,7 @@ class Controller:
                  held_out: list[Prompt]) -> None:
         self.cfg = cfg
         self.actors = actors
-        self.held_out = held_out
+        self.train, self.held_out = train, held_out
         self.run_dir = Path(cfg.run_dir)
         self.sampler = EpochSampler(train, seed=cfg.seed, shuffle=cfg.data.shuffle)
         self.staleness = StalenessManager(cfg.controller.batch_size, cfg.controller.max_staleness)
@@ -60,7 +67,10 @@ class Controller:
         self.metrics = JsonlWriter(self.run_dir / "metrics.jsonl")
         self.audit = JsonlWriter(self.run_dir / "staleness.jsonl")
         self.filtered = JsonlWriter(self.run_dir / "filtered.jsonl")
-        self.algo = build_algorithm(cfg.algorithm, max_new_tokens=cfg.rollout.max_new_tokens)
+        self.algo = build_algorithm(cfg.algorithm, max_new_tokens=cfg.rollout.max_new_tokens,
+                                    rpo=cfg.rpo)
+        self.rpo = (RpoPlanner(cfg.rpo, max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.seed)
+                    if cfg.rpo.enabled else None)
         self._refill_budget = self.algo.max_oversample_rounds * cfg.controller.batch_size
         self._refills_left = self._refill_budget  # drops still allowed at this version
         self._counts = {"scored": 0, "filtered": 0, "bypassed": 0}  # since the last step record
@@ -77,19 +87,27 @@ class Controller:
         results: dict[str, Any] = {"algorithm": self.algo.summary}
         if self.cfg.eval.before_and_after:
             results["pass_rate_before"] = await self.evaluate("before")
+        if self.rpo is not None and self.cfg.rpo.cache_fill == "pass":
+            results["rpo_cache_fill"] = await self.fill_cache()
         bar = _progress(self.cfg)
         admission = asyncio.create_task(self._admission_loop())
+        gen_busy = (await self._gen_stats())["busy_s"]
         try:
             for step in range(self.cfg.trainer.total_steps):
                 t0 = time.time()
                 batch = await self._until_failure(self.buffer.take_batch(self.version))
                 wait_s = time.time() - t0
                 staleness = self._audit(step, batch)
-                tokens_before_train = await self._tokens_generated()
+                gen_before_train = await self._gen_stats()
                 train = await self._train(batch, step)
-                overlap = await self._tokens_generated() - tokens_before_train
+                overlap = (await self._gen_stats())["tokens_generated"] - gen_before_train[
+                    "tokens_generated"]
                 sync = await self._push_weights(step + 1)
+                if self.rpo is not None:
+                    self._update_cache(batch, step)
                 record = self._step_record(step, batch, staleness, train, sync, overlap, wait_s, t0)
+                record["gen_busy_s"] = (await self._gen_stats())["busy_s"] - gen_busy
+                gen_busy += record["gen_busy_s"]
                 self.metrics.write(record)
                 bar.update(1)
                 bar.set_postfix(reward=f"{record['reward_mean']:.3f}", stale=staleness,
@@ -121,12 +139,15 @@ class Controller:
     async def _rollout(self, seq: int, prompt: Prompt, admit_version: int) -> None:
         worker = min(range(len(self._load)), key=self._load.__getitem__)
         self._load[worker] += 1
+        plan: PartialPlan | None = self.rpo.plan(prompt.uid) if self.rpo is not None else None
         try:
             trajs = await self.actors.rollout[worker].generate_group.remote(
                 group_id=seq, prompt_uid=prompt.uid, prompt_ids=prompt.ids,
-                n=self.cfg.rollout.n_samples, max_new_tokens=self.cfg.rollout.max_new_tokens,
+                n=self.cfg.rollout.n_samples,
+                max_new_tokens=plan.budget if plan else self.cfg.rollout.max_new_tokens,
                 temperature=self.cfg.rollout.temperature, top_p=self.cfg.rollout.top_p,
                 task=prompt.task, reference=prompt.reference,
+                **(_prefix_args(plan) if plan else {}),
             )
         finally:
             self._load[worker] -= 1
@@ -218,9 +239,55 @@ class Controller:
         return {"sync_s": time.time() - t0,
                 "interrupted": float(sum(r.get("interrupted", 0) for r in loads))}
 
-    async def _tokens_generated(self) -> int:
-        counts = await asyncio.gather(*[w.tokens_generated.remote() for w in self.actors.rollout])
-        return int(sum(counts))
+    async def _gen_stats(self) -> dict[str, float]:
+        """Rollout workers' `tokens_generated` and `busy_s` (generation seconds), summed."""
+        stats = await asyncio.gather(*[w.stats.remote() for w in self.actors.rollout])
+        return {k: sum(s[k] for s in stats) for k in ("tokens_generated", "busy_s")}
+
+    # ---------------------------------------------------------------- RPO experience cache
+    async def fill_cache(self) -> dict[str, float]:
+        """One full response per train prompt with the current policy (not filtered for
+        correctness), into the experience cache."""
+        assert self.rpo is not None
+        from tqdm import tqdm
+
+        t0, before = time.time(), await self._gen_stats()
+        workers, window = self.actors.rollout, 64 * len(self.actors.rollout)
+        bar = tqdm(total=len(self.train), desc="rpo cache fill", unit="prompt",
+                   disable=not self.cfg.logging.progress_bar, dynamic_ncols=True)
+        for start in range(0, len(self.train), window):
+            chunk = self.train[start:start + window]
+            groups = await asyncio.gather(*[
+                workers[i % len(workers)].generate_group.remote(
+                    group_id=-1 - start - i, prompt_uid=p.uid, prompt_ids=p.ids, n=1,
+                    max_new_tokens=self.cfg.rollout.max_new_tokens,
+                    temperature=self.cfg.rollout.temperature, top_p=self.cfg.rollout.top_p,
+                    task=p.task, reference=p.reference)
+                for i, p in enumerate(chunk)
+            ])
+            for p, (t,) in zip(chunk, groups, strict=True):
+                self.rpo.fill(p.uid, t.response_ids, t.behav_logprobs, t.versions)
+            bar.update(len(chunk))
+        bar.close()
+        after = await self._gen_stats()
+        return {"seconds": time.time() - t0, "entries": float(len(self.rpo.cache)),
+                "tokens": after["tokens_generated"] - before["tokens_generated"]}
+
+    def _update_cache(self, batch: list[Group], step: int) -> None:
+        """ε-greedy cache update from every trained group (on its shaped rewards); the cache is
+        saved with the checkpoints (`trainer.save_every`)."""
+        assert self.rpo is not None
+        for g in batch:
+            shaped = self.algo.shape_rewards(torch.tensor(g.rewards, dtype=torch.float32),
+                                             [len(t.response_ids) for t in g.trajectories])
+            self.rpo.update(g.prompt_uid,
+                            [(t.response_ids, t.behav_logprobs, t.versions)
+                             for t in g.trajectories], shaped.tolist())
+        every = self.cfg.trainer.save_every
+        if every and (step + 1) % every == 0:
+            out = self.run_dir / "checkpoints" / f"step_{step + 1}"
+            out.mkdir(parents=True, exist_ok=True)
+            self.rpo.cache.save(out / "rpo_cache.npz")
 
     # ---------------------------------------------------------------- audit, metrics, evaluation
     def _audit(self, step: int, batch: list[Group]) -> int:
@@ -233,7 +300,8 @@ class Controller:
                     "trainer_version": self.version, "admit_version": group.admit_version,
                     "min_token_version": t.min_version, "max_token_version": t.max_version,
                     "num_interrupts": t.num_interrupts, "reward": t.reward,
-                    "response_len": len(t.response_ids),
+                    "response_len": len(t.response_ids), "prefix_len": t.prefix_len,
+                    "prefix_min_version": min(t.versions[: t.prefix_len], default=None),
                 })
                 worst = max(worst, self.version - t.min_version)
         return worst
@@ -244,6 +312,7 @@ class Controller:
         trajs = [t for g in batch for t in g.trajectories]
         step_time = time.time() - t0
         tokens = sum(g.num_tokens_generated for g in batch)
+        rpo = self.rpo.metrics() if self.rpo is not None else {}
         counts, self._counts = self._counts, dict.fromkeys(self._counts, 0)
         filtered_frac = counts["filtered"] / max(counts["scored"], 1)
         return {
@@ -252,13 +321,15 @@ class Controller:
             "reward_fail_frac": sum(not t.reward_ok for t in trajs) / len(trajs),
             "response_len_mean": sum(len(t.response_ids) for t in trajs) / len(trajs),
             "tokens_generated": tokens, "tokens_per_s": tokens / max(step_time, 1e-9),
+            "gen_tokens_per_sample": tokens / len(trajs),
+            "prefix_len_mean": sum(t.prefix_len for t in trajs) / len(trajs),
             "overlap_tokens": overlap, "staleness_max": staleness,
             "step_time_s": step_time, "wait_s": wait_s,
             "buffered": len(self.buffer), "in_flight": self.buffer.in_flight,
             "groups_scored": counts["scored"], "groups_filtered": counts["filtered"],
             "groups_filter_bypassed": counts["bypassed"], "filtered_frac": filtered_frac,
             "train/filtered_frac": filtered_frac,
-            **sync, **{f"train/{k}": v for k, v in train.items()},
+            **sync, **rpo, **{f"train/{k}": v for k, v in train.items()},
         }
 
     async def evaluate(self, tag: str) -> float:
@@ -280,6 +351,11 @@ class Controller:
         writer.write({"tag": tag, "version": self.version, "pass_rate": rate, "n": len(trajs)})
         writer.close()
         return rate
+
+
+def _prefix_args(plan: PartialPlan) -> dict[str, Any]:
+    return {"prefix_ids": plan.prefix_ids, "prefix_logprobs": plan.prefix_logprobs,
+            "prefix_versions": plan.prefix_versions}
 
 
 def _progress(cfg: ExperimentConfig) -> Any:

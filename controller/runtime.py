@@ -97,18 +97,23 @@ class Actors:
     sync_dir: str
     critic: Any = None  # the value model (workers/critic.py), only when the algorithm needs one
     handles: list[Any] = field(default_factory=list)
+    placement: Any = None  # controller.placement.Placement: the run's placement groups
 
 
 def create_actors(cfg: ExperimentConfig, model_path: str) -> Actors:
     import ray
 
     from areal_sys.algorithms import build_algorithm
+    from controller.placement import reserve
     from reward_service.service import RewardService
     from workers.rollout import RolloutWorker
     from workers.trainer import TrainerWorker
 
     env = {"env_vars": {"PYTHONPATH": str(PROJECT_ROOT)}}
     rollout_pins, trainer_pins = cpu_placement(cfg)
+    needs_critic = build_algorithm(
+        cfg.algorithm, max_new_tokens=cfg.rollout.max_new_tokens).needs_critic
+    placement = reserve(cfg, needs_critic)  # fails fast (ConfigError) when the cluster is short
 
     def pinned(extra: dict[str, str]) -> dict[str, Any]:
         return {"env_vars": {**env["env_vars"], **extra}}
@@ -118,6 +123,7 @@ def create_actors(cfg: ExperimentConfig, model_path: str) -> Actors:
         rollout_cls.options(
             num_cpus=cfg.cluster.rollout_cpus, num_gpus=cfg.cluster.rollout_gpus,
             runtime_env=pinned(rollout_pins[i]), max_concurrency=1000,
+            scheduling_strategy=placement.strategy("rollout", i),
         ).remote(
             model_path, worker_id=i, seed=cfg.seed + i, dtype=cfg.model.dtype,
             max_model_len=cfg.rollout.max_model_len, kv_cache_gib=cfg.rollout.kv_cache_gib,
@@ -132,22 +138,25 @@ def create_actors(cfg: ExperimentConfig, model_path: str) -> Actors:
         trainer_cls.options(
             num_cpus=cfg.cluster.trainer_cpus, num_gpus=cfg.cluster.trainer_gpus,
             runtime_env=pinned(trainer_pins[r]),
+            scheduling_strategy=placement.strategy("trainer", r),
         ).remote(
             model_path, trainer_cfg=cfg.trainer.model_dump(), algo_cfg=cfg.algorithm.model_dump(),
             rank=r, world_size=cfg.trainer.num_workers, master_port=port, dtype=cfg.model.dtype,
             seed=cfg.seed, temperature=cfg.rollout.temperature,
             max_new_tokens=cfg.rollout.max_new_tokens, kl_to_initial=cfg.logging.kl_to_initial,
+            rpo_cfg=cfg.rpo.model_dump(),
         )
         for r in range(cfg.trainer.num_workers)
     ]
     critic = None
-    if build_algorithm(cfg.algorithm, max_new_tokens=cfg.rollout.max_new_tokens).needs_critic:
+    if needs_critic:
         from workers.critic import CriticWorker
 
         # one rank of its own process group; on local CPU it shares trainer rank 0's cores
         critic = ray.remote(CriticWorker).options(
             num_cpus=cfg.cluster.critic_cpus, num_gpus=cfg.cluster.critic_gpus,
             runtime_env=pinned(trainer_pins[0]),
+            scheduling_strategy=placement.strategy("critic"),
         ).remote(
             model_path, trainer_cfg=cfg.trainer.model_dump(), algo_cfg=cfg.algorithm.model_dump(),
             max_new_tokens=cfg.rollout.max_new_tokens, master_port=free_port(),
@@ -164,13 +173,14 @@ def create_actors(cfg: ExperimentConfig, model_path: str) -> Actors:
     else:
         reward = ray.remote(RewardService).options(
             num_cpus=cfg.cluster.reward_cpus, runtime_env=env, max_concurrency=1000,
+            scheduling_strategy=placement.strategy("reward"),
         ).remote(
             timeout_s=cfg.reward.timeout_s, max_concurrency=cfg.reward.max_concurrency,
             correct_reward=cfg.reward.correct_reward, wrong_reward=cfg.reward.wrong_reward,
         )
     shm = "/dev/shm" if Path("/dev/shm").is_dir() else None
     sync_dir = tempfile.mkdtemp(prefix="areal_sys-", dir=shm)
-    return Actors(rollout, trainers, reward, sync_dir, critic=critic)
+    return Actors(rollout, trainers, reward, sync_dir, critic=critic, placement=placement)
 
 
 async def start_actors(cfg: ExperimentConfig, actors: Actors) -> None:
@@ -215,4 +225,6 @@ def shutdown(actors: Actors | None) -> None:
         except Exception:  # noqa: BLE001 - best effort: the actors may already be gone
             pass
         shutil.rmtree(actors.sync_dir, ignore_errors=True)
+        if actors.placement is not None:
+            actors.placement.release()
     ray.shutdown()

@@ -8,7 +8,9 @@
 3. advantages: a group estimator's A_i broadcast to every token of response i, or, for a
    token-level estimator (GAE), the per-token advantages the critic computed;
 4. RAFT-style weights (`mask_zero_advantage`): responses whose weight is exactly 0 leave the loss
-   (mask 0), so they drop out of the loss denominators too.
+   (mask 0), so they drop out of the loss denominators too;
+5. RPO prefixes under `suffix_only`: the cached prefix tokens leave the loss (mask 0). The other
+   modes change the prefix's behaviour log-probs in the trainer (`on_policy_prefix`).
 
 Empty responses still count in their group's statistics but get no entry (nothing to train).
 Pure tensor code: no I/O, no distributed calls; shared by the policy trainer and the critic.
@@ -59,6 +61,7 @@ class TrainBatch:
     names: list[str]
     group_ids: list[int]
     positions: list[tuple[int, int]]  # (group index, member index) of each entry
+    prefix_lens: list[int]  # RPO: leading response tokens taken from the experience cache
 
     @property
     def lengths(self) -> list[int]:
@@ -90,7 +93,7 @@ def prepare_batch(
     """
     if advantages is None and algo.estimator is None:
         raise ValueError("a token-level estimator (gae) needs the critic's advantages")
-    b = TrainBatch([], [], [], [], [], [], [], [], [])
+    b = TrainBatch([], [], [], [], [], [], [], [], [], [])
     for gi, g in enumerate(groups):
         lengths = [len(t.response_ids) for t in g.trajectories]
         rewards = shaped_rewards(algo, g, reward_bonus[gi] if reward_bonus else None)
@@ -109,12 +112,16 @@ def prepare_batch(
             b.prompts.append(list(t.prompt_ids))
             b.responses.append(list(t.response_ids))
             b.behav.append(torch.tensor(t.behav_logprobs, dtype=torch.float32))
-            b.mask.append(torch.tensor(t.loss_mask, dtype=torch.float32) * keep[k])
+            mask = torch.tensor(t.loss_mask, dtype=torch.float32) * keep[k]
+            if algo.prefix_loss == "suffix_only":
+                mask[: t.prefix_len] = 0.0
+            b.mask.append(mask)
             b.adv.append(a)
             b.rewards.append(float(rewards[k]))
             b.names.append(f"{t.prompt_uid}/group{g.group_id}/sample{k}")
             b.group_ids.append(g.group_id)
             b.positions.append((gi, k))
+            b.prefix_lens.append(t.prefix_len)
     return b
 
 

@@ -110,6 +110,8 @@ class RolloutWorker:
         self._engine: Any = None
         self._version = 0
         self._tokens_generated = 0
+        self._busy_s = 0.0  # seconds with at least one request in the engine
+        self._busy_since = 0.0
         self._epoch = 0  # bumped by every update; a request seeing a new epoch was interrupted
         self._serial = 0
         self._inflight: set[str] = set()
@@ -189,18 +191,33 @@ class RolloutWorker:
         top_p: float = 1.0,
         task: str = "synthetic",
         reference: str = "",
+        prefix_ids: list[int] | None = None,
+        prefix_logprobs: list[float] | None = None,
+        prefix_versions: list[int] | None = None,
     ) -> list[Trajectory]:
-        """Sample `n` responses to `prompt_ids` (token ids, used as given) as n requests."""
+        """Sample `n` responses to `prompt_ids` (token ids, used as given) as n requests.
+
+        RPO: with `prefix_ids` (a cached response's first tokens, with their behaviour log-probs
+        and versions) every sample continues prompt + prefix for at most `max_new_tokens` more
+        tokens; the trajectory's response is prefix + suffix and `prefix_len` says where the
+        suffix starts. The prefix's ids are used as given, never re-tokenised.
+        """
         engine = self._require_engine()
+        prefix = list(prefix_ids or [])
+        prefix_lps = list(prefix_logprobs or [])
+        prefix_vers = list(prefix_versions or [])
+        if not len(prefix) == len(prefix_lps) == len(prefix_vers):
+            raise ValueError(f"group {group_id}: prefix ids, log-probs and versions differ in "
+                             f"length ({len(prefix)}, {len(prefix_lps)}, {len(prefix_vers)})")
         if n < 1 or max_new_tokens < 1 or not prompt_ids:
             raise ValueError(
                 f"group {group_id}: need n >= 1, max_new_tokens >= 1 and a non-empty prompt "
                 f"(n={n}, max_new_tokens={max_new_tokens}, prompt tokens={len(prompt_ids)})"
             )
-        if len(prompt_ids) + max_new_tokens > self.max_model_len:
+        if len(prompt_ids) + len(prefix) + max_new_tokens > self.max_model_len:
             raise ValueError(
-                f"group {group_id}: prompt ({len(prompt_ids)} tokens) + max_new_tokens "
-                f"({max_new_tokens}) exceeds max_model_len {self.max_model_len}"
+                f"group {group_id}: prompt ({len(prompt_ids)} tokens) + prefix ({len(prefix)}) "
+                f"+ max_new_tokens ({max_new_tokens}) exceeds max_model_len {self.max_model_len}"
             )
         prompt_ids = list(prompt_ids)
         submit_time = time.time()
@@ -208,7 +225,7 @@ class RolloutWorker:
         rid = f"{self.worker_id}-{group_id}-{self._serial}"
         samples = await asyncio.gather(
             *(
-                self._sample(f"{rid}-{i}", prompt_ids, max_new_tokens, temperature, top_p)
+                self._sample(f"{rid}-{i}", prompt_ids + prefix, max_new_tokens, temperature, top_p)
                 for i in range(n)
             )
         )
@@ -218,13 +235,14 @@ class RolloutWorker:
                 prompt_uid=prompt_uid,
                 group_id=group_id,
                 prompt_ids=list(prompt_ids),
-                response_ids=s.tokens,
-                behav_logprobs=s.logprobs,
-                versions=s.versions,
-                loss_mask=[1] * len(s.tokens),
+                response_ids=prefix + s.tokens,
+                behav_logprobs=prefix_lps + s.logprobs,
+                versions=prefix_vers + s.versions,
+                loss_mask=[1] * (len(prefix) + len(s.tokens)),
                 finish_reason=s.finish_reason,
+                prefix_len=len(prefix),
                 num_interrupts=s.num_interrupts,
-                response_text=tokenizer.decode(s.tokens, skip_special_tokens=True),
+                response_text=tokenizer.decode(prefix + s.tokens, skip_special_tokens=True),
                 reference=reference,
                 task=task,
                 submit_time=submit_time,
@@ -262,6 +280,8 @@ class RolloutWorker:
                 detokenize=False,  # text is decoded once at the end
                 output_kind=RequestOutputKind.DELTA,
             )
+            if not self._inflight:
+                self._busy_since = time.perf_counter()
             self._inflight.add(req_id)
             self._drained.clear()
             finish: str | None = None
@@ -285,6 +305,7 @@ class RolloutWorker:
             finally:
                 self._inflight.discard(req_id)
                 if not self._inflight:
+                    self._busy_s += time.perf_counter() - self._busy_since
                     self._drained.set()
             interrupted = finish == "abort" and self._epoch != epoch
             if interrupted and len(s.tokens) < max_new_tokens:
@@ -358,6 +379,14 @@ class RolloutWorker:
     async def tokens_generated(self) -> int:
         """Tokens generated so far (monotonic, counted as they stream, partial ones included)."""
         return self._tokens_generated
+
+    async def stats(self) -> dict[str, float]:
+        """`tokens_generated` and `busy_s`: seconds so far with at least one request in the
+        engine (generation time; idle time = wall time − busy_s)."""
+        busy = self._busy_s
+        if self._inflight:
+            busy += time.perf_counter() - self._busy_since
+        return {"tokens_generated": float(self._tokens_generated), "busy_s": busy}
 
     async def get_version(self) -> int:
         """Policy version of the loaded weights."""

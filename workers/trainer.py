@@ -41,6 +41,7 @@ import torch
 
 from areal_sys.algorithms import LossDenominators, build_algorithm
 from areal_sys.algorithms.kl import kl_k3
+from areal_sys.algorithms.rpo import on_policy_prefix
 from areal_sys.attention import attention_implementation
 from areal_sys.packing import (
     PackedMicroBatch,
@@ -89,12 +90,13 @@ class TrainerWorker(ReferencePolicy, WeightsOut):
         temperature: float = 1.0,
         max_new_tokens: int | None = None,
         kl_to_initial: bool = False,
+        rpo_cfg: dict | None = None,
     ) -> None:
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         self.model_path = model_path
         self.cfg = dict(trainer_cfg)
-        self.algo = build_algorithm(algo_cfg, max_new_tokens=max_new_tokens)
+        self.algo = build_algorithm(algo_cfg, max_new_tokens=max_new_tokens, rpo=rpo_cfg)
         self.use_reference = self.algo.needs_reference or kl_to_initial
         self.rank, self.world_size = rank, world_size
         self.master_addr, self.master_port = master_addr, master_port
@@ -154,6 +156,9 @@ class TrainerWorker(ReferencePolicy, WeightsOut):
 
         t0 = time.perf_counter()
         prox, ref, sums = self._proximal_pass(batch, [mb for mbs in my_mbs for mb in mbs])
+        if self.algo.prefix_loss == "faithful":  # RPO: cached prefixes count as on-policy
+            batch.behav = [on_policy_prefix(b, p, n) if len(p) else b
+                           for b, p, n in zip(batch.behav, prox, batch.prefix_lens, strict=True)]
         t1 = time.perf_counter()
         lr = lr_at_step(
             step, lr=self.cfg["lr"], warmup_steps=self.cfg["warmup_steps"],

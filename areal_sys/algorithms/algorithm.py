@@ -26,6 +26,7 @@ from areal_sys.algorithms.registry import (
     bind,
     get_plugin,
 )
+from areal_sys.algorithms.rpo import check_loss_mode, length_aware_rewards
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,13 @@ class Algorithm:
       `filter(rewards) -> bool`: False → drop the group before buffering and count the drop;
       refill by admitting more prompts, at most `max_oversample_rounds` extra rounds per step.
     Trainer, per group, before advantages:
-      `shape_rewards(rewards [G], response_lengths [G])`: R + soft overlong penalty (identity when
-      off); `train_mask(finish_reasons [G])`: 1.0/0.0 per response, multiply it into that
+      `shape_rewards(rewards [G], response_lengths [G])`: RPO's length-aware reward on correct
+      responses (when on), then + the soft overlong penalty (identity when both are off);
+      `train_mask(finish_reasons [G])`: 1.0/0.0 per response, multiply it into that
       response's loss mask (overlong filtering; all ones when off).
+    RPO prefixes (`prefix_loss`, responses with `prefix_len` > 0; algorithms/rpo.py): `suffix_only`
+      masks the prefix; `faithful` replaces its behaviour log-probs by π_prox after the proximal
+      pass (`rpo.on_policy_prefix`); `decoupled` keeps the cached ones.
     Advantages:
       group-level (`estimator` not None): `estimator(rewards [G]) -> [G]`, broadcast to tokens.
       If `mask_zero_advantage` (RAFT weights), responses with advantage exactly 0 get loss mask 0,
@@ -73,6 +78,9 @@ class Algorithm:
     overlong_lengths: tuple[int, int] | None  # (L_max, L_cache) when the soft penalty is on
     max_oversample_rounds: int
     summary: str
+    success_threshold: float = 0.5
+    length_alpha: float | None = None  # RPO length-aware reward (None: off)
+    prefix_loss: str = "faithful"  # RPO loss mode for cached prefix tokens
 
     @property
     def needs_reference(self) -> bool:
@@ -88,12 +96,17 @@ class Algorithm:
         return self.kl is not None and self.kl_placement == "reward"
 
     def shape_rewards(self, rewards: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
-        """Rewards [G] plus the soft overlong penalty of each response length (if on)."""
+        """Rewards [G] after the length-aware reward (RPO, if on), plus the soft overlong
+        penalty of each response length (if on)."""
+        r = rewards.float()
+        if self.length_alpha is not None:
+            r = length_aware_rewards(r, lengths, alpha=self.length_alpha,
+                                     success_threshold=self.success_threshold)
         if self.overlong_lengths is None:
-            return rewards.float()
+            return r
         lmax, lcache = self.overlong_lengths
         pen = shaping.overlong_penalty(torch.tensor(list(lengths)), max_len=lmax, cache_len=lcache)
-        return rewards.float() + pen
+        return r + pen
 
     def train_mask(self, finish_reasons: Sequence[str]) -> torch.Tensor:
         """Per response 1.0 (train) or 0.0 (truncated and overlong filtering on)."""
@@ -125,17 +138,23 @@ def _describe(kind: str, name: str, cfg: Mapping[str, Any]) -> str:
     return f"{kind}={name}{opts if opts else ''}"
 
 
-def build_algorithm(algo_cfg: Any, *, max_new_tokens: int | None = None) -> Algorithm:
+def build_algorithm(
+    algo_cfg: Any, *, max_new_tokens: int | None = None, rpo: Any = None
+) -> Algorithm:
     """Bind the pieces an `AlgorithmConfig` (or its `model_dump()`, or any partial mapping of its
-    fields: it is validated, so a preset fills the rest) names.
+    fields: it is validated, so a preset fills the rest) names. `rpo`: an `RpoConfig` (or its
+    `model_dump()`); when enabled it sets the length-aware reward and the prefix loss mode.
 
     `max_new_tokens` (rollout.max_new_tokens) is the default L_max of the soft overlong penalty;
     it is required only when `overlong_penalty` is on and `overlong_max_len` is unset.
     """
-    from areal_sys.config import AlgorithmConfig
+    from areal_sys.config import AlgorithmConfig, RpoConfig
 
     if not isinstance(algo_cfg, AlgorithmConfig):
         algo_cfg = AlgorithmConfig.model_validate(dict(algo_cfg))
+    if rpo is not None and not isinstance(rpo, RpoConfig):
+        rpo = RpoConfig.model_validate(dict(rpo))
+    rpo_on = rpo is not None and rpo.enabled
     cfg = algo_cfg.model_dump()
     est = get_plugin(ESTIMATOR, cfg["estimator"])
     token_level = bool(est.meta.get("token_level"))
@@ -162,6 +181,7 @@ def build_algorithm(algo_cfg: Any, *, max_new_tokens: int | None = None) -> Algo
         f"critic(value_clip={cfg['value_clip']}, whiten={cfg['whiten_advantages']})"
         if needs_critic
         else "",
+        f"rpo(loss_mode={rpo.loss_mode}, length_reward={rpo.length_reward})" if rpo_on else "",
     ]
     return Algorithm(
         estimator=None if token_level else bind(ESTIMATOR, cfg["estimator"], cfg),
@@ -180,5 +200,8 @@ def build_algorithm(algo_cfg: Any, *, max_new_tokens: int | None = None) -> Algo
         overlong_lengths=lengths,
         max_oversample_rounds=cfg["max_oversample_rounds"],
         summary="; ".join(p for p in parts if p),
+        success_threshold=cfg["success_threshold"],
+        length_alpha=rpo.length_alpha if rpo_on and rpo.length_reward else None,
+        prefix_loss=check_loss_mode(rpo.loss_mode) if rpo_on else "faithful",
     )
 

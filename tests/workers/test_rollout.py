@@ -209,6 +209,47 @@ class TestInProcess:
         check_tokens_match_versions(trajs, hf_models, {v0: "A", v0 + 1: "B", v0 + 2: "A"})
         assert engine.run(w.get_version()) == v0 + 2
 
+    def test_rpo_prefix_continues_cached_response_and_resumes_after_interrupt(
+        self, engine: Engine, tiny_models: dict[str, Path], hf_models: dict[str, Any]
+    ) -> None:
+        """A cached response's prefix (ids, logprobs, versions as generated under A) is continued
+        under B and interrupted once (then A again): the prefix keeps its own version, the suffix
+        tokens carry the versions that sampled them, and every logprob matches those weights."""
+        w = engine.worker
+        v0 = engine.load(tiny_models["A"])
+        cached = max(engine.run(w.generate_group(
+            group_id=20, prompt_uid="u20", prompt_ids=PROMPT, n=8, max_new_tokens=60)),
+            key=lambda t: len(t.response_ids))
+        assert len(cached.response_ids) >= 8
+        keep = len(cached.response_ids) - 4  # m = 4
+        prefix = {"prefix_ids": cached.response_ids[:keep],
+                  "prefix_logprobs": cached.behav_logprobs[:keep],
+                  "prefix_versions": cached.versions[:keep]}
+        paths = {name: str(p / "model.safetensors") for name, p in tiny_models.items()}
+        v1 = engine.load(tiny_models["B"])
+        busy_before = engine.run(w.stats())["busy_s"]
+        n, budget = 32, 100
+
+        async def scenario() -> tuple[list[Trajectory], dict]:
+            start = await w.tokens_generated()
+            group = asyncio.create_task(w.generate_group(
+                group_id=21, prompt_uid="u20", prompt_ids=PROMPT, n=n, max_new_tokens=budget,
+                **prefix))
+            await engine.wait_tokens(start + 3 * n)
+            update = await w.update_weights(paths["A"], v1 + 1)
+            return await group, update
+
+        trajs, update = engine.run(scenario())
+        assert update["interrupted"] >= 1 and any(t.num_interrupts for t in trajs)
+        for t in trajs:
+            assert t.prefix_len == keep and t.response_ids[:keep] == prefix["prefix_ids"]
+            assert t.versions[:keep] == [v0] * keep  # the cached prefix's own age
+            assert t.min_version >= v1  # staleness counts generated tokens only
+            assert 1 <= len(t.response_ids) - keep <= budget
+            assert t.versions[keep:] == sorted(t.versions[keep:])
+        check_tokens_match_versions(trajs, hf_models, {v0: "A", v1: "B", v1 + 1: "A"})
+        assert engine.run(w.stats())["busy_s"] > busy_before
+
     def test_non_interruptible_finishes_in_flight_requests_on_old_weights(
         self, engine: Engine, tiny_models: dict[str, Path], hf_models: dict[str, Any]
     ) -> None:
