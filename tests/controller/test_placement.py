@@ -1,0 +1,89 @@
+"""Placement groups per role: the bundles a config asks for, the fail-fast check against the
+cluster, and (with a real local Ray instance) the timeout when resources are held elsewhere."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from areal_sys.config import ConfigError, load_config
+from controller.placement import check_fits, role_bundles
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_gpu_recipe_separates_rollout_and_trainer_gpus() -> None:
+    cfg = load_config(ROOT / "configs" / "gsm8k" / "grpo.yaml")
+    bundles = role_bundles(cfg)
+    assert bundles["rollout"] == [{"CPU": 4.0, "GPU": 1.0}] * cfg.rollout.num_workers
+    assert bundles["trainer"] == [{"CPU": 4.0, "GPU": 1.0}] * cfg.trainer.num_workers
+    assert bundles["critic"] == [] and bundles["reward"] == []  # reward_cpus 0: no group
+
+
+def test_zero_resource_roles_reserve_nothing() -> None:
+    cfg = load_config(None, ["rollout.num_workers=2", "trainer.num_workers=3",
+                             "cluster.reward_cpus=0.5", "cluster.critic_cpus=1"])
+    bundles = role_bundles(cfg, needs_critic=True)
+    assert bundles["rollout"] == [{"CPU": 1.0}] * 2
+    assert bundles["trainer"] == [{"CPU": 1.0}] * 3
+    assert bundles["critic"] == [{"CPU": 1.0}] and bundles["reward"] == [{"CPU": 0.5}]
+    assert role_bundles(cfg)["critic"] == []
+    remote = load_config(None, ["reward.url=http://127.0.0.1:8700", "cluster.reward_cpus=1"])
+    assert role_bundles(remote)["reward"] == []
+
+
+def test_check_fits_names_the_shortfall() -> None:
+    cfg = load_config(ROOT / "configs" / "gsm8k" / "grpo.yaml")
+    bundles = role_bundles(cfg)
+    node = {"CPU": 16.0, "GPU": 2.0}
+    check_fits(bundles, node, [node])  # exactly enough
+    with pytest.raises(ConfigError) as err:
+        check_fits(bundles, {"CPU": 16.0}, [{"CPU": 16.0}])
+    msg = str(err.value)
+    assert "\n" not in msg and "GPU 2" in msg and "GPU 0" in msg and "rollout 1 x" in msg
+    # enough in sum but no node can hold one trainer rank
+    nodes = [{"CPU": 2.0, "GPU": 1.0}] * 4
+    with pytest.raises(ConfigError, match="no single node"):
+        check_fits(bundles, {"CPU": 8.0, "GPU": 4.0}, nodes)
+
+
+@pytest.mark.slow
+def test_reserve_times_out_when_resources_are_held(tmp_path: Path) -> None:
+    import ray
+    from ray.util.placement_group import placement_group
+
+    from controller.placement import reserve
+
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    try:
+        holder = placement_group([{"CPU": 1.0}])  # another job holding one of the two CPUs
+        ray.get(holder.ready(), timeout=60)
+        cfg = load_config(None, ["cluster.placement_timeout_s=2"])  # needs 2 CPUs: fits in sum
+        with pytest.raises(ConfigError, match="could not reserve") as err:
+            reserve(cfg)
+        assert "\n" not in str(err.value)
+        deadline = time.time() + 30  # removal is asynchronous: nothing stays reserved
+        while ray.available_resources().get("CPU", 0.0) != 1.0 and time.time() < deadline:
+            time.sleep(0.2)
+        assert ray.available_resources().get("CPU", 0.0) == 1.0
+        cfg = load_config(None, ["cluster.rollout_cpus=0.5", "cluster.trainer_cpus=0.5"])
+        placement = reserve(cfg)
+        assert set(placement.groups) == {"rollout", "trainer"}
+        placement.release()
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.slow
+def test_run_fails_fast_with_exit_2_when_the_cluster_is_short(tmp_path: Path) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "areal_sys.cli", "run", "configs/local_tiny.yaml",
+         f"run_dir={tmp_path}", "cluster.rollout_gpus=1", "cluster.num_cpus=2",
+         "model.tiny_sft_steps=40", "logging.progress_bar=false"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert res.returncode == 2, res.stderr[-3000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("areal-sys: error: cluster: the run needs") and "GPU 1" in last
