@@ -87,3 +87,15 @@ def test_run_fails_fast_with_exit_2_when_the_cluster_is_short(tmp_path: Path) ->
     assert res.returncode == 2, res.stderr[-3000:]
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("areal-sys: error: cluster: the run needs") and "GPU 1" in last
+
+
+def test_eight_gpu_recipe_needs_eight_gpus_in_two_groups() -> None:
+    cfg = load_config(ROOT / "configs" / "gsm8k" / "grpo_8gpu.yaml")
+    bundles = role_bundles(cfg)
+    assert bundles["rollout"] == [{"CPU": 8.0, "GPU": 1.0}] * 4
+    assert bundles["trainer"] == [{"CPU": 8.0, "GPU": 1.0}] * 4
+    assert cfg.controller.max_staleness == 4 and cfg.trainer.weight_sync == "collective"
+    node = {"CPU": 96.0, "GPU": 8.0}
+    check_fits(bundles, node, [node])
+    with pytest.raises(ConfigError, match="needs CPU 68, GPU 8"):
+        check_fits(bundles, {"CPU": 96.0, "GPU": 4.0}, [{"CPU": 96.0, "GPU": 4.0}])
