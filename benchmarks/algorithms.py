@@ -17,10 +17,8 @@ comparison, not a replication: report what it shows either way.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,28 +26,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from areal_sys.algorithms.presets import PRESETS  # noqa: E402
-from areal_sys.metrics import read_jsonl  # noqa: E402
-from benchmarks.common import figure_path, write_results  # noqa: E402
+from benchmarks.common import figure_path, run_experiment, write_results  # noqa: E402
 
 
 def run_preset(name: str, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
-    args = [sys.executable, "-m", "areal_sys.cli", "run", f"configs/tiny/{name}.yaml",
-            f"run_dir={run_dir}", *overrides]
-    t0 = time.time()
-    res = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
-    wall = time.time() - t0
-    if res.returncode != 0:
-        raise RuntimeError(f"{name} failed:\n{res.stderr[-3000:]}")
-    results = json.loads((run_dir / "results.json").read_text())
-    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    run = run_experiment(f"configs/tiny/{name}.yaml", run_dir, overrides)
+    metrics = run["metrics"]
     return {
-        "pass_rate": results["pass_rate_after"],
-        "pass_rate_before": results["pass_rate_before"],
+        "pass_rate": run["pass_rate_after"],
+        "pass_rate_before": run["pass_rate_before"],
         "entropy": [m["train/entropy"] for m in metrics],
         "kl": [m["train/kl_to_initial"] for m in metrics],
         "reward": [m["reward_mean"] for m in metrics],
-        "groups_filtered": int(results.get("groups_filtered", 0)),
-        "wall_s": wall,
+        "groups_filtered": int(run.get("groups_filtered", 0)),
+        "wall_s": run["wall_s"],
     }
 
 

@@ -56,3 +56,26 @@ def write_results(name: str, figures: dict[str, Any] | list[dict[str, Any]],
 def figure_path(name: str, out_dir: Path = RESULTS) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     return out_dir / f"{name}.png"
+
+
+def run_experiment(config: str, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    """`areal-sys run CONFIG run_dir=RUN_DIR OVERRIDES...` in a subprocess (the real pipeline).
+
+    Returns the run's `results.json` plus `metrics` (metrics.jsonl rows) and `wall_s` (the whole
+    command, start-up included). Raises with the end of stderr when the run fails.
+    """
+    import subprocess
+    import sys
+
+    from areal_sys.metrics import read_jsonl
+
+    root = Path(__file__).resolve().parent.parent
+    args = [sys.executable, "-m", "areal_sys.cli", "run", config, f"run_dir={run_dir}",
+            *overrides]
+    t0 = time.time()
+    res = subprocess.run(args, cwd=root, capture_output=True, text=True)
+    wall = time.time() - t0
+    if res.returncode != 0:
+        raise RuntimeError(f"{config} failed:\n{res.stderr[-3000:]}")
+    results = json.loads((Path(run_dir) / "results.json").read_text())
+    return {**results, "metrics": read_jsonl(Path(run_dir) / "metrics.jsonl"), "wall_s": wall}
