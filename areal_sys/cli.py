@@ -1,4 +1,4 @@
-"""`areal-sys` command line: run | validate | algorithms | make-tiny-model | reward-serve.
+"""`areal-sys` command line: run | validate | algorithms | make-tiny-model | reward-serve | bench.
 
 Every user error (configuration, data, model resolution) ends with one line on stderr and exit
 code 2, before Ray starts.
@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     rs.add_argument("--math-extract", default="auto", help="auto | e.g. boxed,gsm8k,last_number")
     rs.add_argument("--code-reward", default="fraction", choices=["fraction", "all_or_nothing"])
     rs.add_argument("--code-wall-s", type=float, default=2.0, help="sandbox limit per test case")
+    bench = sub.add_parser("bench", help="run benchmarks/NAME.py [its options] (source checkout)")
+    bench.add_argument("name", help="a benchmark, e.g. async_vs_sync; 'list' lists them")
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
     return p
 
 
@@ -71,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "reward-serve":
             return _reward_serve(args)
+        if args.command == "bench":
+            return _bench(args.name, args.args)
         if args.command == "run":
             return _run(load_config(args.config, args.overrides))
     except (ConfigError, UserError) as e:
@@ -97,6 +102,25 @@ def _reward_serve(args: argparse.Namespace) -> int:
           correct_reward=args.correct_reward, wrong_reward=args.wrong_reward,
           grader_settings=vars(settings))
     return 0
+
+
+BENCH_HELPERS = {"__init__", "common", "table"}  # modules of benchmarks/ that are not benchmarks
+
+
+def _bench(name: str, args: list[str]) -> int:
+    """Run `benchmarks/NAME.py ARGS` with this interpreter; its exit code is ours."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent / "benchmarks"
+    names = sorted(p.stem for p in root.glob("*.py") if p.stem not in BENCH_HELPERS)
+    if name == "list":
+        print("\n".join(names))
+        return 0
+    if name not in names:
+        where = f"one of {', '.join(names)}" if names else f"no benchmarks found in {root}"
+        raise UserError(f"bench: unknown benchmark {name!r}; {where}")
+    return subprocess.run([sys.executable, str(root / f"{name}.py"), *args],
+                          cwd=root.parent).returncode
 
 
 def _algorithms_listing() -> str:

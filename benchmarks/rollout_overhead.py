@@ -1,0 +1,159 @@
+"""RolloutWorker vs a bare vLLM AsyncLLM: generation tokens/s on the same prompts and settings.
+
+    python benchmarks/rollout_overhead.py [--prompts 64] [--n-samples 8] [--repeats 5]
+    areal-sys bench rollout_overhead ...
+
+Both engines are built from the same `AsyncEngineArgs` (the worker's own: same model, dtype, seed,
+KV cache, eager mode, `processed_logprobs`, weight-sync extension) in this process and bound to the
+same cores; they take turns (A B A B ...) on the same workload so that drift on a shared machine
+hits both. The workload is one batch of `--prompts` prompts of the built-in task x `--n-samples`
+samples, `--max-new-tokens` each, T = 1, submitted at once:
+
+- worker: `RolloutWorker.generate_group` per prompt (its version/interrupt bookkeeping, per-token
+  logprobs and versions, `Trajectory` objects with decoded text);
+- bare: `AsyncLLM.generate` per sample with the same `SamplingParams` (sampled-token logprob,
+  streamed deltas, no detokenisation), outputs consumed and discarded.
+
+tokens/s = generated tokens / wall time of the batch, summed over repeats. Key `ratio` =
+worker / bare. The model is the cached tiny model (long-tailed response lengths). Writes
+benchmarks/results/rollout_overhead.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import figure_path, write_results  # noqa: E402
+
+
+def prompts(n: int, seed: int) -> list[list[int]]:
+    from areal_sys.data.synthetic import make_problems
+    from areal_sys.models.tiny import build_tokenizer
+
+    tok = build_tokenizer()
+    return [tok(p["prompt"])["input_ids"] for p in make_problems(n, seed=seed)]
+
+
+async def worker_batch(worker: Any, batch: list[list[int]], n: int, max_new: int) -> int:
+    groups = await asyncio.gather(*[
+        worker.generate_group(group_id=i, prompt_uid=str(i), prompt_ids=ids, n=n,
+                              max_new_tokens=max_new, temperature=1.0)
+        for i, ids in enumerate(batch)
+    ])
+    return sum(len(t.response_ids) for g in groups for t in g)
+
+
+async def bare_batch(engine: Any, batch: list[list[int]], n: int, max_new: int,
+                     serial: list[int]) -> int:
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    params = SamplingParams(max_tokens=max_new, temperature=1.0, top_p=1.0, logprobs=0,
+                            detokenize=False, output_kind=RequestOutputKind.DELTA)
+
+    async def one(ids: list[int]) -> int:
+        serial[0] += 1
+        count = 0
+        async for out in engine.generate({"prompt_token_ids": ids}, params, f"bare-{serial[0]}"):
+            count += len(out.outputs[0].token_ids)
+        return count
+
+    return sum(await asyncio.gather(*[one(ids) for ids in batch for _ in range(n)]))
+
+
+async def measure(a: argparse.Namespace, model: str) -> dict[str, Any]:
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    from workers.rollout import RolloutWorker
+
+    worker = RolloutWorker(model, seed=a.seed, kv_cache_gib=1.0, max_model_len=256)
+    await worker.start()  # sets the CPU environment (KV cache, core binding) the bare one reuses
+    bare = AsyncLLM.from_engine_args(worker_engine_args(worker))
+    batch, serial = prompts(a.prompts, a.seed), [0]
+    totals = {"worker": [0, 0.0], "bare": [0, 0.0]}
+    runs: list[dict[str, float]] = []
+    try:
+        for rep in range(a.repeats + 1):  # the first round warms both engines up
+            for name in ("worker", "bare") if rep % 2 == 0 else ("bare", "worker"):
+                t0 = time.perf_counter()
+                if name == "worker":
+                    tokens = await worker_batch(worker, batch, a.n_samples, a.max_new_tokens)
+                else:
+                    tokens = await bare_batch(bare, batch, a.n_samples, a.max_new_tokens, serial)
+                dt = time.perf_counter() - t0
+                if rep > 0:
+                    totals[name][0] += tokens
+                    totals[name][1] += dt
+                    runs.append({"engine": name, "tokens": tokens, "seconds": dt})
+                print(f"round {rep} {name:<6} {tokens} tokens in {dt:.2f} s "
+                      f"({tokens / dt:.0f} tok/s)", flush=True)
+    finally:
+        bare.shutdown()
+        await worker.shutdown()
+    tps = {k: v[0] / v[1] for k, v in totals.items()}
+    return {"ratio": tps["worker"] / tps["bare"], "tokens_per_s_worker": tps["worker"],
+            "tokens_per_s_bare": tps["bare"], "runs": runs}
+
+
+def worker_engine_args(worker: Any) -> Any:
+    """The AsyncEngineArgs that RolloutWorker.start() builds, from the worker's settings."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.platforms import current_platform
+
+    from workers.rollout import GIB, WEIGHT_SYNC_EXTENSION
+
+    kv_bytes = int(worker.kv_cache_gib * GIB) if current_platform.is_cpu() else None
+
+    return AsyncEngineArgs(
+        model=worker.model_path, dtype=worker.dtype, seed=worker.seed,
+        max_model_len=worker.max_model_len, enforce_eager=worker.enforce_eager,
+        gpu_memory_utilization=worker.gpu_memory_utilization,
+        kv_cache_memory_bytes=kv_bytes, logprobs_mode="processed_logprobs",
+        worker_extension_cls=WEIGHT_SYNC_EXTENSION, disable_log_stats=True,
+    )
+
+
+def plot(fig_data: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.bar(["bare AsyncLLM", "RolloutWorker"],
+           [fig_data["tokens_per_s_bare"], fig_data["tokens_per_s_worker"]],
+           color=["tab:gray", "tab:blue"])
+    ax.set_ylabel("generated tokens / s")
+    ax.set_title(f"Rollout worker overhead: ratio {fig_data['ratio']:.3f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--prompts", type=int, default=64)
+    p.add_argument("--n-samples", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=160)
+    p.add_argument("--repeats", type=int, default=6)
+    p.add_argument("--seed", type=int, default=1)
+    a = p.parse_args()
+    from areal_sys.models.tiny import ensure_tiny_model
+
+    model = str(ensure_tiny_model(seed=a.seed, progress=False))
+    figures = asyncio.run(measure(a, model))
+    print(f"worker {figures['tokens_per_s_worker']:.0f} tok/s, bare "
+          f"{figures['tokens_per_s_bare']:.0f} tok/s: ratio {figures['ratio']:.3f}")
+    out = write_results("rollout_overhead", figures, {**vars(a), "model": "tiny (cached)"})
+    plot(figures, figure_path("rollout_overhead"))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
