@@ -68,11 +68,16 @@ def cpu_placement(cfg: ExperimentConfig) -> tuple[list[dict[str, str]], list[dic
     Cores are handed out in order, rollout workers first, `cluster.rollout_cpus` /
     `cluster.trainer_cpus` each (at least one), wrapping around when the machine has fewer: on
     2 cores the engine gets core 0 and the trainer core 1, so neither one's OpenMP threads spin on
-    the other's core. Empty dicts on GPU or in a cluster, where Ray places the actors.
+    the other's core. Empty dicts on GPU, with `cluster.address`, or on a cluster of several
+    nodes, where Ray places the actors and this machine's core ids mean nothing (a Ray job on a
+    one-node cluster, such as tests/test_ray_job.py, is pinned like a local run).
     """
+    import ray
+
     c = cfg.cluster
     n_roll, n_train = cfg.rollout.num_workers, cfg.trainer.num_workers
-    if c.address or c.rollout_gpus or c.trainer_gpus or not c.pin_cpus:
+    multi_node = sum(1 for n in ray.nodes() if n.get("Alive")) > 1
+    if c.address or multi_node or c.rollout_gpus or c.trainer_gpus or not c.pin_cpus:
         return [{} for _ in range(n_roll)], [{} for _ in range(n_train)]
     cores = sorted(os.sched_getaffinity(0))
     nxt = 0
