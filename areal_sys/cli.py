@@ -28,10 +28,14 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train: areal-sys run CONFIG [a.b=c ...]")
     run.add_argument("config")
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.total_steps=5")
+    run.add_argument("--resume", action="store_true",
+                     help="continue from the latest complete checkpoint in run_dir (resume=true)")
     val = sub.add_parser("validate", help="check a config without starting anything")
     val.add_argument("config")
     val.add_argument("overrides", nargs="*")
     sub.add_parser("algorithms", help="list the algorithm presets and every registered piece")
+    rep = sub.add_parser("report", help="PNG figures of a run into RUN_DIR/report/")
+    rep.add_argument("run_dir")
     tiny = sub.add_parser("make-tiny-model", help="build (or reuse) the cached tiny CPU model")
     tiny.add_argument("--seed", type=int, default=1)
     tiny.add_argument("--sft-steps", type=int, default=None)
@@ -76,8 +80,11 @@ def main(argv: list[str] | None = None) -> int:
             return _reward_serve(args)
         if args.command == "bench":
             return _bench(args.name, args.args)
+        if args.command == "report":
+            return _report(args.run_dir)
         if args.command == "run":
-            return _run(load_config(args.config, args.overrides))
+            overrides = [*args.overrides, *(["resume=true"] if args.resume else [])]
+            return _run(load_config(args.config, overrides))
     except (ConfigError, UserError) as e:
         print(f"areal-sys: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -121,6 +128,26 @@ def _bench(name: str, args: list[str]) -> int:
         raise UserError(f"bench: unknown benchmark {name!r}; {where}")
     return subprocess.run([sys.executable, str(root / f"{name}.py"), *args],
                           cwd=root.parent).returncode
+
+
+def _report(run_dir: str) -> int:
+    """Write the run's figures (areal_sys/report.py); print them and each worker's busy time."""
+    from areal_sys.report import ReportError, write_report
+
+    try:
+        report = write_report(run_dir)
+    except ReportError as e:
+        raise UserError(f"report: {e}") from None
+    print(f"report: {len(report.figures)} figures in {Path(run_dir) / 'report'}")
+    for path in report.figures:
+        print(f"  {path.name}")
+    for why in report.skipped:
+        print(f"  skipped {why}")
+    if report.busy:
+        print(f"busy fraction per worker (of {report.window_s:.1f} s from first to last span):")
+        for worker, frac in report.busy.items():
+            print(f"  {worker:<12} {100 * frac:5.1f}%")
+    return 0
 
 
 def _algorithms_listing() -> str:
@@ -176,6 +203,21 @@ def _encode(cfg: ExperimentConfig, rows: list[Any], split: str, tokenizer: Any) 
     return prompts
 
 
+def _checkpoint_to_resume(cfg: ExperimentConfig) -> Path | None:
+    """The latest complete checkpoint when `resume` is set (an error if there is none)."""
+    if not cfg.resume:
+        return None
+    from controller.checkpoint import latest
+
+    ckpt = latest(cfg.run_dir)
+    if ckpt is None:
+        raise UserError(f"resume: no complete checkpoint in {Path(cfg.run_dir) / 'checkpoints'}")
+    if int(ckpt.name.removeprefix("step_")) >= cfg.trainer.total_steps:
+        raise UserError(f"resume: {ckpt} is already at trainer.total_steps "
+                        f"({cfg.trainer.total_steps}); raise it to train further")
+    return ckpt
+
+
 def _run(cfg: ExperimentConfig) -> int:
     import asyncio
 
@@ -184,6 +226,7 @@ def _run(cfg: ExperimentConfig) -> int:
 
     t_start = time.time()
     run_dir = Path(cfg.run_dir)
+    resume = _checkpoint_to_resume(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     rows = _load_rows(cfg)
@@ -196,7 +239,7 @@ def _run(cfg: ExperimentConfig) -> int:
 
     from areal_sys.algorithms import build_algorithm
 
-    algo = build_algorithm(cfg.algorithm, max_new_tokens=cfg.rollout.max_new_tokens)
+    algo = build_algorithm(cfg.algorithm, max_new_tokens=cfg.rollout.max_new_tokens, rpo=cfg.rpo)
     print(f"algorithm: {algo.summary}")  # which path is active, before anything starts
     runtime.start_ray(cfg)
     actors = None
@@ -205,7 +248,7 @@ def _run(cfg: ExperimentConfig) -> int:
 
         async def go() -> dict[str, Any]:
             await runtime.start_actors(cfg, actors)
-            return await Controller(cfg, actors, train, held_out).run()
+            return await Controller(cfg, actors, train, held_out, resume=resume).run()
 
         results = asyncio.run(go())
     finally:
@@ -213,7 +256,7 @@ def _run(cfg: ExperimentConfig) -> int:
     elapsed = time.time() - t_start
     results["wall_time_s"] = elapsed
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    if "pass_rate_before" in results:
+    if results.get("pass_rate_before") is not None and "pass_rate_after" in results:
         before, after = results["pass_rate_before"], results["pass_rate_after"]
         print(f"held-out pass rate: before {100 * before:.1f}% -> after {100 * after:.1f}% "
               f"({100 * (after - before):+.1f} points)")

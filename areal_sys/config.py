@@ -7,11 +7,20 @@ model directory, unknown algorithm) into a `ConfigError` whose message names the
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from areal_sys.algorithms.presets import PRESETS, PresetName, preset_values
 
@@ -126,6 +135,7 @@ class TrainerConfig(Section):
     )
     sync_bucket_mb: int = Field(256, ge=1, description="collective sync: bucket size in MiB")
     save_every: int = Field(0, ge=0, description="checkpoint every N steps (0: off)")
+    keep_last: int = Field(2, ge=1, description="complete checkpoints kept on disk")
 
 
 class AlgorithmConfig(Section):
@@ -307,6 +317,28 @@ class LoggingConfig(Section):
         "policy in each trainer rank (its memory) and runs one more no-gradient forward per step "
         "(~1/3 of a step's compute); a KL penalty loads that copy regardless",
     )
+    tensorboard: bool = Field(
+        False, description="also log per-step metrics as TensorBoard events in run_dir/tensorboard "
+        "(needs the tensorboard package)",
+    )
+    wandb: bool = Field(
+        False, description="also log per-step metrics to Weights & Biases, files in run_dir/wandb "
+        "(needs the wandb package)",
+    )
+    wandb_project: str = Field("areal-sys", min_length=1, description="W&B project name")
+    wandb_mode: Literal["online", "offline"] | None = Field(
+        None, description="W&B mode; offline needs no network (None: WANDB_MODE, else online)"
+    )
+
+    @field_validator("tensorboard", "wandb")
+    @classmethod
+    def _package_installed(cls, enabled: bool, info: ValidationInfo) -> bool:
+        """A sink that is on needs its package: say which and how to install it, before Ray."""
+        package = str(info.field_name)
+        if enabled and importlib.util.find_spec(package) is None:
+            raise ValueError(f"needs the {package} package, which is not installed: "
+                             f"pip install {package} (or pip install -e '.[observe]')")
+        return enabled
 
 
 class EvalConfig(Section):
@@ -317,6 +349,9 @@ class EvalConfig(Section):
 
 class ExperimentConfig(Section):
     run_dir: str = Field("runs/default", description="where every output of the run goes")
+    resume: bool = Field(
+        False, description="continue from the latest complete checkpoint in run_dir/checkpoints"
+    )
     seed: int = 1
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()

@@ -40,9 +40,11 @@ from areal_sys.algorithms import build_algorithm
 from areal_sys.algorithms.rpo import PartialPlan, RpoPlanner
 from areal_sys.config import ExperimentConfig
 from areal_sys.data.sampler import EpochSampler
-from areal_sys.metrics import JsonlWriter
+from areal_sys.metrics import JsonlWriter, MetricsLogger, Timeline
 from areal_sys.trajectory import Group, Trajectory
+from controller import checkpoint
 from controller.buffer import Buffer
+from controller.resume import Checkpointing
 from controller.staleness import StalenessManager
 
 
@@ -54,17 +56,22 @@ class Prompt:
     task: str
 
 
-class Controller:
+class Controller(Checkpointing):
     def __init__(self, cfg: ExperimentConfig, actors: Any, train: list[Prompt],
-                 held_out: list[Prompt]) -> None:
+                 held_out: list[Prompt], resume: Path | None = None) -> None:
         self.cfg = cfg
+        self._resume = resume
+        self._resume_state = checkpoint.load_state(resume) if resume is not None else None
+        if self._resume_state is not None:  # drop what was written after the checkpoint
+            checkpoint.truncate_files(cfg.run_dir, self._resume_state["files"])
         self.actors = actors
         self.train, self.held_out = train, held_out
         self.run_dir = Path(cfg.run_dir)
         self.sampler = EpochSampler(train, seed=cfg.seed, shuffle=cfg.data.shuffle)
         self.staleness = StalenessManager(cfg.controller.batch_size, cfg.controller.max_staleness)
         self.buffer = Buffer(cfg.controller.batch_size)
-        self.metrics = JsonlWriter(self.run_dir / "metrics.jsonl")
+        self.metrics = MetricsLogger(self.run_dir, cfg.logging, config=cfg.model_dump(mode="json"))
+        self.timeline = Timeline(self.run_dir / "timeline.jsonl")  # spans per worker
         self.audit = JsonlWriter(self.run_dir / "staleness.jsonl")
         self.filtered = JsonlWriter(self.run_dir / "filtered.jsonl")
         self.algo = build_algorithm(cfg.algorithm, max_new_tokens=cfg.rollout.max_new_tokens,
@@ -78,6 +85,7 @@ class Controller:
         self.version = 0
         self._next_seq = 0
         self._load = [0] * len(actors.rollout)  # groups in flight per rollout worker
+        self._inflight: dict[int, tuple[Prompt, int, int]] = {}  # seq: (prompt, admit v, deadline)
         self._failure: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -85,15 +93,18 @@ class Controller:
     async def run(self) -> dict[str, Any]:
         self._failure = asyncio.get_running_loop().create_future()
         results: dict[str, Any] = {"algorithm": self.algo.summary}
-        if self.cfg.eval.before_and_after:
+        first_step = 0
+        if self._resume is not None:
+            first_step = results["resumed_from"] = await self.restore()
+        elif self.cfg.eval.before_and_after:
             results["pass_rate_before"] = await self.evaluate("before")
-        if self.rpo is not None and self.cfg.rpo.cache_fill == "pass":
+        if self._resume is None and self.rpo is not None and self.cfg.rpo.cache_fill == "pass":
             results["rpo_cache_fill"] = await self.fill_cache()
-        bar = _progress(self.cfg)
+        bar = _progress(self.cfg, first_step)
         admission = asyncio.create_task(self._admission_loop())
         gen_busy = (await self._gen_stats())["busy_s"]
         try:
-            for step in range(self.cfg.trainer.total_steps):
+            for step in range(first_step, self.cfg.trainer.total_steps):
                 t0 = time.time()
                 batch = await self._until_failure(self.buffer.take_batch(self.version))
                 wait_s = time.time() - t0
@@ -104,11 +115,13 @@ class Controller:
                     "tokens_generated"]
                 sync = await self._push_weights(step + 1)
                 if self.rpo is not None:
-                    self._update_cache(batch, step)
+                    self._update_cache(batch)
                 record = self._step_record(step, batch, staleness, train, sync, overlap, wait_s, t0)
                 record["gen_busy_s"] = (await self._gen_stats())["busy_s"] - gen_busy
                 gen_busy += record["gen_busy_s"]
                 self.metrics.write(record)
+                if self.cfg.trainer.save_every and (step + 1) % self.cfg.trainer.save_every == 0:
+                    await self.save_checkpoint()
                 bar.update(1)
                 bar.set_postfix(reward=f"{record['reward_mean']:.3f}", stale=staleness,
                                 tok_s=f"{record['tokens_per_s']:.0f}")
@@ -118,6 +131,8 @@ class Controller:
             await self._drain()
         if self.cfg.eval.before_and_after:
             results["pass_rate_after"] = await self.evaluate("after")
+            if "pass_rate_before" not in results:  # resumed: the first attempt measured it
+                results["pass_rate_before"] = self._pass_rate_before()
         results["steps"] = self.cfg.trainer.total_steps
         results["groups_filtered"] = self.filtered_total
         return results
@@ -129,12 +144,16 @@ class Controller:
             while self.staleness.can_admit() and self.staleness.running < limit:
                 prompt = self.sampler.next()
                 seq, self._next_seq = self._next_seq, self._next_seq + 1
-                admit_version = self.staleness.on_admit()
-                self.buffer.on_admit(seq, self.staleness.deadline())
-                task = asyncio.create_task(self._rollout(seq, prompt, admit_version))
-                self._tasks.add(task)
-                task.add_done_callback(self._task_done)
+                self._start(seq, prompt, self.staleness.on_admit(), self.staleness.deadline())
             await self.staleness.wait_for_change()
+
+    def _start(self, seq: int, prompt: Prompt, admit_version: int, deadline: int) -> None:
+        """Launch the rollout of an admitted group (no await: checkpoints see it atomically)."""
+        self.buffer.on_admit(seq, deadline)
+        self._inflight[seq] = (prompt, admit_version, deadline)
+        task = asyncio.create_task(self._rollout(seq, prompt, admit_version))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
 
     async def _rollout(self, seq: int, prompt: Prompt, admit_version: int) -> None:
         worker = min(range(len(self._load)), key=self._load.__getitem__)
@@ -151,8 +170,10 @@ class Controller:
             )
         finally:
             self._load[worker] -= 1
-        await self._score(trajs)
+        self.timeline.trajectories(trajs, "generate", group_id=seq)
+        await self._score(trajs, group_id=seq)
         group = Group(seq, prompt.uid, trajs, admit_version)
+        del self._inflight[seq]  # buffered or filtered: from here on, a checkpoint holds it there
         if self._keep(group):
             self.buffer.put(seq, group)
             self.staleness.on_accept()
@@ -177,10 +198,13 @@ class Controller:
         })
         return False
 
-    async def _score(self, trajs: list[Trajectory]) -> None:
+    async def _score(self, trajs: list[Trajectory], **span: Any) -> None:
+        """Rewards from the reward service, timed as one `reward` span with fields `span`."""
         items = [{"task": t.task, "response": t.response_text, "reference": t.reference}
                  for t in trajs]
-        for t, r in zip(trajs, await self.actors.reward.score.remote(items), strict=True):
+        with self.timeline.span("reward", "reward", **span):
+            scored = await self.actors.reward.score.remote(items)
+        for t, r in zip(trajs, scored, strict=True):
             t.reward, t.reward_ok, t.reward_reason = r.reward, r.ok, r.reason
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
@@ -207,6 +231,10 @@ class Controller:
 
     # ---------------------------------------------------------------- training and weight sync
     async def _train(self, batch: list[Group], step: int) -> dict[str, float]:
+        with self.timeline.span("trainer", "train", step=step):
+            return await self._update(batch, step)
+
+    async def _update(self, batch: list[Group], step: int) -> dict[str, float]:
         trainers, critic = self.actors.trainers, self.actors.critic
         if critic is None:
             refs = [t.train_step.remote(batch, step) for t in trainers]
@@ -236,6 +264,7 @@ class Controller:
         self.version = version
         self._refills_left = self._refill_budget
         self.staleness.set_version(version)
+        self.timeline.add("sync", "sync", t0, time.time(), step=version - 1, version=version)
         return {"sync_s": time.time() - t0,
                 "interrupted": float(sum(r.get("interrupted", 0) for r in loads))}
 
@@ -265,6 +294,7 @@ class Controller:
                     task=p.task, reference=p.reference)
                 for i, p in enumerate(chunk)
             ])
+            self.timeline.trajectories([t for (t,) in groups], "cache_fill")
             for p, (t,) in zip(chunk, groups, strict=True):
                 self.rpo.fill(p.uid, t.response_ids, t.behav_logprobs, t.versions)
             bar.update(len(chunk))
@@ -273,9 +303,9 @@ class Controller:
         return {"seconds": time.time() - t0, "entries": float(len(self.rpo.cache)),
                 "tokens": after["tokens_generated"] - before["tokens_generated"]}
 
-    def _update_cache(self, batch: list[Group], step: int) -> None:
-        """ε-greedy cache update from every trained group (on its shaped rewards); the cache is
-        saved with the checkpoints (`trainer.save_every`)."""
+    def _update_cache(self, batch: list[Group]) -> None:
+        """ε-greedy cache update from every trained group (on its shaped rewards); checkpoints
+        save the cache."""
         assert self.rpo is not None
         for g in batch:
             shaped = self.algo.shape_rewards(torch.tensor(g.rewards, dtype=torch.float32),
@@ -283,11 +313,6 @@ class Controller:
             self.rpo.update(g.prompt_uid,
                             [(t.response_ids, t.behav_logprobs, t.versions)
                              for t in g.trajectories], shaped.tolist())
-        every = self.cfg.trainer.save_every
-        if every and (step + 1) % every == 0:
-            out = self.run_dir / "checkpoints" / f"step_{step + 1}"
-            out.mkdir(parents=True, exist_ok=True)
-            self.rpo.cache.save(out / "rpo_cache.npz")
 
     # ---------------------------------------------------------------- audit, metrics, evaluation
     def _audit(self, step: int, batch: list[Group]) -> int:
@@ -344,12 +369,14 @@ class Controller:
             for i, p in enumerate(prompts)
         ]
         trajs = [g[0] for g in await asyncio.gather(*calls)]
-        await self._score(trajs)
+        self.timeline.trajectories(trajs, "eval", version=self.version)
+        await self._score(trajs, version=self.version)
         passed = sum(t.reward >= self.cfg.reward.correct_reward for t in trajs)
         rate = passed / len(trajs)
         writer = JsonlWriter(self.run_dir / "eval.jsonl")
         writer.write({"tag": tag, "version": self.version, "pass_rate": rate, "n": len(trajs)})
         writer.close()
+        self.metrics.log({"eval/pass_rate": rate}, step=self.version)
         return rate
 
 
@@ -358,8 +385,8 @@ def _prefix_args(plan: PartialPlan) -> dict[str, Any]:
             "prefix_versions": plan.prefix_versions}
 
 
-def _progress(cfg: ExperimentConfig) -> Any:
+def _progress(cfg: ExperimentConfig, first_step: int = 0) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=cfg.trainer.total_steps, desc="train", unit="step",
+    return tqdm(total=cfg.trainer.total_steps, initial=first_step, desc="train", unit="step",
                 disable=not cfg.logging.progress_bar, dynamic_ncols=True)

@@ -43,7 +43,13 @@ from areal_sys.packing import (
 )
 from areal_sys.trajectory import Group
 from workers.batch import Nested, TrainBatch, lr_at_step, nest, prepare_batch
-from workers.deepspeed_engine import build_engine, join_process_group, release_engine
+from workers.deepspeed_engine import (
+    build_engine,
+    join_process_group,
+    load_engine_state,
+    release_engine,
+    save_engine_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +158,13 @@ class CriticWorker:
             "return_mean": float(returns[keep].mean()) if keep.any() else 0.0,
         }
         return nest([adv[i, : n[i]].tolist() for i in idx], batch, groups)
+
+    def save_checkpoint(self, out_dir: str) -> None:
+        """The value model's weights and optimiser state into `out_dir/critic`."""
+        save_engine_state(self.engine, f"{out_dir}/critic")
+
+    def load_checkpoint(self, ckpt_dir: str) -> None:
+        load_engine_state(self.engine, f"{ckpt_dir}/critic")
 
     def update(self, step: int) -> dict[str, float]:
         """One value-model update on the batch of the last `prepare` (module doc, step 2)."""

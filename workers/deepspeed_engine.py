@@ -74,6 +74,21 @@ def build_engine(model: torch.nn.Module, cfg: dict[str, Any], *, lr: float, dtyp
     return engine
 
 
+def save_engine_state(engine: Any, out_dir: str) -> None:
+    """DeepSpeed checkpoint of `engine` (weights and optimiser state of this rank) in `out_dir`;
+    collective: every rank calls it."""
+    engine.save_checkpoint(out_dir, tag="state", save_latest=False)
+
+
+def load_engine_state(engine: Any, ckpt_dir: str) -> None:
+    """Restore what `save_engine_state` wrote (every rank). Learning rates are set per step by
+    the caller, so no scheduler state is loaded."""
+    path, _ = engine.load_checkpoint(ckpt_dir, tag="state", load_optimizer_states=True,
+                                     load_lr_scheduler_states=False)
+    if path is None:
+        raise RuntimeError(f"no DeepSpeed checkpoint in {ckpt_dir}")
+
+
 def release_engine(engine: Any) -> None:
     """Destroy `engine` and leave the process group through deepspeed.comm (not torch.distributed),
     so DeepSpeed drops its cached groups and a later set-up in the same process can join anew."""

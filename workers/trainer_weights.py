@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from areal_sys.ports import free_port
+from workers.deepspeed_engine import load_engine_state, save_engine_state
 from workers.weight_sync import SyncGroup, TensorMeta, tensor_meta, write_safetensors
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -110,6 +111,17 @@ class WeightsOut:
             module.save_pretrained(out_dir, state_dict=sd)
             AutoTokenizer.from_pretrained(self.model_path).save_pretrained(out_dir)
         self._barrier()
+
+    def save_checkpoint(self, out_dir: str) -> None:
+        """Resumable state into `out_dir` (call on every rank): the DeepSpeed checkpoint (weights
+        and optimiser state of each rank) in `trainer/`, the HF policy in `policy/` (rank 0)."""
+        save_engine_state(self.engine, f"{out_dir}/trainer")
+        self.save_hf(f"{out_dir}/policy")
+
+    def load_checkpoint(self, ckpt_dir: str) -> None:
+        """Restore weights and optimiser state saved by `save_checkpoint` (every rank). The
+        reference policy stays the initial one. The learning rate is a function of the step."""
+        load_engine_state(self.engine, f"{ckpt_dir}/trainer")
 
     def _barrier(self) -> None:
         if self.world_size > 1:
