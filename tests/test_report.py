@@ -1,0 +1,108 @@
+"""`areal-sys report`: figures and busy fractions from a hand-made run directory (no Ray)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from areal_sys.cli import main
+from areal_sys.report import ReportError, busy_fractions, merge_intervals, read_rows, write_report
+
+T0 = 1_700_000_000.0  # time.time()-like seconds
+# A 10 s window. rollout0: [0, 6] (two overlapping groups) + [8, 10] -> 8 s busy; rollout1:
+# [1, 2] -> 1 s; reward: [4, 5] -> 1 s; trainer: [6, 8] -> 2 s; sync: [8, 8.5] -> 0.5 s.
+SPANS = [
+    ("rollout0", "generate", 0.0, 4.0), ("rollout0", "generate", 2.0, 6.0),
+    ("rollout0", "generate", 8.0, 10.0), ("rollout1", "generate", 1.0, 2.0),
+    ("reward", "reward", 4.0, 5.0), ("trainer", "train", 6.0, 8.0), ("sync", "sync", 8.0, 8.5),
+]
+EXPECTED_BUSY = {"rollout0": 0.8, "rollout1": 0.1, "reward": 0.1, "trainer": 0.2, "sync": 0.05}
+FIGURES = {"reward.png", "throughput.png", "pass_rate.png", "staleness.png", "timeline.png"}
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def make_run(run: Path, *, timeline: bool = True, evaluation: bool = True) -> Path:
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("controller:\n  max_staleness: 1\n")
+    _write(run / "metrics.jsonl", [
+        {"step": s, "reward_mean": 0.1 * s, "tokens_per_s": 200.0 + 10 * s} for s in range(6)])
+    _write(run / "staleness.jsonl", [
+        {"step": s, "trainer_version": s, "min_token_version": max(0, s - (i % 2))}
+        for s in range(6) for i in range(4)])
+    if evaluation:
+        _write(run / "eval.jsonl", [{"tag": "before", "version": 0, "pass_rate": 0.3, "n": 64},
+                                    {"tag": "after", "version": 6, "pass_rate": 0.6, "n": 64}])
+    if timeline:
+        _write(run / "timeline.jsonl", [
+            {"worker": w, "kind": k, "start": T0 + s, "end": T0 + e, **({"step": 0} if
+                                                                     k == "train" else {})}
+            for w, k, s, e in SPANS])
+    return run
+
+
+def test_merge_intervals():
+    assert merge_intervals([(5, 6), (0, 2), (1, 3), (3, 4)]) == [(0, 4), (5, 6)]
+    assert merge_intervals([]) == []
+
+
+def test_busy_fractions_of_hand_made_spans():
+    spans = [{"worker": w, "kind": k, "start": T0 + s, "end": T0 + e} for w, k, s, e in SPANS]
+    busy, window = busy_fractions(spans)
+    assert window == pytest.approx(10.0)
+    assert list(busy) == ["rollout0", "rollout1", "reward", "trainer", "sync"]  # chart rows
+    assert busy == pytest.approx(EXPECTED_BUSY)
+
+
+def test_report_writes_every_figure(tmp_path):
+    run = make_run(tmp_path / "run")
+    report = write_report(run)
+    assert {p.name for p in report.figures} == FIGURES and not report.skipped
+    for name in FIGURES:
+        png = run / "report" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert report.busy == pytest.approx(EXPECTED_BUSY)
+
+
+def test_report_command_prints_busy_fractions(tmp_path, capsys):
+    run = make_run(tmp_path / "run")
+    assert main(["report", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "5 figures" in out and "of 10.0 s" in out
+    assert "rollout0      80.0%" in out and "sync           5.0%" in out
+
+
+def test_report_skips_what_a_run_did_not_write(tmp_path, capsys):
+    run = make_run(tmp_path / "run", timeline=False, evaluation=False)
+    assert main(["report", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "skipped pass_rate.png: no eval.jsonl" in out
+    assert "skipped timeline.png: no timeline.jsonl" in out
+    assert {p.name for p in (run / "report").iterdir()} == {
+        "reward.png", "throughput.png", "staleness.png"}
+
+
+@pytest.mark.parametrize(("setup", "needle"), [
+    (lambda d: None, "does not exist"),
+    (lambda d: d.mkdir(), "no metrics.jsonl"),
+    (lambda d: (d.mkdir(), (d / "metrics.jsonl").write_text("")), "empty"),
+    (lambda d: (d.mkdir(), (d / "metrics.jsonl").write_text('{"step": 0\n{"step": 1}\n')),
+     "line 1 is not JSON"),
+])
+def test_report_errors_exit_2_with_one_line(tmp_path, capsys, setup, needle):
+    run = tmp_path / "run"
+    setup(run)
+    assert main(["report", str(run)]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("areal-sys: error: report:") and needle in err[0]
+
+
+def test_a_cut_off_last_line_is_ignored(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 0}\n{"step": 1}\n{"step": 2, "rew')  # killed mid-write
+    assert read_rows(path) == [{"step": 0}, {"step": 1}]
+    path.write_text('{"step": 0}\nnot json\n{"step": 2}\n')
+    with pytest.raises(ReportError, match="line 2 is not JSON"):
+        read_rows(path)
