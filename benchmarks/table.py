@@ -36,10 +36,14 @@ def async_vs_sync(d: dict[str, Any]) -> tuple[str, str]:
         return (f"no asynchronous setting within 3 points of sync "
                 f"(sync pass rate {_pct(d['pass_rate_sync'])})", ">= 2.0x")
     steps = len(sync.get("step_time_s", []))
+    split = rows.get("sync_split")
+    vs_split = (f"; {split['wall_s'] / best['wall_s']:.2f}x against η = 0 on the same split cores"
+                if split else "")
     return (f"**{d['speedup']:.2f}x** at η = {d['eta_best']} ({steps} steps: "
             f"{sync['wall_s']:.0f} s sync vs {best['wall_s']:.0f} s); pass rate "
             f"{_pct(d['pass_rate_sync'])} sync vs {_pct(d['pass_rate_async'])}; generation idle "
-            f"{_pct(sync['gen_idle_frac'])} vs {_pct(best['gen_idle_frac'])}", ">= 2.0x, ±3 points")
+            f"{_pct(sync['gen_idle_frac'])} vs {_pct(best['gen_idle_frac'])}{vs_split}",
+            ">= 2.0x, ±3 points")
 
 
 def interruptible(d: dict[str, Any]) -> tuple[str, str]:

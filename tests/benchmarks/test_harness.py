@@ -37,6 +37,7 @@ def test_speedup_only_counts_async_settings_within_three_points() -> None:
                 "eta8": _setting(8, 30.0, 0.60)}
     out = summarise(settings)
     assert out["eta_best"] == 4 and out["speedup"] == pytest.approx(2.5)
+    assert out["speedup_vs_sync_split"] == pytest.approx(0.5)
     assert out["pass_rate_sync"] == 0.70 and out["pass_rate_async"] == 0.675
     settings["eta4"]["pass_rate"] = 0.5
     assert summarise(settings)["eta_best"] == 1
