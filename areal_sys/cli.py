@@ -248,7 +248,11 @@ def _run(cfg: ExperimentConfig) -> int:
 
         async def go() -> dict[str, Any]:
             await runtime.start_actors(cfg, actors)
-            return await Controller(cfg, actors, train, held_out, resume=resume).run()
+            controller = Controller(cfg, actors, train, held_out, resume=resume)
+            try:
+                return await controller.run()
+            finally:
+                controller.close()  # metric sinks (W&B, TensorBoard) before Ray shuts down
 
         results = asyncio.run(go())
     finally:

@@ -164,6 +164,7 @@ def _reward(metrics: list[dict[str, Any]], path: Path) -> Path:
         ax.plot(steps, _running_mean(reward, window), color="tab:blue",
                 label=f"running mean ({window} steps)")
     ax.set(xlabel="step", ylabel="reward", title="mean reward of the trained batch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend()
     ax.grid(alpha=0.3)
     return _save(fig, path)
@@ -180,6 +181,7 @@ def _throughput(metrics: list[dict[str, Any]], path: Path) -> Path:
     ax.set(xlabel="step", ylabel="tokens / s",
            title="generated tokens per second of step time (batch tokens / step time)")
     ax.set_ylim(bottom=0)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend()
     ax.grid(alpha=0.3)
     return _save(fig, path)
@@ -190,13 +192,20 @@ def _pass_rate(rows: list[dict[str, Any]], path: Path, run: Path) -> Path:
                     for r in rows if r.get("pass_rate") is not None)
     fig = _figure()
     ax = fig.add_subplot()
-    ax.plot([p[0] for p in points], [p[1] for p in points], "o-", color="tab:purple")
+    ax.plot([p[0] for p in points], [p[1] for p in points], "o-", color="tab:purple",
+            label="pass rate (avg@k)")
     for version, rate, tag in points:
         ax.annotate(f"{rate:.1f}%" + (f" ({tag})" if tag else ""), (version, rate),
                     textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
+    pass_at = sorted({k for r in rows for k in r if k.startswith("pass@")})  # controller eval
+    for key in pass_at:
+        xs = sorted((r.get("version", 0), 100 * r[key]) for r in rows if r.get(key) is not None)
+        ax.plot([x for x, _ in xs], [y for _, y in xs], "s--", ms=4, alpha=0.7, label=key)
     ax.margins(x=0.1)
     ax.set(xlabel="policy version (steps trained)", ylabel="pass rate (%)",
            title="held-out pass rate", ylim=(0, 105))
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 

@@ -314,6 +314,12 @@ class Controller(Checkpointing):
                             [(t.response_ids, t.behav_logprobs, t.versions)
                              for t in g.trajectories], shaped.tolist())
 
+    def close(self) -> None:
+        """Finish the metric sinks (W&B's run, TensorBoard's writer) and the timeline; called
+        once the run is over and before Ray shuts down, so W&B's run ends with it, not at exit."""
+        self.metrics.close()
+        self.timeline.close()
+
     # ---------------------------------------------------------------- audit, metrics, evaluation
     def _audit(self, step: int, batch: list[Group]) -> int:
         """One staleness line per trained trajectory; returns the batch's max staleness."""

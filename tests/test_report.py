@@ -33,8 +33,10 @@ def make_run(run: Path, *, timeline: bool = True, evaluation: bool = True) -> Pa
         {"step": s, "trainer_version": s, "min_token_version": max(0, s - (i % 2))}
         for s in range(6) for i in range(4)])
     if evaluation:
-        _write(run / "eval.jsonl", [{"tag": "before", "version": 0, "pass_rate": 0.3, "n": 64},
-                                    {"tag": "after", "version": 6, "pass_rate": 0.6, "n": 64}])
+        _write(run / "eval.jsonl", [  # the controller's figures (controller/evaluation.py)
+            {"tag": "before", "version": 0, "pass_rate": 0.3, "pass@1": 0.25, "pass@4": 0.5},
+            {"tag": "step_3", "version": 3, "pass_rate": 0.4, "pass@1": 0.5, "pass@4": 0.7},
+            {"tag": "after", "version": 6, "pass_rate": 0.6, "pass@1": 0.55, "pass@4": 0.8}])
     if timeline:
         _write(run / "timeline.jsonl", [
             {"worker": w, "kind": k, "start": T0 + s, "end": T0 + e, **({"step": 0} if
