@@ -56,8 +56,12 @@ def interruptible(d: dict[str, Any]) -> tuple[str, str]:
 
 
 def rollout_overhead(d: dict[str, Any]) -> tuple[str, str]:
-    return (f"ratio **{d['ratio']:.3f}** ({d['tokens_per_s_worker']:.0f} vs "
-            f"{d['tokens_per_s_bare']:.0f} tokens/s, tiny model)", ">= 0.95")
+    cores = d["settings"].get("engine_cores")
+    where = f"engine pinned to core {cores}" if cores else "engine and driver share the cores"
+    paired = d.get("ratio_median_paired")
+    median = f", median of paired rounds {paired:.3f}" if paired is not None else ""
+    return (f"ratio **{d['ratio']:.3f}**{median} ({d['tokens_per_s_worker']:.0f} vs "
+            f"{d['tokens_per_s_bare']:.0f} tokens/s; tiny model, {where})", ">= 0.95")
 
 
 def controller_throughput(d: dict[str, Any]) -> tuple[str, str]:
@@ -98,7 +102,8 @@ def algorithms(d: dict[str, Any]) -> tuple[str, str]:
 
 FORMATTERS: dict[str, Callable[[Any], tuple[str, str]]] = {
     "async_vs_sync": async_vs_sync, "interruptible": interruptible,
-    "rollout_overhead": rollout_overhead, "controller_throughput": controller_throughput,
+    "rollout_overhead": rollout_overhead, "rollout_overhead_pinned": rollout_overhead,
+    "controller_throughput": controller_throughput,
     "cold_start": cold_start, "packing": packing, "weight_sync": weight_sync,
     "reward_load": reward_load, "rpo": rpo, "algorithms": algorithms,
 }
