@@ -33,6 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check a config without starting anything")
     val.add_argument("config")
     val.add_argument("overrides", nargs="*")
+    ev = sub.add_parser("eval", help="held-out pass@1 / avg@k of a saved policy: "
+                        "areal-sys eval CONFIG --checkpoint DIR")
+    ev.add_argument("config")
+    ev.add_argument("overrides", nargs="*")
+    ev.add_argument("--checkpoint", required=True,
+                    help="RUN_DIR/checkpoints/step_N (or any Hugging Face model directory)")
     sub.add_parser("algorithms", help="list the algorithm presets and every registered piece")
     rep = sub.add_parser("report", help="PNG figures of a run into RUN_DIR/report/")
     rep.add_argument("run_dir")
@@ -82,12 +88,22 @@ def main(argv: list[str] | None = None) -> int:
             return _bench(args.name, args.args)
         if args.command == "report":
             return _report(args.run_dir)
+        if args.command == "eval":
+            return _eval(load_config(args.config, args.overrides), args.checkpoint)
         if args.command == "run":
             overrides = [*args.overrides, *(["resume=true"] if args.resume else [])]
             return _run(load_config(args.config, overrides))
     except (ConfigError, UserError) as e:
         print(f"areal-sys: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except RuntimeError as e:
+        if type(e).__name__ != "TrainerDied":  # controller/recovery.py
+            raise
+        again = ["areal-sys", *(argv if argv is not None else sys.argv[1:])]
+        again += [] if "--resume" in again else ["--resume"]
+        print(f"areal-sys: error: {e}; the run stopped. Resume from its last checkpoint with: "
+              f"{' '.join(again)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("areal-sys: interrupted", file=sys.stderr)
         return 130
@@ -201,6 +217,55 @@ def _encode(cfg: ExperimentConfig, rows: list[Any], split: str, tokenizer: Any) 
                             f"data.max_prompt_tokens={limit}")
         prompts.append(Prompt(row.uid, ids, row.reference, row.task))
     return prompts
+
+
+def _eval(cfg: ExperimentConfig, checkpoint_dir: str) -> int:
+    """pass@1, avg@k and pass@k of a checkpoint's policy on the held-out set, with the rollout
+    workers and the reward service; printed and appended to RUN_DIR/eval.jsonl."""
+    import asyncio
+
+    from controller import runtime
+    from controller.evaluation import evaluate_prompts, score_trajectories
+
+    ckpt = Path(checkpoint_dir)
+    policy = ckpt / "policy" if (ckpt / "policy").is_dir() else ckpt
+    if not (policy / "config.json").is_file():
+        raise UserError(f"eval: {ckpt} holds no Hugging Face policy (no config.json in {policy})")
+    rows = _load_rows(cfg)
+    from transformers import AutoTokenizer
+
+    held_out = _encode(cfg, rows["eval"], "eval", AutoTokenizer.from_pretrained(policy))
+    held_out = held_out[: cfg.eval.num_problems]
+    runtime.start_ray(cfg)
+    actors = None
+    try:
+        actors = runtime.create_eval_actors(cfg, str(policy))
+
+        async def go() -> dict[str, float]:
+            await asyncio.gather(*[w.start.remote() for w in actors.rollout])
+
+            async def generate(i: int, method: str, **kw: Any) -> Any:
+                return await getattr(actors.rollout[i], method).remote(**kw)
+
+            figures, _ = await evaluate_prompts(
+                held_out, k=cfg.eval.k, num_workers=len(actors.rollout), generate=generate,
+                score=lambda ts: score_trajectories(actors.reward.score.remote, ts),
+                max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.eval.temperature,
+                correct_reward=cfg.reward.correct_reward)
+            return figures
+
+        figures = asyncio.run(go())
+    finally:
+        runtime.shutdown(actors)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "eval.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"tag": "checkpoint", "checkpoint": str(ckpt), **figures}) + "\n")
+    k = int(figures["k"])
+    print(f"eval {ckpt}: {int(figures['n'])} problems x {k} samples: pass@1 "
+          f"{100 * figures['pass@1']:.1f}%, avg@{k} {100 * figures[f'avg@{k}']:.1f}%, "
+          f"pass@{k} {100 * figures[f'pass@{k}']:.1f}%")
+    return 0
 
 
 def _checkpoint_to_resume(cfg: ExperimentConfig) -> Path | None:

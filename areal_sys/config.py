@@ -284,6 +284,10 @@ class ControllerConfig(Section):
     max_staleness: int = Field(
         1, ge=0, description="eta: admit while accepted+running+1 <= (version+eta+1)*B; 0 = sync"
     )
+    max_worker_restarts: int = Field(
+        3, ge=0, description="restarts of each rollout / reward actor after it dies (Ray's "
+        "max_restarts); its groups are re-sent. A dead trainer stops the run"
+    )
 
 
 class ClusterConfig(Section):
@@ -345,6 +349,8 @@ class EvalConfig(Section):
     before_and_after: bool = Field(True, description="held-out pass rate before and after training")
     num_problems: int = Field(256, ge=1)
     temperature: float = Field(1.0, gt=0)
+    k: int = Field(1, ge=1, description="samples per problem: pass@1, avg@k and pass@k")
+    every: int = Field(0, ge=0, description="also evaluate every N steps during training (0: off)")
 
 
 class ExperimentConfig(Section):

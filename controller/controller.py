@@ -44,6 +44,8 @@ from areal_sys.metrics import JsonlWriter, MetricsLogger, Timeline
 from areal_sys.trajectory import Group, Trajectory
 from controller import checkpoint
 from controller.buffer import Buffer
+from controller.evaluation import evaluate_prompts, score_trajectories
+from controller.recovery import Recovery
 from controller.resume import Checkpointing
 from controller.staleness import StalenessManager
 
@@ -56,7 +58,7 @@ class Prompt:
     task: str
 
 
-class Controller(Checkpointing):
+class Controller(Checkpointing, Recovery):
     def __init__(self, cfg: ExperimentConfig, actors: Any, train: list[Prompt],
                  held_out: list[Prompt], resume: Path | None = None) -> None:
         self.cfg = cfg
@@ -86,6 +88,7 @@ class Controller(Checkpointing):
         self._next_seq = 0
         self._load = [0] * len(actors.rollout)  # groups in flight per rollout worker
         self._inflight: dict[int, tuple[Prompt, int, int]] = {}  # seq: (prompt, admit v, deadline)
+        self._init_recovery()
         self._failure: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -122,6 +125,8 @@ class Controller(Checkpointing):
                 self.metrics.write(record)
                 if self.cfg.trainer.save_every and (step + 1) % self.cfg.trainer.save_every == 0:
                     await self.save_checkpoint()
+                if self.cfg.eval.every and (step + 1) % self.cfg.eval.every == 0:
+                    await self.evaluate(f"step_{step + 1}")
                 bar.update(1)
                 bar.set_postfix(reward=f"{record['reward_mean']:.3f}", stale=staleness,
                                 tok_s=f"{record['tokens_per_s']:.0f}")
@@ -160,8 +165,9 @@ class Controller(Checkpointing):
         self._load[worker] += 1
         plan: PartialPlan | None = self.rpo.plan(prompt.uid) if self.rpo is not None else None
         try:
-            trajs = await self.actors.rollout[worker].generate_group.remote(
-                group_id=seq, prompt_uid=prompt.uid, prompt_ids=prompt.ids,
+            trajs = await self.call_rollout(
+                worker, "generate_group", group_id=seq, prompt_uid=prompt.uid,
+                prompt_ids=prompt.ids,
                 n=self.cfg.rollout.n_samples,
                 max_new_tokens=plan.budget if plan else self.cfg.rollout.max_new_tokens,
                 temperature=self.cfg.rollout.temperature, top_p=self.cfg.rollout.top_p,
@@ -200,12 +206,8 @@ class Controller(Checkpointing):
 
     async def _score(self, trajs: list[Trajectory], **span: Any) -> None:
         """Rewards from the reward service, timed as one `reward` span with fields `span`."""
-        items = [{"task": t.task, "response": t.response_text, "reference": t.reference}
-                 for t in trajs]
         with self.timeline.span("reward", "reward", **span):
-            scored = await self.actors.reward.score.remote(items)
-        for t, r in zip(trajs, scored, strict=True):
-            t.reward, t.reward_ok, t.reward_reason = r.reward, r.ok, r.reason
+            await score_trajectories(self.call_reward, trajs)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -238,15 +240,15 @@ class Controller(Checkpointing):
         trainers, critic = self.actors.trainers, self.actors.critic
         if critic is None:
             refs = [t.train_step.remote(batch, step) for t in trainers]
-            return (await self._until_failure(asyncio.gather(*refs)))[0]
+            return (await self.call_trainers(asyncio.gather(*refs)))[0]
         # PPO with a critic: values and GAE in the critic (workers/critic.py), then the policy
         # update (on the critic's advantages) and the value update run at the same time.
         ref_logp = None
         if self.algo.kl_in_reward:
-            ref_logp = await trainers[0].reference_logprobs.remote(batch)
-        adv = await self._until_failure(critic.prepare.remote(batch, ref_logp))
+            ref_logp = await self.call_trainers(trainers[0].reference_logprobs.remote(batch))
+        adv = await self.call_trainers(critic.prepare.remote(batch, ref_logp))
         refs = [t.train_step.remote(batch, step, adv) for t in trainers]
-        *policy, value = await self._until_failure(
+        *policy, value = await self.call_trainers(
             asyncio.gather(*refs, critic.update.remote(step)))
         return {**policy[0], **value}
 
@@ -259,8 +261,11 @@ class Controller(Checkpointing):
             loads = (await asyncio.gather(*sends, *loads))[len(sends):]
         else:
             path = f"{self.actors.sync_dir}/weights.safetensors"
-            await asyncio.gather(*[t.export_weights.remote(path) for t in trainers])
-            loads = await asyncio.gather(*[w.update_weights.remote(path, version) for w in rollout])
+            await self.call_trainers(asyncio.gather(*[t.export_weights.remote(path)
+                                                      for t in trainers]))
+            self._weights_file = (path, version)  # what a restarted rollout worker loads
+            loads = await asyncio.gather(*[self.call_rollout(i, "update_weights", path, version)
+                                           for i in range(len(rollout))])
         self.version = version
         self._refills_left = self._refill_budget
         self.staleness.set_version(version)
@@ -270,8 +275,11 @@ class Controller(Checkpointing):
 
     async def _gen_stats(self) -> dict[str, float]:
         """Rollout workers' `tokens_generated` and `busy_s` (generation seconds), summed."""
-        stats = await asyncio.gather(*[w.stats.remote() for w in self.actors.rollout])
-        return {k: sum(s[k] for s in stats) for k in ("tokens_generated", "busy_s")}
+        keys = ("tokens_generated", "busy_s")
+        stats = await asyncio.gather(*[w.stats.remote() for w in self.actors.rollout],
+                                     return_exceptions=True)
+        # a dead (restarting) worker counts 0; a restarted one counts from 0 again
+        return {k: sum(s[k] for s in stats if isinstance(s, dict)) for k in keys}
 
     # ---------------------------------------------------------------- RPO experience cache
     async def fill_cache(self) -> dict[str, float]:
@@ -287,8 +295,9 @@ class Controller(Checkpointing):
         for start in range(0, len(self.train), window):
             chunk = self.train[start:start + window]
             groups = await asyncio.gather(*[
-                workers[i % len(workers)].generate_group.remote(
-                    group_id=-1 - start - i, prompt_uid=p.uid, prompt_ids=p.ids, n=1,
+                self.call_rollout(
+                    i % len(workers), "generate_group", group_id=-1 - start - i,
+                    prompt_uid=p.uid, prompt_ids=p.ids, n=1,
                     max_new_tokens=self.cfg.rollout.max_new_tokens,
                     temperature=self.cfg.rollout.temperature, top_p=self.cfg.rollout.top_p,
                     task=p.task, reference=p.reference)
@@ -364,26 +373,22 @@ class Controller(Checkpointing):
         }
 
     async def evaluate(self, tag: str) -> float:
-        """Held-out pass rate: one sample per problem at `eval.temperature`."""
-        prompts = self.held_out[: self.cfg.eval.num_problems]
-        workers = self.actors.rollout
-        calls = [
-            workers[i % len(workers)].generate_group.remote(
-                group_id=-1 - i, prompt_uid=p.uid, prompt_ids=p.ids, n=1,
-                max_new_tokens=self.cfg.rollout.max_new_tokens,
-                temperature=self.cfg.eval.temperature, task=p.task, reference=p.reference)
-            for i, p in enumerate(prompts)
-        ]
-        trajs = [g[0] for g in await asyncio.gather(*calls)]
+        """Held-out figures (controller/evaluation.py): `eval.k` samples per problem at
+        `eval.temperature`, a line in eval.jsonl; returns the pass rate (avg@k)."""
+        figures, trajs = await evaluate_prompts(
+            self.held_out[: self.cfg.eval.num_problems], k=self.cfg.eval.k,
+            num_workers=len(self.actors.rollout), generate=self.call_rollout,
+            score=lambda ts: self._score(ts, version=self.version),
+            max_new_tokens=self.cfg.rollout.max_new_tokens,
+            temperature=self.cfg.eval.temperature, correct_reward=self.cfg.reward.correct_reward,
+        )
         self.timeline.trajectories(trajs, "eval", version=self.version)
-        await self._score(trajs, version=self.version)
-        passed = sum(t.reward >= self.cfg.reward.correct_reward for t in trajs)
-        rate = passed / len(trajs)
         writer = JsonlWriter(self.run_dir / "eval.jsonl")
-        writer.write({"tag": tag, "version": self.version, "pass_rate": rate, "n": len(trajs)})
+        writer.write({"tag": tag, "version": self.version, **figures})
         writer.close()
-        self.metrics.log({"eval/pass_rate": rate}, step=self.version)
-        return rate
+        self.metrics.log({f"eval/{k}": v for k, v in figures.items() if k not in ("k", "n")},
+                         step=self.version)
+        return figures["pass_rate"]
 
 
 def _prefix_args(plan: PartialPlan) -> dict[str, Any]:

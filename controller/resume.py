@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 # Fault injection for the crash tests: seconds to wait between writing a checkpoint's files and
 # committing it, so that a test can kill the run while the checkpoint is incomplete.
 FAULT_PAUSE_ENV = "AREAL_SYS_FAULT_CHECKPOINT_PAUSE_S"
-RUN_FILES = ("metrics.jsonl", "staleness.jsonl", "filtered.jsonl", "timeline.jsonl")
+RUN_FILES = ("metrics.jsonl", "staleness.jsonl", "filtered.jsonl", "timeline.jsonl",
+             "eval.jsonl")
 
 
 class Checkpointing:
@@ -62,7 +63,7 @@ class Checkpointing:
             saves.append(self.actors.critic.save_checkpoint.remote(str(tmp)))
         if self.rpo is not None:
             self.rpo.cache.save(tmp / "rpo_cache.npz")
-        await self._until_failure(asyncio.gather(*saves))
+        await self.call_trainers(asyncio.gather(*saves))
         if pause := float(os.environ.get(FAULT_PAUSE_ENV, "0")):  # fault injection (tests)
             await asyncio.sleep(pause)
         final = checkpoint.commit(tmp, state)

@@ -110,39 +110,20 @@ def create_actors(cfg: ExperimentConfig, model_path: str) -> Actors:
 
     from areal_sys.algorithms import build_algorithm
     from controller.placement import reserve
-    from reward_service.service import RewardService
-    from workers.rollout import RolloutWorker
     from workers.trainer import TrainerWorker
 
-    env = {"env_vars": {"PYTHONPATH": str(PROJECT_ROOT)}}
     rollout_pins, trainer_pins = cpu_placement(cfg)
     needs_critic = build_algorithm(
         cfg.algorithm, max_new_tokens=cfg.rollout.max_new_tokens).needs_critic
     placement = reserve(cfg, needs_critic)  # fails fast (ConfigError) when the cluster is short
 
-    def pinned(extra: dict[str, str]) -> dict[str, Any]:
-        return {"env_vars": {**env["env_vars"], **extra}}
-
-    rollout_cls = ray.remote(RolloutWorker)
-    rollout = [
-        rollout_cls.options(
-            num_cpus=cfg.cluster.rollout_cpus, num_gpus=cfg.cluster.rollout_gpus,
-            runtime_env=pinned(rollout_pins[i]), max_concurrency=1000,
-            scheduling_strategy=placement.strategy("rollout", i),
-        ).remote(
-            model_path, worker_id=i, seed=cfg.seed + i, dtype=cfg.model.dtype,
-            max_model_len=cfg.rollout.max_model_len, kv_cache_gib=cfg.rollout.kv_cache_gib,
-            interruptible=cfg.rollout.interruptible, enforce_eager=cfg.rollout.enforce_eager,
-            gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-        )
-        for i in range(cfg.rollout.num_workers)
-    ]
+    rollout = rollout_actors(cfg, model_path, placement, rollout_pins)
     port = free_port()
     trainer_cls = ray.remote(TrainerWorker)
     trainers = [
         trainer_cls.options(
             num_cpus=cfg.cluster.trainer_cpus, num_gpus=cfg.cluster.trainer_gpus,
-            runtime_env=pinned(trainer_pins[r]),
+            runtime_env=_env(trainer_pins[r]),
             scheduling_strategy=placement.strategy("trainer", r),
         ).remote(
             model_path, trainer_cfg=cfg.trainer.model_dump(), algo_cfg=cfg.algorithm.model_dump(),
@@ -160,32 +141,79 @@ def create_actors(cfg: ExperimentConfig, model_path: str) -> Actors:
         # one rank of its own process group; on local CPU it shares trainer rank 0's cores
         critic = ray.remote(CriticWorker).options(
             num_cpus=cfg.cluster.critic_cpus, num_gpus=cfg.cluster.critic_gpus,
-            runtime_env=pinned(trainer_pins[0]),
+            runtime_env=_env(trainer_pins[0]),
             scheduling_strategy=placement.strategy("critic"),
         ).remote(
             model_path, trainer_cfg=cfg.trainer.model_dump(), algo_cfg=cfg.algorithm.model_dump(),
             max_new_tokens=cfg.rollout.max_new_tokens, master_port=free_port(),
             dtype=cfg.model.dtype, seed=cfg.seed,
         )
+    reward = reward_actor(cfg, placement)
+    shm = "/dev/shm" if Path("/dev/shm").is_dir() else None
+    sync_dir = tempfile.mkdtemp(prefix="areal_sys-", dir=shm)
+    return Actors(rollout, trainers, reward, sync_dir, critic=critic, placement=placement)
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"env_vars": {"PYTHONPATH": str(PROJECT_ROOT), **(extra or {})}}
+
+
+def rollout_actors(cfg: ExperimentConfig, model_path: str, placement: Any,
+                   pins: list[dict[str, str]]) -> list[Any]:
+    """The RolloutWorker actors (engines not started), restarted by Ray when they die."""
+    import ray
+
+    from workers.rollout import RolloutWorker
+
+    rollout_cls = ray.remote(RolloutWorker)
+    return [
+        rollout_cls.options(
+            num_cpus=cfg.cluster.rollout_cpus, num_gpus=cfg.cluster.rollout_gpus,
+            runtime_env=_env(pins[i]), max_concurrency=1000,
+            max_restarts=cfg.controller.max_worker_restarts,  # controller/recovery.py
+            scheduling_strategy=placement.strategy("rollout", i),
+        ).remote(
+            model_path, worker_id=i, seed=cfg.seed + i, dtype=cfg.model.dtype,
+            max_model_len=cfg.rollout.max_model_len, kv_cache_gib=cfg.rollout.kv_cache_gib,
+            interruptible=cfg.rollout.interruptible, enforce_eager=cfg.rollout.enforce_eager,
+            gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+        )
+        for i in range(cfg.rollout.num_workers)
+    ]
+
+
+def reward_actor(cfg: ExperimentConfig, placement: Any) -> Any:
+    """The reward actor: the local RewardService, or a client of `reward.url`."""
+    import ray
+
     if cfg.reward.url:  # a remote HTTP reward server: the same score() behind the same actor API
         from reward_service.client import HttpRewardClient
 
         print(f"reward: HTTP server {cfg.reward.url}", flush=True)
-        reward = ray.remote(HttpRewardClient).options(
-            num_cpus=0, runtime_env=env, max_concurrency=1000,
+        return ray.remote(HttpRewardClient).options(
+            num_cpus=0, runtime_env=_env(), max_concurrency=1000,
         ).remote(cfg.reward.url, timeout_s=cfg.reward.timeout_s,
                  wrong_reward=cfg.reward.wrong_reward)
-    else:
-        reward = ray.remote(RewardService).options(
-            num_cpus=cfg.cluster.reward_cpus, runtime_env=env, max_concurrency=1000,
-            scheduling_strategy=placement.strategy("reward"),
-        ).remote(
-            timeout_s=cfg.reward.timeout_s, max_concurrency=cfg.reward.max_concurrency,
-            correct_reward=cfg.reward.correct_reward, wrong_reward=cfg.reward.wrong_reward,
-        )
-    shm = "/dev/shm" if Path("/dev/shm").is_dir() else None
-    sync_dir = tempfile.mkdtemp(prefix="areal_sys-", dir=shm)
-    return Actors(rollout, trainers, reward, sync_dir, critic=critic, placement=placement)
+    from reward_service.service import RewardService
+
+    return ray.remote(RewardService).options(
+        num_cpus=cfg.cluster.reward_cpus, runtime_env=_env(), max_concurrency=1000,
+        max_restarts=cfg.controller.max_worker_restarts,
+        scheduling_strategy=placement.strategy("reward"),
+    ).remote(
+        timeout_s=cfg.reward.timeout_s, max_concurrency=cfg.reward.max_concurrency,
+        correct_reward=cfg.reward.correct_reward, wrong_reward=cfg.reward.wrong_reward,
+    )
+
+
+def create_eval_actors(cfg: ExperimentConfig, model_path: str) -> Actors:
+    """Rollout workers on `model_path` and the reward actor only (`areal-sys eval`)."""
+    from controller.placement import Placement
+
+    pins, _ = cpu_placement(cfg)
+    placement = Placement()
+    return Actors(rollout_actors(cfg, model_path, placement, pins), [],
+                  reward_actor(cfg, placement), sync_dir="", placement=placement)
 
 
 async def start_actors(cfg: ExperimentConfig, actors: Actors) -> None:
@@ -229,7 +257,8 @@ def shutdown(actors: Actors | None) -> None:
             ray.get(calls, timeout=60)
         except Exception:  # noqa: BLE001 - best effort: the actors may already be gone
             pass
-        shutil.rmtree(actors.sync_dir, ignore_errors=True)
+        if actors.sync_dir:
+            shutil.rmtree(actors.sync_dir, ignore_errors=True)
         if actors.placement is not None:
             actors.placement.release()
     ray.shutdown()

@@ -41,7 +41,8 @@ def _command(run_dir: Path, *extra: str) -> list[str]:
         f"run_dir={run_dir}", f"trainer.total_steps={STEPS}", f"controller.batch_size={BATCH}",
         f"rollout.n_samples={N}", "controller.max_staleness=1", "trainer.save_every=2",
         "trainer.keep_last=1", f"data.synthetic_train_size={PROMPTS}",
-        "eval.before_and_after=false", "logging.progress_bar=false", "model.tiny_sft_steps=40",
+        "eval.before_and_after=false", "eval.every=3", "eval.num_problems=16",
+        "logging.progress_bar=false", "model.tiny_sft_steps=40",
         *extra,
     ]
 
@@ -156,3 +157,31 @@ def test_saved_policy_loads_in_transformers_and_generates(
         out = model.generate(ids, max_new_tokens=12, do_sample=False)
     assert out.shape[1] > ids.shape[1]
     assert tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+def test_periodic_evaluation_once_per_version(crashed_and_resumed: dict[str, Any]) -> None:
+    rows = read_jsonl(crashed_and_resumed["run_dir"] / "eval.jsonl")
+    assert [(r["tag"], r["version"]) for r in rows] == [("step_3", 3), ("step_6", 6)]
+    for r in rows:
+        assert r["n"] == 16 and 0.0 <= r["pass@1"] <= 1.0 and r["pass_rate"] == r["avg@1"]
+
+
+def test_eval_command_on_the_checkpoint(crashed_and_resumed: dict[str, Any]) -> None:
+    run_dir = crashed_and_resumed["run_dir"]
+    ckpt = run_dir / "checkpoints" / "step_6"
+    res = subprocess.run(
+        [sys.executable, "-m", "areal_sys.cli", "eval", "configs/local_tiny.yaml",
+         f"run_dir={run_dir}", "eval.num_problems=24", "eval.k=3", "model.tiny_sft_steps=40",
+         "--checkpoint", str(ckpt)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "pass@1" in res.stdout and "avg@3" in res.stdout
+    row = read_jsonl(run_dir / "eval.jsonl")[-1]
+    assert row["tag"] == "checkpoint" and row["checkpoint"] == str(ckpt)
+    assert (row["n"], row["k"]) == (24, 3)
+    assert row["avg@3"] <= row["pass@3"] and row["pass@1"] <= row["pass@3"]
+    assert abs(row["avg@3"] * 72 - round(row["avg@3"] * 72)) < 1e-9  # a count of 72 samples
+    bad = subprocess.run(
+        [sys.executable, "-m", "areal_sys.cli", "eval", "configs/local_tiny.yaml",
+         "--checkpoint", str(run_dir / "nowhere")], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "no Hugging Face policy" in bad.stderr
