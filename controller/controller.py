@@ -381,6 +381,7 @@ class Controller(Checkpointing, Recovery):
             score=lambda ts: self._score(ts, version=self.version),
             max_new_tokens=self.cfg.rollout.max_new_tokens,
             temperature=self.cfg.eval.temperature, correct_reward=self.cfg.reward.correct_reward,
+            progress=self.cfg.logging.progress_bar,
         )
         self.timeline.trajectories(trajs, "eval", version=self.version)
         writer = JsonlWriter(self.run_dir / "eval.jsonl")

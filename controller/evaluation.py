@@ -46,17 +46,28 @@ async def evaluate_prompts(
     max_new_tokens: int,
     temperature: float,
     correct_reward: float,
+    progress: bool = True,
 ) -> tuple[dict[str, float], list[Any]]:
     """Sample `k` responses per prompt (`generate(worker_index, **generate_group kwargs)`, spread
     over the workers), score them in place (`score(trajectories)`), return the figures and the
-    trajectories."""
-    calls = [
-        generate(i % num_workers, "generate_group", group_id=-1 - i, prompt_uid=p.uid,
-                 prompt_ids=p.ids, n=k, max_new_tokens=max_new_tokens, temperature=temperature,
-                 task=p.task, reference=p.reference)
-        for i, p in enumerate(prompts)
-    ]
-    groups = await asyncio.gather(*calls)
+    trajectories. A progress bar counts the problems sampled."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(prompts), desc="eval", unit="problem", disable=not progress,
+               dynamic_ncols=True)
+
+    async def sample(i: int, p: Any) -> Any:
+        group = await generate(i % num_workers, "generate_group", group_id=-1 - i,
+                               prompt_uid=p.uid, prompt_ids=p.ids, n=k,
+                               max_new_tokens=max_new_tokens, temperature=temperature,
+                               task=p.task, reference=p.reference)
+        bar.update(1)
+        return group
+
+    try:
+        groups = await asyncio.gather(*[sample(i, p) for i, p in enumerate(prompts)])
+    finally:
+        bar.close()
     trajs = [t for g in groups for t in g]
     await score(trajs)
     correct = [[t.reward >= correct_reward for t in g] for g in groups]
