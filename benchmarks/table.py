@@ -47,7 +47,7 @@ def async_vs_sync(d: dict[str, Any]) -> tuple[str, str]:
 
 
 def interruptible(d: dict[str, Any]) -> tuple[str, str]:
-    others = ", ".join(f"{_pct(r['gain'])} every {r['update_every_s']:g} s"
+    others = ", ".join(f"{100 * r['gain']:+.1f}% every {r['update_every_s']:g} s"
                        for r in d.get("by_interval", [])[1:])
     return (f"**{100 * d['gain']:+.1f}%** tokens/s with a new version every "
             f"{d.get('update_every_s', 1):g} s ({d['tokens_per_s_interruptible']:.0f} vs "
@@ -58,10 +58,11 @@ def interruptible(d: dict[str, Any]) -> tuple[str, str]:
 def rollout_overhead(d: dict[str, Any]) -> tuple[str, str]:
     cores = d["settings"].get("engine_cores")
     where = f"engine pinned to core {cores}" if cores else "engine and driver share the cores"
-    paired = d.get("ratio_median_paired")
-    median = f", median of paired rounds {paired:.3f}" if paired is not None else ""
-    return (f"ratio **{d['ratio']:.3f}**{median} ({d['tokens_per_s_worker']:.0f} vs "
-            f"{d['tokens_per_s_bare']:.0f} tokens/s; tiny model, {where})", ">= 0.95")
+    rounds = d.get("ratios_by_round", [])
+    spread = f" over {len(rounds)} rounds ({min(rounds):.2f}–{max(rounds):.2f})" if rounds else ""
+    return (f"ratio **{d['ratio']:.3f}**{spread}, pooled {d['ratio_pooled']:.3f} "
+            f"({d['tokens_per_s_worker']:.0f} vs {d['tokens_per_s_bare']:.0f} tokens/s; tiny "
+            f"model, {where})", ">= 0.95")
 
 
 def controller_throughput(d: dict[str, Any]) -> tuple[str, str]:
@@ -71,8 +72,9 @@ def controller_throughput(d: dict[str, Any]) -> tuple[str, str]:
 
 
 def cold_start(d: dict[str, Any]) -> tuple[str, str]:
-    return (f"**{d['seconds']:.1f} s** to the first trained step (config {d['config_s']:.1f} s, "
-            f"Ray + placement {d['ray_s']:.1f} s; CPU demo, tiny model cached)", "-")
+    return (f"**{d['seconds']:.1f} s** to the first trained step (config and data loaded at "
+            f"{d['config_s']:.1f} s, Ray and placement groups ready at {d['ray_s']:.1f} s; "
+            "CPU demo, tiny model cached)", "-")
 
 
 def packing(d: dict[str, Any]) -> tuple[str, str]:

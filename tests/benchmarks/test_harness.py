@@ -51,15 +51,16 @@ def test_table_rows_and_readme_update(tmp_path: Path) -> None:
         (tmp_path / f"{name}.json").write_text(json.dumps(
             {**record, "machine": MACHINE, "time": "2026-11-22T10:00:00"}))
 
-    write("rollout_overhead", {"ratio": 0.97, "ratio_median_paired": 0.98,
+    write("rollout_overhead", {"ratio": 0.98, "ratio_pooled": 0.97,
+                               "ratios_by_round": [0.9, 0.98, 1.1],
                                "tokens_per_s_worker": 970, "tokens_per_s_bare": 1000,
                                "settings": {"engine_cores": ""}})
     write("cold_start", {"seconds": 31.0, "config_s": 3.0, "ray_s": 6.5})
     write("interruptible", {"gain": 0.2})  # a key missing: shown as unreadable, not a crash
     write("something_new", {"x": 1})
     text = table.table(tmp_path)
-    assert ("| `rollout_overhead` | ratio **0.970**, median of paired rounds 0.980 (970 vs 1000 "
-            "tokens/s; tiny model, engine and driver share the cores)") in text
+    assert ("| `rollout_overhead` | ratio **0.980** over 3 rounds (0.90–1.10), pooled 0.970 (970 "
+            "vs 1000 tokens/s; tiny model, engine and driver share the cores)") in text
     assert "2 CPU cores (x86_64), 23.5 GiB; 2026-11-22" in text
     assert "**31.0 s**" in text and "(unreadable: missing" in text
     assert "something_new" in text.splitlines()[-1]
