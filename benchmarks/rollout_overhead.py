@@ -80,11 +80,6 @@ async def measure(a: argparse.Namespace, model: str) -> dict[str, Any]:
 
     from workers.rollout import RolloutWorker
 
-    if a.engine_cores:  # the engine's threads on these cores, this process on the rest
-        engine = {int(c) for c in a.engine_cores.split(",")}
-        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, sorted(engine)))
-        os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
-        os.sched_setaffinity(0, (os.sched_getaffinity(0) - engine) or engine)
 
     worker = RolloutWorker(model, seed=a.seed, kv_cache_gib=1.0, max_model_len=256)
     await worker.start()  # sets the CPU environment (KV cache, core binding) the bare one reuses
@@ -165,7 +160,14 @@ def main() -> None:
     from areal_sys.models.tiny import ensure_tiny_model
 
     model = str(ensure_tiny_model(seed=a.seed, progress=False))
+    cores = os.sched_getaffinity(0)
+    if a.engine_cores:  # the engine's threads on these cores, this process on the rest
+        engine = {int(c) for c in a.engine_cores.split(",")}
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, sorted(engine)))
+        os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+        os.sched_setaffinity(0, (cores - engine) or engine)
     figures = asyncio.run(measure(a, model))
+    os.sched_setaffinity(0, cores)  # the machine description counts every usable core
     print(f"worker {figures['tokens_per_s_worker']:.0f} tok/s, bare "
           f"{figures['tokens_per_s_bare']:.0f} tok/s (pooled ratio {figures['ratio_pooled']:.3f}); "
           f"ratio (median of paired rounds) {figures['ratio']:.3f}")
