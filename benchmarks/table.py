@@ -91,9 +91,17 @@ def reward_load(d: dict[str, Any]) -> tuple[str, str]:
             f"{d['failures']} failures ({d['requests']} mixed requests)", "-")
 
 
+def _rpo_met(d: dict[str, Any]) -> bool:
+    return (d["tokens_reduction"] >= 0.9 and d["gen_time_reduction"] >= 0.7
+            and d["pass_rate_diff_points"] >= -5)
+
+
 def rpo(d: dict[str, Any]) -> tuple[str, str]:
-    return (f"tokens **{-100 * d['tokens_reduction']:+.0f}%**, pass rate "
-            f"{d['pass_rate_diff_points']:+.1f} points vs full rollouts", "-95% tokens")
+    return (f"RPO vs full GRPO: generated tokens/sample **{-100 * d['tokens_reduction']:+.0f}%**, "
+            f"generation time/step **{-100 * d['gen_time_reduction']:+.0f}%**, pass rate "
+            f"{_pct(d['pass_rate_rpo'])} vs {_pct(d['pass_rate_full'])} "
+            f"({d['pass_rate_diff_points']:+.1f} points: {'met' if _rpo_met(d) else 'missed'})",
+            "<= -90% tokens, <= -70% generation time, within 5 points")
 
 
 def algorithms(d: dict[str, Any]) -> tuple[str, str]:
