@@ -18,6 +18,7 @@ import pytest
 
 from areal_sys.metrics import read_jsonl
 from controller import checkpoint
+from tests.shm import remove_leaked_shm, shm_names
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS, BATCH, N = 6, 4, 4
@@ -38,6 +39,7 @@ def _rollout_actor(driver: int) -> psutil.Process | None:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     run_dir = tmp_path_factory.mktemp("recovery")
+    shm_before = shm_names()
     cmd = [
         sys.executable, "-m", "areal_sys.cli", "run", "configs/local_tiny.yaml",
         f"run_dir={run_dir}", f"trainer.total_steps={STEPS}", f"controller.batch_size={BATCH}",
@@ -60,6 +62,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         p.send_signal(signal.SIGKILL)
     killed_at = len(read_jsonl(metrics))
     out, err = proc.communicate(timeout=900)
+    remove_leaked_shm(shm_before)  # the killed engine's segments (the run cleaned up its own)
     assert proc.returncode == 0, err[-4000:]
     return {"run_dir": run_dir, "killed_at": killed_at, "victims": len(victims), "stdout": out}
 

@@ -28,6 +28,7 @@ import pytest
 from areal_sys.metrics import read_jsonl
 from controller import checkpoint
 from controller.resume import FAULT_PAUSE_ENV
+from tests.shm import remove_leaked_shm, shm_names
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS, BATCH, N, PROMPTS = 6, 4, 4, 24
@@ -71,6 +72,7 @@ def _kill_tree(pid: int) -> int:
 @pytest.fixture(scope="module")
 def crashed_and_resumed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     run_dir = tmp_path_factory.mktemp("resume")
+    shm_before = shm_names()
     env = {**os.environ, FAULT_PAUSE_ENV: "4"}
     first = subprocess.Popen(_command(run_dir), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
@@ -85,6 +87,7 @@ def crashed_and_resumed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
              "pending_left": pending.exists(),
              "complete_at_crash": [p.name for p in checkpoint.complete_checkpoints(run_dir)]}
     first.wait(timeout=30)
+    remove_leaked_shm(shm_before)  # what the killed engine and run left in /dev/shm
     res = subprocess.run(_command(run_dir, "--resume"), cwd=ROOT, capture_output=True,
                          text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-4000:]
