@@ -41,9 +41,8 @@ EXTRA = {"rpo_L8": ["rpo.regen_fraction=null", "rpo.max_regen_tokens=8"]}
 
 def summarize(run: dict[str, Any]) -> dict[str, Any]:
     m = run["metrics"]
-    samples = [mm["tokens_generated"] / mm["gen_tokens_per_sample"] for mm in m]
-    return {
-        "tokens_per_sample": sum(mm["tokens_generated"] for mm in m) / sum(samples),
+    return {  # every step trains B x n samples: per-sample means are means over steps
+        "tokens_per_sample": sum(mm["gen_tokens_per_sample"] for mm in m) / len(m),
         "gen_time_s": sum(mm["gen_busy_s"] for mm in m) / len(m),
         "step_time_s": sum(mm["step_time_s"] for mm in m) / len(m),
         "pass_rate": run["pass_rate_after"],

@@ -47,7 +47,11 @@ def _fsync_tree(root: Path) -> None:
         if path.is_file():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
-    fd = os.open(root, os.O_RDONLY)
+    _fsync_dir(root)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -63,11 +67,7 @@ def commit(tmp: Path, state: dict[str, Any]) -> Path:
     if final.exists():  # a checkpoint of this version from an earlier attempt
         shutil.rmtree(final)
     os.replace(tmp, final)
-    fd = os.open(tmp.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync_dir(final.parent)
     return final
 
 

@@ -48,6 +48,7 @@ from controller.evaluation import evaluate_prompts, score_trajectories
 from controller.recovery import Recovery
 from controller.resume import Checkpointing
 from controller.staleness import StalenessManager
+from workers.batch import shaped_rewards
 
 
 @dataclass(frozen=True)
@@ -114,14 +115,14 @@ class Controller(Checkpointing, Recovery):
                 staleness = self._audit(step, batch)
                 gen_before_train = await self._gen_stats()
                 train = await self._train(batch, step)
-                overlap = (await self._gen_stats())["tokens_generated"] - gen_before_train[
-                    "tokens_generated"]
+                gen = await self._gen_stats()
+                overlap = gen["tokens_generated"] - gen_before_train["tokens_generated"]
                 sync = await self._push_weights(step + 1)
                 if self.rpo is not None:
                     self._update_cache(batch)
                 record = self._step_record(step, batch, staleness, train, sync, overlap, wait_s, t0)
-                record["gen_busy_s"] = (await self._gen_stats())["busy_s"] - gen_busy
-                gen_busy += record["gen_busy_s"]
+                record["gen_busy_s"] = gen["busy_s"] - gen_busy
+                gen_busy = gen["busy_s"]
                 self.metrics.write(record)
                 if self.cfg.trainer.save_every and (step + 1) % self.cfg.trainer.save_every == 0:
                     await self.save_checkpoint()
@@ -172,7 +173,7 @@ class Controller(Checkpointing, Recovery):
                 max_new_tokens=plan.budget if plan else self.cfg.rollout.max_new_tokens,
                 temperature=self.cfg.rollout.temperature, top_p=self.cfg.rollout.top_p,
                 task=prompt.task, reference=prompt.reference,
-                **(_prefix_args(plan) if plan else {}),
+                **(_prefix_args(plan) if plan is not None else {}),
             )
         finally:
             self._load[worker] -= 1
@@ -317,8 +318,7 @@ class Controller(Checkpointing, Recovery):
         save the cache."""
         assert self.rpo is not None
         for g in batch:
-            shaped = self.algo.shape_rewards(torch.tensor(g.rewards, dtype=torch.float32),
-                                             [len(t.response_ids) for t in g.trajectories])
+            shaped = shaped_rewards(self.algo, g)
             self.rpo.update(g.prompt_uid,
                             [(t.response_ids, t.behav_logprobs, t.versions)
                              for t in g.trajectories], shaped.tolist())

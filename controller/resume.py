@@ -80,11 +80,7 @@ class Checkpointing:
         await asyncio.gather(*loads)
         await self._push_weights(state["version"])  # the engines serve version V
         self.sampler.load_state_dict(state["sampler"])
-        gate = self.staleness
-        gate.accepted = state["staleness"]["accepted"]
-        gate.rejected = state["staleness"]["rejected"]
-        gate.admitted_total = state["staleness"]["admitted_total"]
-        gate.running = len(state["inflight"])
+        self.staleness.load_state_dict(state["staleness"], running=len(state["inflight"]))
         self._next_seq = state["next_seq"]
         self._refills_left = state["refills_left"]
         self.filtered_total = state["filtered_total"]

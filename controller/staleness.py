@@ -100,6 +100,14 @@ class StalenessManager:
             self.version, self.accepted, self.running, self.rejected, self.admitted_total
         )
 
+    def load_state_dict(self, state: dict[str, int], running: int) -> None:
+        """Counters from `state_dict()`; `running` groups are being generated again."""
+        self.version = state["version"]
+        self.accepted, self.rejected = state["accepted"], state["rejected"]
+        self.admitted_total = state["admitted_total"]
+        self.running = running
+        self._notify()
+
     def state_dict(self) -> dict[str, int]:
         return {
             "version": self.version,

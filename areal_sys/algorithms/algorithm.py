@@ -26,7 +26,7 @@ from areal_sys.algorithms.registry import (
     bind,
     get_plugin,
 )
-from areal_sys.algorithms.rpo import check_loss_mode, length_aware_rewards
+from areal_sys.algorithms.rpo import length_aware_rewards
 
 
 @dataclass(frozen=True)
@@ -202,6 +202,6 @@ def build_algorithm(
         summary="; ".join(p for p in parts if p),
         success_threshold=cfg["success_threshold"],
         length_alpha=rpo.length_alpha if rpo_on and rpo.length_reward else None,
-        prefix_loss=check_loss_mode(rpo.loss_mode) if rpo_on else "faithful",
+        prefix_loss=rpo.loss_mode if rpo_on else "faithful",
     )
 

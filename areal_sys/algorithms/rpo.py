@@ -43,7 +43,6 @@ import torch
 if TYPE_CHECKING:
     from areal_sys.config import RpoConfig
 
-LOSS_MODES = ("faithful", "suffix_only", "decoupled")
 _BYTES_PER_TOKEN = 4 + 4 + 4  # int32 id, float32 log-prob, int32 version
 
 
@@ -155,15 +154,14 @@ class PartialPlan:
     prefix_logprobs: list[float]
     prefix_versions: list[int]
     budget: int
-    truncation: int  # m (0 for a full rollout without a cache entry)
 
     @property
     def full(self) -> bool:
         return not self.prefix_ids
 
 
-def full_rollout(max_new_tokens: int, truncation: int = 0) -> PartialPlan:
-    return PartialPlan([], [], [], max_new_tokens, truncation)
+def full_rollout(max_new_tokens: int) -> PartialPlan:
+    return PartialPlan([], [], [], max_new_tokens)
 
 
 def draw_truncation(rng: random.Random, limit: int) -> int:
@@ -180,11 +178,11 @@ def plan_partial(entry: CacheEntry, m: int, max_new_tokens: int) -> PartialPlan:
     """
     n = len(entry)
     if m >= n:
-        return full_rollout(max_new_tokens, m)
+        return full_rollout(max_new_tokens)
     keep = n - m
     return PartialPlan(
         list(entry.token_ids[:keep]), list(entry.logprobs[:keep]), list(entry.versions[:keep]),
-        budget=min(m, max_new_tokens), truncation=m,
+        budget=min(m, max_new_tokens),
     )
 
 
@@ -273,9 +271,4 @@ class RpoPlanner:
             "rpo/cache_evictions": float(self.cache.evictions),
         }
 
-
-def check_loss_mode(mode: str) -> str:
-    if mode not in LOSS_MODES:
-        raise ValueError(f"rpo.loss_mode must be one of {LOSS_MODES}, got {mode!r}")
-    return mode
 
