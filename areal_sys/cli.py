@@ -45,18 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("make-tiny-model", help="build (or reuse) the cached tiny CPU model")
     tiny.add_argument("--seed", type=int, default=1)
     tiny.add_argument("--sft-steps", type=int, default=None)
-    rs = sub.add_parser("reward-serve", help="HTTP reward service (POST /score, GET /health)")
-    rs.add_argument("--host", default="127.0.0.1")
-    rs.add_argument("--port", type=int, default=8700)
-    rs.add_argument("--timeout-s", type=float, default=5.0, help="per-item limit (default)")
-    rs.add_argument("--max-concurrency", type=int, default=8, help="items graded at once")
-    rs.add_argument("--num-procs", type=int, default=2, help="grader subprocesses")
-    rs.add_argument("--cache-size", type=int, default=65536, help="LRU results kept (0: off)")
-    rs.add_argument("--correct-reward", type=float, default=1.0)
-    rs.add_argument("--wrong-reward", type=float, default=0.0)
-    rs.add_argument("--math-extract", default="auto", help="auto | e.g. boxed,gsm8k,last_number")
-    rs.add_argument("--code-reward", default="fraction", choices=["fraction", "all_or_nothing"])
-    rs.add_argument("--code-wall-s", type=float, default=2.0, help="sandbox limit per test case")
+    sub.add_parser("reward-serve", add_help=False,
+                        help="HTTP reward service (POST /score, GET /health); --help for options")
     bench = sub.add_parser("bench", help="run benchmarks/NAME.py [its options] (source checkout)")
     bench.add_argument("name", help="a benchmark, e.g. async_vs_sync; 'list' lists them")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
@@ -64,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["reward-serve"]:  # its own flags: reward_service/cli.py
+        from reward_service.cli import main as reward_serve
+
+        return reward_serve(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "validate":
@@ -82,8 +77,6 @@ def main(argv: list[str] | None = None) -> int:
                 kwargs["sft_steps"] = args.sft_steps
             print(ensure_tiny_model(**kwargs))
             return 0
-        if args.command == "reward-serve":
-            return _reward_serve(args)
         if args.command == "bench":
             return _bench(args.name, args.args)
         if args.command == "report":
@@ -107,23 +100,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("areal-sys: interrupted", file=sys.stderr)
         return 130
-    return 0
-
-
-def _reward_serve(args: argparse.Namespace) -> int:
-    try:
-        from reward_service.graders import GraderSettings
-
-        settings = GraderSettings(math_extract=args.math_extract, code_reward=args.code_reward,
-                                  code_wall_s=args.code_wall_s)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    from reward_service.http import serve  # fastapi/uvicorn only for this command
-
-    serve(args.host, args.port, timeout_s=args.timeout_s, max_concurrency=args.max_concurrency,
-          num_procs=args.num_procs, cache_size=args.cache_size,
-          correct_reward=args.correct_reward, wrong_reward=args.wrong_reward,
-          grader_settings=vars(settings))
     return 0
 
 

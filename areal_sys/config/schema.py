@@ -1,8 +1,6 @@
-"""Experiment configuration: a pydantic v2 schema, YAML loading and dotted command-line overrides.
+"""The experiment schema: one pydantic section per part of the system, and their cross-checks.
 
-Every model forbids unknown keys, so a typo fails before anything starts. `load_config` turns every
-problem (missing file, YAML syntax, unknown key, wrong type, out-of-range value, missing local
-model directory, unknown algorithm) into a `ConfigError` whose message names the dotted field.
+Every model forbids unknown keys, so a typo fails before anything starts.
 """
 
 from __future__ import annotations
@@ -11,28 +9,13 @@ import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from areal_sys.algorithms.presets import PRESETS, PresetName, preset_values
+from areal_sys.config.base import Section
+from areal_sys.config.reward import RewardConfig
 
 TINY_MODEL = "tiny"
-
-
-class ConfigError(ValueError):
-    """A configuration problem, reported as one line naming the dotted field."""
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class ModelConfig(Section):
@@ -96,15 +79,6 @@ class RolloutConfig(Section):
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1.0)
     max_model_len: int = Field(512, ge=16)
     enforce_eager: bool = True
-
-
-class RewardConfig(Section):
-    num_workers: int = Field(1, ge=1, description="reward actors")
-    timeout_s: float = Field(5.0, gt=0, description="per-sample grading time limit")
-    max_concurrency: int = Field(8, ge=1, description="samples graded at once per actor")
-    correct_reward: float = 1.0
-    wrong_reward: float = 0.0
-    url: str | None = Field(None, description="remote reward service (HTTP); default: Ray actors")
 
 
 class TrainerConfig(Section):
@@ -388,72 +362,3 @@ class ExperimentConfig(Section):
             if self.rpo.loss_mode == "decoupled" and self.algorithm.loss != "decoupled_ppo":
                 raise ValueError("rpo.loss_mode=decoupled needs algorithm.loss=decoupled_ppo")
         return self
-
-
-def _format_error(err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key"
-    if first["type"] == "literal_error":
-        msg = f"{msg}, got {first.get('input')!r}"
-    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"{loc or 'config'}: {msg}{more}"
-
-
-def _parse_override(text: str) -> tuple[list[str], Any]:
-    if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected dotted.key=value")
-    key, raw = text.split("=", 1)
-    if not key or any(not p for p in key.split(".")):
-        raise ConfigError(f"override {text!r}: bad key")
-    try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.split("."), value
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set `a.b.c=value` pairs (values parsed as YAML scalars) into a nested dict."""
-    for text in overrides:
-        path, value = _parse_override(text)
-        node = data
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"{'.'.join(path)}: {part!r} is not a section")
-            node = child
-        node[path[-1]] = value
-    return data
-
-
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML experiment, apply overrides, validate. Raises ConfigError (one line)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            problem = getattr(e, "problem", e)
-            raise ConfigError(f"{path}:{where} YAML syntax error: {problem}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections")
-        data = loaded
-    data = apply_overrides(data, list(overrides or []))
-    try:
-        return ExperimentConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(_format_error(e)) from None
-
-
-def dump_config(cfg: ExperimentConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
