@@ -63,6 +63,19 @@ SETUP_TIMEOUT_S = 20.0
 
 log = logging.getLogger(__name__)
 
+# Modes that contain a hostile program; the code grader refuses the others unless the service's
+# owner opted in (`reward.allow_unsafe_sandbox`).
+SAFE_MODES: tuple[Mode, ...] = ("namespaces",)
+# What each mode does NOT contain, one line each (shown by /health, the start-up log, the README).
+UNCONTAINED: dict[Mode, str] = {
+    "namespaces": "",
+    "uid": "network and process spawning are blocked only by an audit hook, which native code "
+    "(ctypes-free C extensions, _posixsubprocess.fork_exec) bypasses; world-writable dirs "
+    "(/tmp, /dev/shm) and host unix sockets are reachable",
+    "rlimits": "as uid, and the program runs as the service's own user: it can write or delete "
+    "anything that user can",
+}
+
 
 @dataclass(frozen=True)
 class SandboxLimits:
