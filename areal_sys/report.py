@@ -11,14 +11,31 @@
 Busy fraction of a worker = |union of its spans| / (last end - first start over all spans), so a
 worker's overlapping spans (many groups in one engine) count once and its idle gaps show.
 
-metrics.jsonl is required; a missing optional file skips its figure and says so. matplotlib is
-imported inside the functions (`import areal_sys` stays light), through its object API (no
-pyplot, no display needed).
+Damaged or partial run files (a killed run, a hand-edited file) never end in a traceback:
+
+- metrics.jsonl is required: missing, empty, unreadable, over MAX_FILE_BYTES, or with a line that
+  is not a UTF-8 JSON object is a ReportError (one line naming the file and line; exit code 2).
+- an optional file (eval, staleness, timeline) with any of those problems skips its figure, and
+  the reason is listed in `Report.skipped`;
+- a cut-off last line (a crash mid-write: no newline after it) is ignored;
+- rows lacking a figure's fields, or holding NaN, infinities or wrong types there, are left out of
+  that figure, and how many is listed in `Report.skipped`;
+- outliers cannot make a figure slow: the staleness histogram has at most MAX_STALENESS_BARS bars
+  (larger values share the last), the Gantt chart at most MAX_TIMELINE_WORKERS rows.
+
+The figures are drawn in areal_sys/report_figures.py, imported only by `write_report` (matplotlib
+stays out of `import areal_sys`).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import stat
+import warnings
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,37 +43,111 @@ from typing import Any
 KIND_COLORS = {"generate": "tab:blue", "reward": "tab:orange", "train": "tab:green",
                "sync": "tab:red", "eval": "tab:purple", "cache_fill": "tab:brown"}
 ROLE_ORDER = ("rollout", "reward", "trainer", "critic", "sync")
+MAX_FILE_BYTES = 512 << 20  # a run file larger than this is refused, not read
+MAX_STALENESS_BARS = 25  # per-integer bars; larger staleness values share one last bar
+MAX_TIMELINE_WORKERS = 64  # Gantt rows drawn (busy fractions count every worker)
+MAX_EVAL_SERIES = 8  # pass@k lines drawn on the pass-rate figure
+MAX_LABEL_CHARS = 32  # worker names and eval tags are cut to this in figures
 
 
 class ReportError(ValueError):
     """A missing or unreadable run directory or file; printed as one line (exit code 2)."""
 
 
+class SkipFigure(Exception):
+    """A figure that cannot be drawn from what the run wrote; the reason is reported."""
+
+
 @dataclass
 class Report:
     figures: list[Path] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # "figure: why"
+    skipped: list[str] = field(default_factory=list)  # "figure: why" or "file: rows left out"
     busy: dict[str, float] = field(default_factory=dict)  # worker -> busy fraction
     window_s: float = 0.0  # first span start to last span end
 
 
+# ---------------------------------------------------------------------------- reading
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines file. A cut-off last line (a crash mid-write) is ignored; any other
-    bad line is a ReportError naming the file and line."""
-    lines = path.read_text(encoding="utf-8").splitlines()
+    """The JSON objects of a JSON-lines file. A cut-off last line (no newline after it: a crash
+    mid-write) is ignored; any other line that is not a UTF-8 JSON object, a file that is not a
+    regular file or is over MAX_FILE_BYTES, or one that cannot be read is a ReportError naming
+    the file (and line)."""
     rows = []
-    for i, line in enumerate(lines):
-        if not line.strip():
+    lines = _read_bytes(path).split(b"\n")
+    for i, raw in enumerate(lines):
+        if not raw.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
+            row = json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError too
+            if i == len(lines) - 1:  # no newline after it: cut off mid-write
                 break
-            raise ReportError(f"{path}: line {i + 1} is not JSON") from None
+            what = {UnicodeDecodeError: "not UTF-8", json.JSONDecodeError: "not JSON"}.get(
+                type(e), "JSON past this reader's limits (nesting depth or number size)")
+            raise ReportError(f"{path}: line {i + 1} is {what}") from None
+        if not isinstance(row, dict):
+            raise ReportError(f"{path}: line {i + 1} is not a JSON object but a "
+                              f"{type(row).__name__}")
+        rows.append(row)
     return rows
 
 
+def _read_bytes(path: Path, limit: int | None = None) -> bytes:
+    """A regular file's bytes, at most `limit` (MAX_FILE_BYTES); opened without blocking, so a
+    FIFO in a run directory cannot hang the report."""
+    limit = MAX_FILE_BYTES if limit is None else limit
+    too_big = ReportError(f"{path}: larger than {limit >> 20} MiB; not a run file this report "
+                          "reads")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ReportError(f"{path}: not a regular file")
+            if info.st_size > limit:
+                raise too_big
+            with os.fdopen(os.dup(fd), "rb") as fh:
+                data = fh.read(limit + 1)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise ReportError(f"{path}: cannot read it ({e.strerror or e})") from None
+    if len(data) > limit:  # it grew while being read
+        raise too_big
+    return data
+
+
+def number(value: Any) -> float | None:
+    """A finite real number as float, else None (bools, strings, NaN, infinities, huge ints)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        x = float(value)
+    except OverflowError:
+        return None
+    return x if math.isfinite(x) else None
+
+
+def integer(value: Any) -> int | None:
+    """An integer (or a float holding one) as int, else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    x = number(value)
+    return int(x) if x is not None and x.is_integer() else None
+
+
+def label(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= MAX_LABEL_CHARS else text[: MAX_LABEL_CHARS - 3] + "..."
+
+
+def left_out(source: str, bad: int, total: int, figure: str, need: str) -> str:
+    return f"{source}: {bad} of {total} rows not drawn in {figure} (no {need})"
+
+
+# ---------------------------------------------------------------------------- busy time
 def merge_intervals(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """Union of closed intervals, sorted and non-overlapping."""
     merged: list[tuple[float, float]] = []
@@ -73,7 +164,8 @@ def worker_key(name: str) -> tuple[int, int, str]:
     for rank, role in enumerate(ROLE_ORDER):
         if name.startswith(role):
             suffix = name[len(role):]
-            return rank, int(suffix) if suffix.isdigit() else -1, name
+            number = suffix.isascii() and suffix.isdigit() and len(suffix) <= 18
+            return rank, int(suffix) if number else -1, name
     return len(ROLE_ORDER), 0, name
 
 
@@ -89,190 +181,139 @@ def busy_fractions(spans: list[dict[str, Any]]) -> tuple[dict[str, float], float
     busy = {}
     for worker in sorted(by_worker, key=worker_key):
         covered = sum(e - s for s, e in merge_intervals(by_worker[worker]))
-        busy[worker] = covered / window if window > 0 else 1.0
+        busy[worker] = min(1.0, covered / window) if window > 0 else 1.0
     return busy, window
 
 
+def clean_spans(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """Timeline rows usable as spans (string worker and kind, finite start <= end), with their
+    times as floats; and how many rows were left out."""
+    spans = []
+    for r in rows:
+        start, end = number(r.get("start")), number(r.get("end"))
+        worker, kind = r.get("worker"), r.get("kind")
+        if (isinstance(worker, str) and isinstance(kind, str) and start is not None
+                and end is not None and start <= end):
+            spans.append({"worker": worker, "kind": kind, "start": start, "end": end})
+    return spans, len(rows) - len(spans)
+
+
+# ---------------------------------------------------------------------------- the report
 def write_report(run_dir: str | Path) -> Report:
     """Every figure whose source file exists, into RUN_DIR/report/ (module doc)."""
     run = Path(run_dir)
+    try:
+        return _write_report(run)
+    except OSError as e:  # a directory or file that cannot be listed, made or written
+        where = e.filename if e.filename is not None else run
+        raise ReportError(f"{where}: {e.strerror or e}") from None
+
+
+def _write_report(run: Path) -> Report:
+    if not run.exists():
+        raise ReportError(f"run directory {str(run)!r} does not exist")
     if not run.is_dir():
-        raise ReportError(f"run directory {str(run_dir)!r} does not exist")
-    if not (run / "metrics.jsonl").is_file():
+        raise ReportError(f"{run}: not a directory (give the run's run_dir)")
+    if not (run / "metrics.jsonl").exists():
         raise ReportError(f"{run}: no metrics.jsonl, so not a run directory (or no step finished)")
+    metrics = read_rows(run / "metrics.jsonl")
+    if not metrics:
+        raise ReportError(f"{run / 'metrics.jsonl'}: empty (no step finished)")
     try:
         from matplotlib.figure import Figure  # noqa: F401
     except ImportError:
         raise ReportError("report needs matplotlib: pip install matplotlib "
                           "(or pip install -e '.[observe]')") from None
     out = run / "report"
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"{out}: exists and is not a directory; move it away")
     out.mkdir(exist_ok=True)
     report = Report()
-    metrics = read_rows(run / "metrics.jsonl")
-    if not metrics:
-        raise ReportError(f"{run / 'metrics.jsonl'}: empty (no step finished)")
-    report.figures += [_reward(metrics, out / "reward.png"),
-                       _throughput(metrics, out / "throughput.png")]
-    sources = {"pass_rate.png": ("eval.jsonl", _pass_rate),
-               "staleness.png": ("staleness.jsonl", _staleness),
-               "timeline.png": ("timeline.jsonl", _timeline)}
-    for name, (source, plot) in sources.items():
+    from areal_sys import report_figures as fig
+
+    panels: list[tuple[str, str, Callable[..., Path]]] = [
+        ("reward.png", "metrics.jsonl", fig.plot_reward),
+        ("throughput.png", "metrics.jsonl", fig.plot_throughput),
+        ("pass_rate.png", "eval.jsonl", fig.plot_pass_rate),
+        ("staleness.png", "staleness.jsonl", fig.plot_staleness),
+        ("timeline.png", "timeline.jsonl", fig.plot_timeline)]
+    for name, source, plot in panels:
         path = run / source
-        rows = read_rows(path) if path.is_file() else []
+        if source == "metrics.jsonl":
+            rows = metrics
+        elif not path.exists():
+            report.skipped.append(f"{name}: no {source} or it is empty")
+            continue
+        else:
+            try:
+                rows = read_rows(path)
+            except ReportError as e:
+                report.skipped.append(f"{name}: {e}")
+                continue
         if not rows:
             report.skipped.append(f"{name}: no {source} or it is empty")
             continue
-        report.figures.append(plot(rows, out / name, run=run))
-    timeline = run / "timeline.jsonl"
-    if timeline.is_file():
-        report.busy, report.window_s = busy_fractions(read_rows(timeline))
+        _draw(report, name, lambda p=plot, r=rows, n=name: p(r, out / n, run, report))
     return report
 
 
-# ---------------------------------------------------------------------------- figures
-def _figure(width: float = 7.0, height: float = 4.0) -> Any:
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def _save(fig: Any, path: Path) -> Path:
-    fig.savefig(path, dpi=110)
-    return path
-
-
-def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
-    pairs = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
-
-
-def _running_mean(values: list[float], window: int) -> list[float]:
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v - (values[i - window] if i >= window else 0.0)
-        out.append(total / min(i + 1, window))
-    return out
+def _draw(report: Report, name: str, draw: Callable[[], Path]) -> None:
+    """One figure; one that the run's data cannot make is skipped with the reason."""
+    with warnings.catch_warnings():  # matplotlib/numpy chatter on odd data is not for the user
+        warnings.simplefilter("ignore")
+        try:
+            report.figures.append(draw())
+        except SkipFigure as e:
+            report.skipped.append(f"{name}: {e}")
+        except OSError:
+            raise  # the report directory cannot be written: nothing else could be either
+        except Exception as e:  # noqa: BLE001 - damaged data: this figure only, never a traceback
+            why = str(e).splitlines()[0] if str(e) else ""
+            report.skipped.append(f"{name}: cannot be drawn from this data "
+                                  f"({type(e).__name__}{': ' + label(why) if why else ''})")
 
 
-def _reward(metrics: list[dict[str, Any]], path: Path) -> Path:
-    steps, reward = _series(metrics, "reward_mean")
-    fig = _figure()
-    ax = fig.add_subplot()
-    ax.plot(steps, reward, ".-", color="tab:blue", alpha=0.5, label="batch mean")
-    window = max(1, len(reward) // 10)
-    if window > 1:
-        ax.plot(steps, _running_mean(reward, window), color="tab:blue",
-                label=f"running mean ({window} steps)")
-    ax.set(xlabel="step", ylabel="reward", title="mean reward of the trained batch")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    return _save(fig, path)
+def staleness_values(rows: list[dict[str, Any]]) -> tuple[list[int], int, int]:
+    """Staleness of each audited trajectory (trainer_version - min_token_version, integers
+    >= 0), how many rows had no generated token (RPO: min_token_version null or negative), and
+    how many rows were malformed (missing, non-integer or negative staleness)."""
+    values, no_tokens = [], 0
+    for r in rows:
+        trained, oldest = integer(r.get("trainer_version")), integer(r.get("min_token_version"))
+        if trained is None:
+            continue
+        if ("min_token_version" in r and r["min_token_version"] is None) or (
+                oldest is not None and oldest < 0):
+            no_tokens += 1
+        elif oldest is not None and trained >= oldest:
+            values.append(trained - oldest)
+    return values, no_tokens, len(rows) - len(values) - no_tokens
 
 
-def _throughput(metrics: list[dict[str, Any]], path: Path) -> Path:
-    steps, tok_s = _series(metrics, "tokens_per_s")
-    fig = _figure()
-    ax = fig.add_subplot()
-    ax.plot(steps, tok_s, ".-", color="tab:green", label="per step")
-    if tok_s:
-        mean = sum(tok_s) / len(tok_s)
-        ax.axhline(mean, color="gray", ls="--", label=f"mean {mean:.0f} tokens/s")
-    ax.set(xlabel="step", ylabel="tokens / s",
-           title="generated tokens per second of step time (batch tokens / step time)")
-    ax.set_ylim(bottom=0)
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    return _save(fig, path)
+def staleness_bars(values: list[int]) -> tuple[list[str], list[int]]:
+    """Histogram bars (labels, counts): one per integer from the smallest value to the largest,
+    or, when that is more than MAX_STALENESS_BARS, to the largest value within the first
+    MAX_STALENESS_BARS - 1 integers, and one '>N' bar for the rest: an outlier (10**12) costs
+    one bar, not 10**12."""
+    counts = Counter(values)
+    lo, hi = min(values), max(values)
+    last = hi if hi - lo < MAX_STALENESS_BARS else max(
+        v for v in counts if v <= lo + MAX_STALENESS_BARS - 2)
+    labels = [str(v) for v in range(lo, last + 1)]
+    bars = [counts.get(v, 0) for v in range(lo, last + 1)]
+    if last < hi:
+        labels.append(f">{last}")
+        bars.append(sum(c for v, c in counts.items() if v > last))
+    return labels, bars
 
 
-def _pass_rate(rows: list[dict[str, Any]], path: Path, run: Path) -> Path:
-    points = sorted((r.get("version", 0), 100 * r["pass_rate"], r.get("tag", ""))
-                    for r in rows if r.get("pass_rate") is not None)
-    fig = _figure()
-    ax = fig.add_subplot()
-    ax.plot([p[0] for p in points], [p[1] for p in points], "o-", color="tab:purple",
-            label="pass rate (avg@k)")
-    for version, rate, tag in points:
-        ax.annotate(f"{rate:.1f}%" + (f" ({tag})" if tag else ""), (version, rate),
-                    textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
-    pass_at = sorted({k for r in rows for k in r if k.startswith("pass@")})  # controller eval
-    for key in pass_at:
-        xs = sorted((r.get("version", 0), 100 * r[key]) for r in rows if r.get(key) is not None)
-        ax.plot([x for x, _ in xs], [y for _, y in xs], "s--", ms=4, alpha=0.7, label=key)
-    ax.margins(x=0.1)
-    ax.set(xlabel="policy version (steps trained)", ylabel="pass rate (%)",
-           title="held-out pass rate", ylim=(0, 105))
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return _save(fig, path)
-
-
-def _staleness(rows: list[dict[str, Any]], path: Path, run: Path) -> Path:
-    values = [r["trainer_version"] - r["min_token_version"] for r in rows
-              if r.get("min_token_version") is not None and r["min_token_version"] >= 0]
-    no_tokens = len(rows) - len(values)  # RPO: nothing generated in this rollout
-    fig = _figure()
-    ax = fig.add_subplot()
-    if values:
-        lo, hi = min(values), max(values)
-        counts = [values.count(v) for v in range(lo, hi + 1)]
-        bars = ax.bar(range(lo, hi + 1), counts, color="tab:orange", width=0.8)
-        ax.bar_label(bars, labels=[f"{c} ({100 * c / len(values):.0f}%)" for c in counts],
-                     fontsize=8)
-        ax.set_xticks(range(lo, hi + 1))
-    eta = _max_staleness(run)
-    if eta is not None:
-        ax.axvline(eta + 0.5, color="gray", ls="--", label=f"bound: eta = {eta}")
-        ax.legend()
-        if values:
-            ax.set_xlim(min(values) - 0.6, max(max(values), eta) + 1.0)
-    ax.margins(y=0.12)
-    extra = f"; {no_tokens} with no generated token left out" if no_tokens else ""
-    ax.set(xlabel="staleness = trainer version - oldest token version",
-           ylabel="trajectories", title=f"staleness of {len(values)} trained trajectories{extra}")
-    return _save(fig, path)
-
-
-def _max_staleness(run: Path) -> int | None:
-    """eta from the run's resolved config.yaml, if there is one."""
+def max_staleness(run: Path) -> int | None:
+    """eta from the run's resolved config.yaml, if there is one and it says."""
     import yaml
 
     try:
-        cfg = yaml.safe_load((run / "config.yaml").read_text())
-        return int(cfg["controller"]["max_staleness"])
-    except (OSError, TypeError, KeyError, ValueError, yaml.YAMLError):
+        cfg = yaml.safe_load(_read_bytes(run / "config.yaml", limit=1 << 20))
+        eta = cfg["controller"]["max_staleness"]
+    except (ReportError, TypeError, KeyError, ValueError, RecursionError, yaml.YAMLError):
         return None
-
-
-def _timeline(spans: list[dict[str, Any]], path: Path, run: Path) -> Path:
-    from matplotlib.patches import Patch
-
-    busy, window = busy_fractions(spans)
-    t0 = min(s["start"] for s in spans)
-    workers = list(busy)
-    fig = _figure(10.0, 1.2 + 0.55 * len(workers))
-    ax = fig.add_subplot()
-    kinds_seen: list[str] = []
-    for row, worker in enumerate(workers):
-        for kind, color in KIND_COLORS.items():
-            intervals = [(s["start"], s["end"]) for s in spans
-                         if s["worker"] == worker and s["kind"] == kind]
-            if not intervals:
-                continue
-            if kind not in kinds_seen:
-                kinds_seen.append(kind)
-            bars = [(start - t0, end - start) for start, end in merge_intervals(intervals)]
-            ax.broken_barh(bars, (row - 0.35, 0.7), facecolors=color)
-    ax.set_yticks(range(len(workers)),
-                  labels=[f"{w}  {100 * busy[w]:.0f}% busy" for w in workers])
-    ax.invert_yaxis()
-    ax.set_xlim(0, window)
-    ax.set(xlabel="seconds since the first span",
-           title=f"timeline: busy (coloured) and idle (white) time per worker, {window:.1f} s")
-    fig.legend(handles=[Patch(color=KIND_COLORS[k], label=k) for k in kinds_seen],
-               loc="outside lower center", ncol=len(kinds_seen), frameon=False)
-    ax.grid(axis="x", alpha=0.3)
-    return _save(fig, path)
+    return integer(eta)

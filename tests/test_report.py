@@ -6,7 +6,17 @@ from pathlib import Path
 import pytest
 
 from areal_sys.cli import main
-from areal_sys.report import ReportError, busy_fractions, merge_intervals, read_rows, write_report
+from areal_sys.report import (
+    MAX_STALENESS_BARS,
+    ReportError,
+    busy_fractions,
+    clean_spans,
+    merge_intervals,
+    read_rows,
+    staleness_bars,
+    staleness_values,
+    write_report,
+)
 
 T0 = 1_700_000_000.0  # time.time()-like seconds
 # A 10 s window. rollout0: [0, 6] (two overlapping groups) + [8, 10] -> 8 s busy; rollout1:
@@ -108,3 +118,102 @@ def test_a_cut_off_last_line_is_ignored(tmp_path):
     path.write_text('{"step": 0}\nnot json\n{"step": 2}\n')
     with pytest.raises(ReportError, match="line 2 is not JSON"):
         read_rows(path)
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    (b'{"step": 0}\n[1, 2]\n', "line 2 is not a JSON object but a list"),
+    (b'"text"\n{"step": 1}\n', "line 1 is not a JSON object but a str"),
+    (b'{"step": 0}\n3\n', "line 2 is not a JSON object but a int"),
+    (b'{"step": "\xff"}\n{"step": 1}\n', "line 1 is not UTF-8"),
+    (b"[" * 100_000 + b"]" * 100_000 + b"\n{}\n", "line 1 is JSON past this reader's limits"),
+    (b'{"step": ' + b"9" * 5000 + b"}\n{}\n", "line 1 is JSON past this reader's limits"),
+])
+def test_a_line_that_is_not_a_json_object_is_named(tmp_path, content, needle):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(ReportError, match="rows.jsonl: " + needle.replace("[", r"\[")):
+        read_rows(path)
+
+
+def test_a_last_line_cut_inside_a_utf8_character_is_ignored(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes('{"step": 0}\n{"tag": "été"}\n'.encode() + '{"tag": "é'.encode()[:-1])
+    assert read_rows(path) == [{"step": 0}, {"tag": "été"}]
+    path.write_bytes(b'{"step": 0}\n{"step": 1, "rew\n')  # a newline after it: not cut off
+    with pytest.raises(ReportError, match="line 2 is not JSON"):
+        read_rows(path)
+
+
+def test_files_over_the_size_limit_are_refused_unread(tmp_path, monkeypatch):
+    import areal_sys.report as report
+
+    monkeypatch.setattr(report, "MAX_FILE_BYTES", 100)
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"step": 0}\n' * 20)  # 240 bytes
+    with pytest.raises(ReportError, match="larger than 0 MiB"):
+        read_rows(path)
+    path.write_text('{"step": 0}\n' * 8)  # 96 bytes
+    assert len(read_rows(path)) == 8
+
+
+def test_staleness_outliers_share_one_bar():
+    assert staleness_bars([0, 1, 1, 2]) == (["0", "1", "2"], [1, 2, 1])
+    labels, counts = staleness_bars([0, 1, 1, 2, 10**12, 10**12 + 5])
+    assert (labels, counts) == (["0", "1", "2", ">2"], [1, 2, 1, 2])
+    values = list(range(0, 3 * MAX_STALENESS_BARS, 2)) + [10**300]  # spread wider than the cap
+    labels, counts = staleness_bars(values)
+    assert len(counts) <= MAX_STALENESS_BARS and sum(counts) == len(values)
+    assert labels[0] == "0" and labels[-1].startswith(">")
+
+
+def test_staleness_rows_with_no_tokens_or_damage_are_counted_apart():
+    rows = [{"trainer_version": 3, "min_token_version": 1},  # 2
+            {"trainer_version": 3.0, "min_token_version": 3},  # 0 (an integral float)
+            {"trainer_version": 3, "min_token_version": None},  # RPO: no generated token
+            {"trainer_version": 3, "min_token_version": -1},  # the same
+            {"trainer_version": 1, "min_token_version": 2},  # negative: damaged
+            {"trainer_version": "3", "min_token_version": 1},  # a string
+            {"trainer_version": float("nan"), "min_token_version": 1},
+            {"min_token_version": 1}, {"trainer_version": True, "min_token_version": 0}]
+    assert staleness_values(rows) == ([2, 0], 2, 5)
+
+
+def test_clean_spans_keeps_only_finite_ordered_spans():
+    rows = [{"worker": "rollout0", "kind": "generate", "start": 1, "end": 2},
+            {"worker": "rollout0", "kind": "generate", "start": 2, "end": 1},  # reversed
+            {"worker": 7, "kind": "generate", "start": 1, "end": 2},
+            {"worker": "w", "kind": None, "start": 1, "end": 2},
+            {"worker": "w", "kind": "train", "start": float("nan"), "end": 2},
+            {"worker": "w", "kind": "train", "start": 0, "end": float("inf")},
+            {"worker": "w", "kind": "train", "start": "0", "end": 1}, {}]
+    spans, bad = clean_spans(rows)
+    assert spans == [{"worker": "rollout0", "kind": "generate", "start": 1.0, "end": 2.0}]
+    assert bad == 7
+
+
+def test_rows_lacking_a_figures_fields_are_left_out_and_counted(tmp_path):
+    run = make_run(tmp_path / "run")
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 6, "reward_mean": NaN, "tokens_per_s": "fast"}\n{"step": null}\n')
+    with (run / "timeline.jsonl").open("a") as f:
+        f.write('{"worker": "rollout0", "kind": "generate", "start": 5}\n')
+    report = write_report(run)
+    assert {p.name for p in report.figures} == FIGURES
+    assert "metrics.jsonl: 2 of 8 rows not drawn in reward.png (no numeric step and " \
+           "reward_mean)" in report.skipped
+    assert "metrics.jsonl: 2 of 8 rows not drawn in throughput.png (no numeric step and " \
+           "tokens_per_s)" in report.skipped
+    assert any(s.startswith("timeline.jsonl: 1 of 8 rows not drawn") for s in report.skipped)
+    assert report.busy == pytest.approx(EXPECTED_BUSY)  # the damaged span changes nothing
+
+
+def test_a_figure_is_written_through_a_rename_not_through_a_symlink(tmp_path):
+    run = make_run(tmp_path / "run")
+    (run / "report").mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (run / "report" / "reward.png").symlink_to(victim)
+    write_report(run)
+    assert victim.read_text() == "keep me"
+    png = run / "report" / "reward.png"
+    assert not png.is_symlink() and png.read_bytes()[:4] == b"\x89PNG"
