@@ -21,26 +21,48 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def resolve_model(cfg: ExperimentConfig, progress: bool = True) -> str:
-    """Local directory of the policy: the cached tiny model, a local dir, or a hub download."""
+    """Local directory of the policy: the cached tiny model, a local dir, or a hub download;
+    checked by `check_model` before anything starts."""
     path = cfg.model.path
     if path == TINY_MODEL:
         from areal_sys.models.tiny import ensure_tiny_model
 
         steps = cfg.model.tiny_sft_steps
         extra = {} if steps is None else {"sft_steps": steps}
-        return str(ensure_tiny_model(seed=cfg.seed, progress=progress, **extra))
-    if Path(path).expanduser().is_dir():
-        return str(Path(path).expanduser().resolve())
-    try:
-        from huggingface_hub import snapshot_download
+        local = str(ensure_tiny_model(seed=cfg.seed, progress=progress, **extra))
+    elif Path(path).expanduser().is_dir():
+        local = str(Path(path).expanduser().resolve())
+    else:
+        try:
+            from huggingface_hub import snapshot_download
 
-        return snapshot_download(repo_id=path, allow_patterns=["*.json", "*.safetensors", "*.txt",
-                                                               "*.model", "*.py"])
-    except Exception as e:  # noqa: BLE001 - any hub failure is a configuration problem here
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(
-            f"model.path: cannot resolve Hugging Face model {path!r}: {reason}"
-        ) from None
+            local = snapshot_download(repo_id=path, allow_patterns=[
+                "*.json", "*.safetensors", "*.txt", "*.model", "*.py"])
+        except Exception as e:  # noqa: BLE001 - any hub failure is a configuration problem here
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(
+                f"model.path: cannot resolve Hugging Face model {path!r}: {reason}"
+            ) from None
+    check_model(cfg, local)
+    return local
+
+
+def check_model(cfg: ExperimentConfig, model_dir: str) -> None:
+    """Pre-flight, before Ray starts: `model_dir` holds a Hugging Face config.json and, when the
+    rollout engines run on CPU (no `cluster.rollout_gpus`), an attention head size that vLLM's
+    CPU attention supports (workers/engine_start.py). A ConfigError of one line otherwise: the
+    model's head size and the supported ones, not an engine dying in the middle of a run."""
+    from workers.engine_start import cpu_attention_problem, read_model_config
+
+    config = read_model_config(model_dir)
+    if config is None:
+        raise ConfigError(f"model.path: {model_dir} is not a Hugging Face model directory (no "
+                          "readable config.json holding a JSON object)")
+    if cfg.cluster.rollout_gpus == 0:
+        problem = cpu_attention_problem(config, model_dir)
+        if problem:
+            raise ConfigError(f"model.path: {problem}; choose another model, or give the "
+                              "rollout workers GPUs (cluster.rollout_gpus)")
 
 
 def start_ray(cfg: ExperimentConfig) -> None:
@@ -217,13 +239,38 @@ def create_eval_actors(cfg: ExperimentConfig, model_path: str) -> Actors:
 
 
 async def start_actors(cfg: ExperimentConfig, actors: Actors) -> None:
-    """Start the engines and the trainer ranks in parallel, then connect the weight sync."""
-    await asyncio.gather(
+    """Start the engines and the trainer ranks in parallel, then connect the weight sync.
+
+    A rollout worker whose engine did not start raises EngineStartError with that worker's one
+    line (workers/engine_start.py), not Ray's wrapping of it with the actor's traceback."""
+    results = await asyncio.gather(
         *[w.start.remote() for w in actors.rollout],
         *[t.setup.remote() for t in actors.trainers],
         *([actors.critic.setup.remote()] if actors.critic is not None else []),
+        return_exceptions=True,
     )
+    for i, result in enumerate(results[: len(actors.rollout)]):
+        if isinstance(result, BaseException):
+            raise engine_start_error(i, result) from None
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
     await init_weight_sync(cfg, actors)
+
+
+def engine_start_error(worker: int, exc: BaseException) -> Exception:
+    """One line for rollout worker `worker`'s failed `start()`: its own EngineStartError (which
+    Ray wraps in a RayTaskError whose text adds the actor's traceback), or the first line of
+    anything else, e.g. the actor's process dying."""
+    from workers.engine_start import EngineStartError
+
+    cause = getattr(exc, "cause", None)  # RayTaskError: the exception raised in the actor
+    if isinstance(cause, EngineStartError):
+        return EngineStartError(str(cause))
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return EngineStartError(f"rollout worker {worker}: the vLLM engine did not start: "
+                            f"{type(exc).__name__}{': ' + first if first else ''}")
 
 
 async def init_weight_sync(cfg: ExperimentConfig, actors: Actors) -> None:

@@ -42,6 +42,13 @@ from pathlib import Path
 from typing import Any
 
 from areal_sys.trajectory import Trajectory
+from workers.engine_start import (
+    EngineStartError,
+    cpu_attention_problem,
+    log_files,
+    read_model_config,
+    start_failure_cause,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +149,11 @@ class RolloutWorker:
         )
 
     async def start(self) -> None:
-        """Build the AsyncLLM (spawns the engine process; ~20-40 s on CPU). Idempotent."""
+        """Build the AsyncLLM (spawns the engine process; ~20-40 s on CPU). Idempotent.
+
+        Fails with an EngineStartError of one line naming the root cause
+        (workers/engine_start.py): on CPU, before anything starts, for a model whose attention
+        head size vLLM's CPU kernels lack."""
         if self._engine is not None:
             return
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -152,6 +163,10 @@ class RolloutWorker:
         os.environ["PYTHONPATH"] = _prepend_path(PROJECT_ROOT, os.environ.get("PYTHONPATH"))
         on_cpu = current_platform.is_cpu()
         if on_cpu:
+            problem = cpu_attention_problem(read_model_config(self.model_path) or {},
+                                            self.model_path)
+            if problem:  # the engine would die with only "see the stack trace above"
+                raise EngineStartError(f"rollout worker {self.worker_id}: {problem}")
             self._configure_cpu_env()
         args = AsyncEngineArgs(
             model=self.model_path,
@@ -165,7 +180,13 @@ class RolloutWorker:
             worker_extension_cls=WEIGHT_SYNC_EXTENSION,
             disable_log_stats=True,
         )
-        self._engine = AsyncLLM.from_engine_args(args)
+        logs = log_files()  # a failed engine process's traceback lands in them
+        try:
+            self._engine = AsyncLLM.from_engine_args(args)
+        except Exception as e:  # noqa: BLE001 - any failure: one line with its root cause
+            raise EngineStartError(f"rollout worker {self.worker_id}: the vLLM engine for "
+                                   f"{self.model_path} did not start: "
+                                   f"{start_failure_cause(e, logs)}") from None
 
     async def shutdown(self) -> None:
         """Stop the engine process (call before `ray.shutdown()`, else /dev/shm segments leak)."""
