@@ -45,6 +45,7 @@ from areal_sys.trajectory import Group, Trajectory
 from controller import checkpoint
 from controller.buffer import Buffer
 from controller.evaluation import evaluate_prompts, score_trajectories
+from controller.progress import log_due, progress_bar, step_line
 from controller.recovery import Recovery
 from controller.resume import Checkpointing
 from controller.staleness import StalenessManager
@@ -104,7 +105,7 @@ class Controller(Checkpointing, Recovery):
             results["pass_rate_before"] = await self.evaluate("before")
         if self._resume is None and self.rpo is not None and self.cfg.rpo.cache_fill == "pass":
             results["rpo_cache_fill"] = await self.fill_cache()
-        bar = _progress(self.cfg, first_step)
+        bar = progress_bar(self.cfg, first_step)
         admission = asyncio.create_task(self._admission_loop())
         gen_busy = (await self._gen_stats())["busy_s"]
         try:
@@ -131,6 +132,8 @@ class Controller(Checkpointing, Recovery):
                 bar.update(1)
                 bar.set_postfix(reward=f"{record['reward_mean']:.3f}", stale=staleness,
                                 tok_s=f"{record['tokens_per_s']:.0f}")
+                if log_due(step, self.cfg.logging.log_every, self.cfg.trainer.total_steps):
+                    bar.write(step_line(record, self.cfg.trainer.total_steps))
         finally:
             bar.close()
             admission.cancel()
@@ -395,10 +398,3 @@ class Controller(Checkpointing, Recovery):
 def _prefix_args(plan: PartialPlan) -> dict[str, Any]:
     return {"prefix_ids": plan.prefix_ids, "prefix_logprobs": plan.prefix_logprobs,
             "prefix_versions": plan.prefix_versions}
-
-
-def _progress(cfg: ExperimentConfig, first_step: int = 0) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=cfg.trainer.total_steps, initial=first_step, desc="train", unit="step",
-                disable=not cfg.logging.progress_bar, dynamic_ncols=True)
