@@ -239,7 +239,7 @@ def create_eval_actors(cfg: ExperimentConfig, model_path: str) -> Actors:
 
 
 async def start_actors(cfg: ExperimentConfig, actors: Actors) -> None:
-    """Start the engines and the trainer ranks in parallel, then connect the weight sync.
+    """Start the engines and the trainer ranks (if any) in parallel, then connect the weight sync.
 
     A rollout worker whose engine did not start raises EngineStartError with that worker's one
     line (workers/engine_start.py), not Ray's wrapping of it with the actor's traceback."""
@@ -255,7 +255,8 @@ async def start_actors(cfg: ExperimentConfig, actors: Actors) -> None:
     for result in results:
         if isinstance(result, BaseException):
             raise result
-    await init_weight_sync(cfg, actors)
+    if actors.trainers:  # `areal-sys eval` starts rollout workers only
+        await init_weight_sync(cfg, actors)
 
 
 def engine_start_error(worker: int, exc: BaseException) -> Exception:

@@ -72,8 +72,15 @@ def cpu_attention_problem(config: dict[str, Any], name: str) -> str | None:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+    """`Type: first line of the message`; a pydantic ValidationError (vLLM's engine arguments)
+    adds its first error, since its first line only counts them."""
+    lines = str(exc).strip().splitlines()
+    line = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    try:
+        line += f": {exc.errors()[0]['msg']}"  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - not a ValidationError
+        pass
+    return line[:500]
 
 
 def root_cause(exc: BaseException) -> str:
@@ -91,15 +98,16 @@ _VLLM_PREFIX = re.compile(r"^(?:\x1b\[[0-9;]*m)*\(\w+ pid=\d+\) \w+ [\d-]+ [\d:.
 
 
 def logged_root_cause(text: str) -> str | None:
-    """The root cause in vLLM's log of an engine process that failed to start: the first
-    exception line of the last "EngineCore failed to start." traceback (Python prints a chain
-    root cause first). None when the text holds no such traceback."""
+    """The root cause in the log an engine that failed to start wrote (vLLM's lines, prefix and
+    all): the first exception line of the first traceback, the one that failed first (the
+    engine core's worker process, say, before the engine core itself), since Python prints a
+    chain root cause first. None unless the text says "EngineCore failed to start" and holds a
+    traceback."""
     lines = [_VLLM_PREFIX.sub("", line).rstrip() for line in text.splitlines()]
-    marks = [i for i, line in enumerate(lines) if "EngineCore failed to start" in line]
-    if not marks:
+    if not any("EngineCore failed to start" in line for line in lines):
         return None
     in_traceback = False
-    for line in lines[marks[-1] + 1:]:
+    for line in lines:
         if line.startswith("Traceback (most recent call last)"):
             in_traceback = True
         elif in_traceback and line and not line[0].isspace():

@@ -70,3 +70,49 @@ def test_a_directory_without_a_config_object_is_not_a_model(tmp_path, content):
         (tmp_path / "config.json").write_text(content)
     with pytest.raises(ConfigError, match="is not a Hugging Face model directory"):
         check_model(ExperimentConfig(), str(tmp_path))
+
+
+class _Start:
+    def __init__(self, error: BaseException | None):
+        self.error = error
+
+    def remote(self):
+        async def call():
+            if self.error is not None:
+                raise self.error
+        return call()
+
+
+class _Worker:
+    def __init__(self, error: BaseException | None = None):
+        self.start = self.setup = _Start(error)
+
+
+def test_start_actors_raises_the_workers_one_line_not_rays_wrapping():
+    """What Ray raises in the driver for an actor's EngineStartError: a RayTaskError subclass
+    whose text adds the actor's traceback. start_actors gives back the worker's one line."""
+    import asyncio
+
+    from ray.exceptions import RayTaskError
+
+    from controller.runtime import Actors, start_actors
+    from workers.engine_start import EngineStartError
+
+    line = "rollout worker 1: the vLLM engine for m did not start: ValueError: no memory"
+    trace = f"Traceback (most recent call last):\n  ...\nEngineStartError: {line}"
+    wrapped = RayTaskError("RolloutWorker.start", trace, EngineStartError(line))
+    wrapped = wrapped.as_instanceof_cause()
+    assert len(str(wrapped).splitlines()) > 1
+    actors = Actors(rollout=[_Worker(), _Worker(wrapped)], trainers=[_Worker()], reward=None,
+                    sync_dir="")
+    with pytest.raises(EngineStartError) as e:
+        asyncio.run(start_actors(ExperimentConfig(), actors))
+    assert str(e.value) == line
+
+    died = RuntimeError("The actor died unexpectedly before finishing this task.\n\tclass_name: "
+                        "RolloutWorker\n\tpid: 123")
+    actors.rollout = [_Worker(died)]
+    with pytest.raises(EngineStartError) as e:
+        asyncio.run(start_actors(ExperimentConfig(), actors))
+    assert str(e.value) == ("rollout worker 0: the vLLM engine did not start: RuntimeError: The "
+                            "actor died unexpectedly before finishing this task.")

@@ -16,6 +16,14 @@ from workers.engine_start import (
 ENGINE_LOG = """\
 INFO 11-29 05:10:01 [__init__.py:216] Automatically detected platform cpu.
 (EngineCore pid=4242) INFO 11-29 05:10:09 [core.py:90] Initializing a V1 LLM engine
+(Worker pid=4343) ERROR 11-29 05:10:11 [multiproc_executor.py:800] WorkerProc failed to start.
+(Worker pid=4343) ERROR 11-29 05:10:11 [multiproc_executor.py:800] Traceback (most recent call \
+last):
+(Worker pid=4343) ERROR 11-29 05:10:11 [multiproc_executor.py:800]   File "cpu_worker.py", line 7
+(Worker pid=4343) ERROR 11-29 05:10:11 [multiproc_executor.py:800] ValueError: To serve at \
+least one request with the models's max seq len (256), (0.01 GiB KV cache is needed
+(Worker pid=4343) ERROR 11-29 05:10:11 [multiproc_executor.py:800] which is larger than the \
+available KV cache memory.
 (EngineCore pid=4242) ERROR 11-29 05:10:12 [core.py:1510] EngineCore failed to start.
 (EngineCore pid=4242) ERROR 11-29 05:10:12 [core.py:1510] Traceback (most recent call last):
 (EngineCore pid=4242) ERROR 11-29 05:10:12 [core.py:1510]   File "core.py", line 1440, in run
@@ -33,6 +41,8 @@ Traceback (most recent call last):
   File "multiprocessing/process.py", line 314, in _bootstrap
 RuntimeError: Unsupported head size: 16
 """
+KV_CAUSE = ("ValueError: To serve at least one request with the models's max seq len (256), "
+            "(0.01 GiB KV cache is needed")
 
 
 def test_the_installed_vllm_supports_the_head_sizes_we_name():
@@ -66,18 +76,40 @@ def test_cpu_attention_problem_names_both_sizes():
 
 
 def test_root_cause_is_the_innermost_exception_of_the_chain():
-    try:
+    def load() -> None:
         try:
             raise OSError("config.json: no such file\nmore detail")
         except OSError as inner:
             raise ValueError("could not load the model") from inner
-    except ValueError as outer:
-        assert root_cause(outer) == "OSError: config.json: no such file"
+
+    with pytest.raises(ValueError) as outer:
+        load()
+    assert root_cause(outer.value) == "OSError: config.json: no such file"
     assert root_cause(KeyError()) == "KeyError"
 
 
+def test_a_validation_error_says_its_first_error():
+    from pydantic import BaseModel, field_validator
+
+    class Args(BaseModel):
+        max_model_len: int
+
+        @field_validator("max_model_len")
+        @classmethod
+        def _fits(cls, v: int) -> int:
+            raise ValueError(f"max_model_len ({v}) is greater than the model's 512")
+
+    with pytest.raises(ValueError) as e:
+        Args(max_model_len=100000)
+    assert root_cause(e.value) == ("ValidationError: 1 validation error for Args: Value error, "
+                                   "max_model_len (100000) is greater than the model's 512")
+
+
 def test_the_engine_processs_logged_root_cause_is_found():
-    assert logged_root_cause(ENGINE_LOG) == "RuntimeError: Unsupported head size: 16"
+    assert logged_root_cause(ENGINE_LOG) == KV_CAUSE  # the worker process failed first
+    assert logged_root_cause(ENGINE_LOG.split("(Worker pid=4343) ERROR")[0]
+                             + ENGINE_LOG.split("available KV cache memory.\n")[1]) == \
+        "RuntimeError: Unsupported head size: 16"
     assert logged_root_cause("INFO nothing failed\n") is None
     assert logged_root_cause("(EngineCore pid=1) ERROR 11-29 05:10:12 [core.py:1] EngineCore "
                              "failed to start.\n") is None  # no traceback after it
@@ -90,7 +122,7 @@ def test_a_failure_known_only_to_the_engine_process_is_read_from_the_log(tmp_pat
     log.write_text(log.read_text() + ENGINE_LOG)
     failure = RuntimeError("Engine core initialization failed. See root cause above. Failed "
                            "core proc(s): {'EngineCore': 1}")
-    assert start_failure_cause(failure, logs) == "RuntimeError: Unsupported head size: 16"
+    assert start_failure_cause(failure, logs) == KV_CAUSE
     assert start_failure_cause(failure, {}) == f"RuntimeError: {failure}"  # no log to read
     assert start_failure_cause(ValueError("max_model_len 4096 > 1024"), logs) == \
         "ValueError: max_model_len 4096 > 1024"
