@@ -106,7 +106,7 @@ def test_an_unreadable_file_is_one_line(tmp_path, capsys, monkeypatch):
     assert "metrics.jsonl: cannot read it (Permission denied)" in line
 
 
-def test_a_directory_that_cannot_be_listed_is_one_line(tmp_path, capsys, monkeypatch):
+def test_a_run_dir_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypatch):
     run = make_run(tmp_path / "run")
 
     def refuse(self, *args, **kwargs):
