@@ -139,8 +139,11 @@ def integer(value: Any) -> int | None:
 
 
 def label(value: Any) -> str:
+    """Text from a run file for a figure: at most MAX_LABEL_CHARS, and `$` escaped (matplotlib
+    would parse `$...$` as mathematics, and fail on a bad formula)."""
     text = str(value)
-    return text if len(text) <= MAX_LABEL_CHARS else text[: MAX_LABEL_CHARS - 3] + "..."
+    text = text if len(text) <= MAX_LABEL_CHARS else text[: MAX_LABEL_CHARS - 3] + "..."
+    return text.replace("$", r"\$")
 
 
 def left_out(source: str, bad: int, total: int, figure: str, need: str) -> str:

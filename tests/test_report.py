@@ -217,3 +217,12 @@ def test_a_figure_is_written_through_a_rename_not_through_a_symlink(tmp_path):
     assert victim.read_text() == "keep me"
     png = run / "report" / "reward.png"
     assert not png.is_symlink() and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_text_from_run_files_is_never_parsed_as_mathematics(tmp_path):
+    run = make_run(tmp_path / "run")
+    (run / "eval.jsonl").write_text('{"tag": "$\\\\frac{$", "version": 0, "pass_rate": 0.5}\n')
+    (run / "timeline.jsonl").write_text(
+        '{"worker": "rollout$\\\\sqrt{$", "kind": "generate", "start": 0, "end": 1}\n')
+    report = write_report(run)
+    assert {p.name for p in report.figures} == FIGURES and not report.skipped
