@@ -160,7 +160,8 @@ def main(argv: list[str]) -> int:
             raise UsageError(f"cannot listen on {cfg.host}:{cfg.port}: "
                              f"{e.strerror or e}") from None
     except (UsageError, ValueError) as e:  # ValueError: ConfigError from resolve_token
-        print(f"areal-sys: error: {str(e).splitlines()[0] if str(e) else e!r}", file=sys.stderr)
+        lines = str(e).splitlines()
+        print(f"areal-sys: error: {lines[0] if lines else type(e).__name__}", file=sys.stderr)
         return EXIT_USAGE
     import logging
 

@@ -96,8 +96,7 @@ class RewardConfig(Section):
     def _math_extract(cls, v: str) -> str:
         order = [x.strip() for x in v.split(",")]
         if v != "auto" and not set(order) <= set(MATH_EXTRACTORS):
-            raise ValueError(f"use 'auto' or a comma list of {', '.join(MATH_EXTRACTORS)}, "
-                             f"got {v!r}")
+            raise ValueError(f"use 'auto' or a comma list of {', '.join(MATH_EXTRACTORS)}")
         return v
 
     @field_validator("graders")
