@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from areal_sys.config.reward import RewardConfig
 from reward_service.grader_process import MAX_REASON_CHARS
 from reward_service.graders import one_line
 from reward_service.service import RewardResult
@@ -85,14 +84,6 @@ class HttpRewardClient:
                 raise err
             await asyncio.sleep(_BACKOFF_S * 2**attempt)
         raise AssertionError("unreachable")
-
-    @classmethod
-    def from_config(cls, cfg: RewardConfig, token: str | None = None) -> HttpRewardClient:
-        """A client of `cfg.url` with the config's timeout, wrong reward and token."""
-        if cfg.url is None:
-            raise ValueError("reward.url is not set")
-        return cls(cfg.url, timeout_s=cfg.timeout_s, wrong_reward=cfg.wrong_reward,
-                   token=token if token is not None else cfg.resolve_token())
 
     async def health(self) -> dict[str, Any]:
         resp = await self._http().get("/health", timeout=10)

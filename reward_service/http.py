@@ -17,7 +17,8 @@ field, a bad `timeout_s`) gets `ok=false` with the reason. HTTP errors, each a J
 - 408: the body did not arrive within `body_timeout_s`. 413: a body over `max_body_mb` (checked
   while it streams in), more than `max_items` items, or more items than an answer of
   `max_response_mb` can hold (each result is at most RESULT_BYTES).
-- 503: more than `max_queued_requests` requests wait for a slot.
+- 503: more than `max_queued_requests` requests wait for a slot (and, from uvicorn, past
+  `max_concurrent_requests + max_queued_requests + 64` open connections).
 
 Concurrency: at most `max_concurrent_requests` requests are read and graded at once (memory is
 bounded by about that many bodies); the others wait in line for a slot before their body is read
@@ -313,6 +314,9 @@ def serve(service: RewardService, sock: socket.socket, token: str | None) -> Non
              "" if mode in SAFE_MODES else f": {UNCONTAINED[mode]}", service.num_procs,
              c.timeout_s, c.min_item_timeout_s, c.max_item_timeout_s, service.grader_names,
              "token required" if token else "no token (loopback only)")
+    # connections beyond the request slots, the waiting line and some /health probes: 503
+    connections = c.max_concurrent_requests + c.max_queued_requests + 64
     config = uvicorn.Config(create_app(service, token=token), log_level="warning",
-                            access_log=False, timeout_graceful_shutdown=5)
+                            access_log=False, timeout_graceful_shutdown=5,
+                            limit_concurrency=connections)
     uvicorn.Server(config).run(sockets=[sock])
