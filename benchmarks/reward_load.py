@@ -264,20 +264,22 @@ def _plot(rows: list[dict[str, Any]], per_kind: dict[str, Any], figures: dict[st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
     for kind in per_kind:
         a.hist([r["latency_s"] for r in rows if r["kind"] == kind], bins=50, alpha=0.6,
                label=kind, log=True)
     a.set_xlabel("request latency (s)")
     a.set_ylabel("requests")
-    a.set_title(f"{figures['requests']} requests, {figures['throughput_rps']:.0f} req/s, "
-                f"{figures['failures']} failures")
+    hostile = figures.get("adversarial_requests")
+    a.set_title(f"{figures['requests']} requests"
+                + (f" ({hostile} hostile)" if hostile else "")
+                + f", {figures['throughput_rps']:.0f} req/s, {figures['failures']} failures")
     a.legend()
     names = list(per_kind)
     x = range(len(names))
     b.bar([i - 0.2 for i in x], [per_kind[k]["p50_s"] for k in names], 0.4, label="p50")
     b.bar([i + 0.2 for i in x], [per_kind[k]["p99_s"] for k in names], 0.4, label="p99")
-    b.set_xticks(list(x), names)
+    b.set_xticks(list(x), names, rotation=45, ha="right")
     b.set_ylabel("latency (s)")
     b.set_yscale("log")
     b.set_title("latency by kind")

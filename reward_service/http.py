@@ -165,7 +165,8 @@ def create_app(service: RewardService, *, token: str | None = None) -> FastAPI:
                         _peer(request), len(items))
             return Response(status_code=499)
         out = [asdict(r) for r in results]
-        return JSONResponse(out[0] if single else out)
+        # ASCII JSON: a lone surrogate in a reason is escaped, never an encoding error
+        return Response(json.dumps(out[0] if single else out), media_type="application/json")
 
     return app
 
