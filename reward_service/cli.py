@@ -51,7 +51,7 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
     "--body-timeout-s": ("body_timeout_s", float, "limit for receiving a body (s)"),
 }
 _FIELD_FLAG = {field: flag for flag, (field, _, _) in _FLAGS.items()}
-_FIELD_FLAG.update(allow_unsafe_sandbox="--allow-unsafe-sandbox", graders="--grader")
+_FIELD_FLAG.update(allow_unsafe_sandbox="--allow-unsafe-sandbox", graders="reward.graders")
 
 
 class UsageError(Exception):
@@ -87,15 +87,19 @@ def build_config(argv: list[str]) -> Any:
     path = args.pop("config", None)
     if path is not None:
         values = _reward_section(path)
-    graders = dict(values.get("graders") or {})
-    for spec in args.pop("graders", []):
-        name, eq, target = spec.partition("=")
-        if not eq or not name or not target:
-            raise UsageError(f"--grader {spec!r}: expected NAME=package.module:function")
-        graders[name] = target
-    values.update(args)
-    if graders:
+    flags = args.pop("graders", [])
+    if flags:
+        graders = values.get("graders") or {}
+        if not isinstance(graders, dict):
+            raise UsageError("reward.graders: must be a mapping NAME: package.module:function")
+        graders = dict(graders)
+        for spec in flags:
+            name, eq, target = spec.partition("=")
+            if not eq or not name or not target:
+                raise UsageError(f"--grader {spec!r}: expected NAME=package.module:function")
+            graders[name] = target
         values["graders"] = graders
+    values.update(args)
     try:
         return RewardConfig.model_validate(values)
     except ValidationError as e:
@@ -151,7 +155,7 @@ def main(argv: list[str]) -> int:
 
             error = check_plugins(json.dumps({"plugins": cfg.graders}), cfg.start_timeout_s)
             if error:
-                raise UsageError(f"--grader: {error}")
+                raise UsageError(f"reward.graders: {error}")
         from reward_service.http import bind
 
         try:
