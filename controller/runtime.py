@@ -205,27 +205,26 @@ def rollout_actors(cfg: ExperimentConfig, model_path: str, placement: Any,
 
 
 def reward_actor(cfg: ExperimentConfig, placement: Any) -> Any:
-    """The reward actor: the local RewardService, or a client of `reward.url`."""
+    """The reward actor, built from the `reward` section: one RewardService (with
+    `reward.num_procs` grader processes), or a client of `reward.url`."""
     import ray
 
     if cfg.reward.url:  # a remote HTTP reward server: the same score() behind the same actor API
         from reward_service.client import HttpRewardClient
 
+        token = cfg.reward.resolve_token()  # read here: the actor's node may lack the file/env
         print(f"reward: HTTP server {cfg.reward.url}", flush=True)
         return ray.remote(HttpRewardClient).options(
             num_cpus=0, runtime_env=_env(), max_concurrency=1000,
         ).remote(cfg.reward.url, timeout_s=cfg.reward.timeout_s,
-                 wrong_reward=cfg.reward.wrong_reward)
+                 wrong_reward=cfg.reward.wrong_reward, token=token)
     from reward_service.service import RewardService
 
     return ray.remote(RewardService).options(
         num_cpus=cfg.cluster.reward_cpus, runtime_env=_env(), max_concurrency=1000,
         max_restarts=cfg.controller.max_worker_restarts,
         scheduling_strategy=placement.strategy("reward"),
-    ).remote(
-        timeout_s=cfg.reward.timeout_s, max_concurrency=cfg.reward.max_concurrency,
-        correct_reward=cfg.reward.correct_reward, wrong_reward=cfg.reward.wrong_reward,
-    )
+    ).remote(cfg.reward)
 
 
 def create_eval_actors(cfg: ExperimentConfig, model_path: str) -> Actors:

@@ -4,13 +4,11 @@ A grader returns a bool (correct / wrong, mapped to the service's `correct_rewar
 `wrong_reward`) or a float (used as the reward as is). It may raise: the reward service reports the
 exception as a failed result instead of a reward.
 
-Task names resolve in this order (see `get_grader`):
-- a name registered with `@register_grader(name)` in the grading process: the built-ins
-  `synthetic`, `math`, `code` and `format` below;
-- `"package.module:function"`: imported by the grading process (how user plugins are loaded);
-- `"/path/to/file.py:function"`: a plugin file loaded by path.
-The reward service grades in subprocesses that import only this module, so a grader registered
-with the decorator in some other module is visible there only through the `module:function` form.
+Graders are a registry fixed when a grader process starts: the built-ins `synthetic`, `math`,
+`code` and `format` below (`@register_grader`), plus the plugins the service's owner named
+(`reward.graders` / `reward-serve --grader NAME=package.module:function`), which `load_plugins`
+imports once at start. A task (an HTTP item's, a dataset row's, `data.task`) names a registered
+grader only: nothing a client or a dataset says is imported or called by path.
 
 The math grader uses math-verify with its own signal-based timeouts disabled (signals only work in
 a process's main thread); the reward service enforces a wall-clock limit by killing the grading
@@ -18,22 +16,20 @@ process instead. It looks only at a bounded answer region of each text, so megab
 fast (math-verify's regexes and sympy take tens of seconds on unbounded adversarial input).
 
 Settings the built-ins read (`SETTINGS`, a `GraderSettings`) come from the JSON in the environment
-variable `AREAL_SYS_GRADER_SETTINGS`, which the reward service sets for its grader processes.
+variable `AREAL_SYS_GRADER_SETTINGS`, which the reward service sets for its grader processes
+(from its `RewardConfig`, areal_sys/config/reward.py, where every setting is validated).
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
 import logging
 import math
 import os
 import re
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 Grader = Callable[[str, str], bool | float]
@@ -52,7 +48,6 @@ MATH_EXTRACTORS = ("gsm8k", "boxed", "last_number")
 SETTINGS_ENV = "AREAL_SYS_GRADER_SETTINGS"
 
 _REGISTRY: dict[str, Grader] = {}
-_PLUGINS: dict[str, Grader] = {}
 
 
 class UnknownTaskError(LookupError):
@@ -80,6 +75,8 @@ class GraderSettings:
     finds its marker decides; none found means a wrong answer.
     code_reward: "fraction" (tests passed / tests) or "all_or_nothing" (correct/wrong reward).
     code_wall_s, code_memory_mb: sandbox limits per test case; code_max_tests: test cases run.
+    allow_unsafe_sandbox: run programs even when the sandbox mode does not contain them.
+    plugins: NAME -> 'package.module:function', imported by `load_plugins` at process start.
     """
 
     math_extract: str = "auto"
@@ -87,6 +84,8 @@ class GraderSettings:
     code_wall_s: float = 2.0
     code_memory_mb: int = 512
     code_max_tests: int = 32
+    allow_unsafe_sandbox: bool = False
+    plugins: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         order = [x.strip() for x in self.math_extract.split(",")]
@@ -95,6 +94,8 @@ class GraderSettings:
                              f"{MATH_EXTRACTORS}")
         if self.code_reward not in ("fraction", "all_or_nothing"):
             raise ValueError(f"code_reward {self.code_reward!r}: 'fraction' or 'all_or_nothing'")
+        if not (isinstance(self.code_wall_s, int | float) and 0 < self.code_wall_s < math.inf):
+            raise ValueError(f"code_wall_s {self.code_wall_s!r}: a finite number of seconds > 0")
 
     @classmethod
     def from_env(cls) -> GraderSettings:
@@ -112,42 +113,39 @@ def registered_graders() -> list[str]:
 
 
 def get_grader(name: str) -> Grader:
-    """The grader of task `name`: a registered name, `module:function` or `file.py:function`.
+    """The registered grader of task `name`. Raises UnknownTaskError (one line) otherwise.
 
-    Raises UnknownTaskError (one line) when nothing matches or the plugin cannot be loaded.
+    Never imports anything: a `module:function` or a file path is an unknown task like any other.
     """
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    if ":" not in name:
-        raise UnknownTaskError(
-            f"unknown task {name!r}: registered graders are {registered_graders()}; "
-            "plugins are named 'package.module:function' or '/path/file.py:function'"
-        )
-    if name not in _PLUGINS:
-        _PLUGINS[name] = _load_plugin(name)
-    return _PLUGINS[name]
+    grader = _REGISTRY.get(name) if isinstance(name, str) else None
+    if grader is None:
+        shown = name[:80] if isinstance(name, str) else type(name).__name__
+        raise UnknownTaskError(f"unknown task {shown!r}: registered graders are "
+                               f"{registered_graders()}")
+    return grader
 
 
-def _load_plugin(spec: str) -> Grader:
-    where, _, attr = spec.rpartition(":")
-    try:
-        if where.endswith(".py"):
-            path = Path(where).expanduser().resolve()
-            mod_name = f"_grader_plugin_{abs(hash(str(path)))}"
-            file_spec = importlib.util.spec_from_file_location(mod_name, path)
-            if file_spec is None or file_spec.loader is None or not path.is_file():
-                raise FileNotFoundError(f"no plugin file {str(path)!r}")
-            module = importlib.util.module_from_spec(file_spec)
-            sys.modules[mod_name] = module
-            file_spec.loader.exec_module(module)
-        else:
+def load_plugins(plugins: dict[str, str]) -> None:
+    """Register the owner's plugins, NAME -> 'package.module:function' (at process start).
+
+    Raises UnknownTaskError (one line) when one cannot be imported or is not callable.
+    """
+    for name, spec in plugins.items():
+        if not name or ":" in name or name in _REGISTRY:
+            raise UnknownTaskError(f"grader {name!r}: a plugin name must be new and contain "
+                                   "no ':'")
+        where, _, attr = spec.rpartition(":")
+        if not where or where.endswith(".py") or "/" in where:
+            raise UnknownTaskError(f"grader {name!r}: {spec!r} is not 'package.module:function'")
+        try:
             module = importlib.import_module(where)
-    except Exception as e:  # noqa: BLE001 - any import failure means "no such grader"
-        raise UnknownTaskError(f"task {spec!r}: cannot load {where!r}: {one_line(e)}") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise UnknownTaskError(f"task {spec!r}: {where!r} has no callable {attr!r}")
-    return fn
+        except BaseException as e:  # noqa: BLE001 - any import failure means "no such grader"
+            raise UnknownTaskError(f"grader {name!r}: cannot import {where!r}: "
+                                   f"{one_line(e)}") from None
+        fn = getattr(module, attr, None)
+        if not callable(fn):
+            raise UnknownTaskError(f"grader {name!r}: {where!r} has no callable {attr!r}")
+        _REGISTRY[name] = fn
 
 
 def one_line(e: BaseException) -> str:
@@ -294,9 +292,13 @@ def grade_code(response: str, reference: str) -> bool | float:
     the text). `reference`: `{"tests": [{"input", "output"}, ...], "reward"?: mode}`.
     Returns the fraction passed, or a bool with `all_or_nothing`. Raises on a bad reference or
     when the sandbox itself fails (infrastructure, not the program's fault)."""
-    from reward_service.sandbox import SandboxLimits, run_python
+    from reward_service.sandbox import SAFE_MODES, SandboxLimits, detect_mode, run_python
 
     tests, mode = _code_tests(reference)
+    sandbox = detect_mode()
+    if sandbox not in SAFE_MODES and not SETTINGS.allow_unsafe_sandbox:
+        raise RuntimeError(f"code grader: sandbox mode {sandbox!r} does not contain hostile "
+                           "programs; its owner can allow it (allow_unsafe_sandbox)")
     program = extract_program(response)
     if len(program) > MAX_PROGRAM_CHARS:
         return False if mode == "all_or_nothing" else 0.0

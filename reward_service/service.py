@@ -4,23 +4,33 @@
 (`ray.remote(RewardService)`). `score` never raises: every item gets a `RewardResult`, failures
 included (`ok=False` with a one-line `reason`).
 
+Configuration: one `RewardConfig` (areal_sys/config/reward.py), the `reward` section of a run
+and the flags of `areal-sys reward-serve` alike: `RewardService(cfg)`, or keyword overrides of
+its fields (`RewardService(timeout_s=2.0)`), validated the same way.
+
 How grading runs
 - Every grader runs in a grader subprocess (`num_procs` of them, started on first use), never in
   the caller's process, so a hung or crashing grader (a sympy power tower, a plugin that loops)
-  is killed without harming the service. The subprocess imports only `reward_service.graders` and
-  the plugins that items name (`module:function`).
+  is killed without harming the service. The subprocess imports `reward_service.graders` and the
+  plugins its owner registered (`cfg.graders`), nothing an item names.
+- An item's `task` must be a registered grader (`cfg.grader_names()`); anything else is a failed
+  result naming them. A JSON-object `reference` is serialised canonically (sorted keys).
 - Items wait in one FIFO queue. A process takes up to `max_concurrency // num_procs` queued items
   per round-trip (one JSON line in, one JSON line out per item), so a cheap grader such as
   `synthetic` costs one pipe round-trip per batch, not per item. At most `max_concurrency`
   items are inside grader processes at any time; the rest wait (backpressure, no sleeps).
-- Per-item timeout: `timeout_s` of the service, or an item's own `"timeout_s"` (at most
-  `max_item_timeout_s`). An item's clock starts when the process starts on it (the previous item's
-  result arrived). Past `timeout_s` the process is killed, the item gets `reason="timeout"` and
-  `wrong_reward`, a replacement process starts and the rest of that batch is sent to it.
-  A process that dies mid-item (an infrastructure failure, not a timeout) is replaced and the
-  item is retried up to `retries` times before it fails ("grader process died ...").
+- Per-item timeout: `timeout_s` of the service, or an item's own `"timeout_s"` clamped to
+  `[min_item_timeout_s, max_item_timeout_s]`. An item's clock starts when the process starts on
+  it (the previous item's result arrived). Past it the process is killed, the item gets
+  `reason="timeout"` and `wrong_reward`, a replacement process starts and the rest of that batch
+  is sent to it. A process that dies mid-item (an infrastructure failure, not a timeout) is
+  replaced and the item is retried up to `retries` times before it fails.
 - Results with `ok=True` are kept in an LRU cache keyed by a hash of (task, response,
-  reference); identical items in flight at the same time are graded once.
+  reference); a timeout or any other failure is never cached. Identical items in flight at the
+  same time are graded once, but only when their effective timeouts are equal: one caller's
+  short limit never fails another caller's item.
+- A caller that is cancelled (an HTTP client that hung up) stops waiting; its queued items that
+  no other caller waits for are dropped before a grader process sees them (`dropped`).
 
 `elapsed_s`: seconds the grader spent on the item (0.0 for a cache hit; the time waited for a
 timeout or a crash). Processes are bound to the event loop that started them; calling `score`
@@ -33,14 +43,19 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
+import math
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from areal_sys.config.reward import RewardConfig
 from reward_service.grader_process import MAX_REASON_CHARS, GraderProcess, ProcessDied
 from reward_service.graders import GraderSettings, one_line
-from reward_service.sandbox import detect_mode
+from reward_service.sandbox import SAFE_MODES, UNCONTAINED, detect_mode
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,68 +68,58 @@ class RewardResult:
     elapsed_s: float
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
-    key: str
+    key: str  # cache key: (task, response, reference)
     task: str
     response: str
     reference: str
     future: asyncio.Future[RewardResult]
     timeout_s: float
     attempts: int = 0
+    waiters: int = 0  # callers waiting on `future`; 0 before it started: dropped
+    started: bool = False
+
+    @property
+    def inflight_key(self) -> tuple[str, float]:
+        return self.key, self.timeout_s
 
 
 class RewardService:
-    """Scores items `{"task", "response", "reference"}` with registered graders (see module doc).
+    """Scores items `{"task", "response", "reference", "timeout_s"?}` with registered graders.
 
-    timeout_s: per-item wall-clock limit. max_concurrency: items inside grader processes at once.
-    num_procs: grader subprocesses. cache_size: LRU entries (0: off). memory_limit_mb: address
-    space limit of each grader process (None: none). start_timeout_s: limit for a grader process
-    to start and import its graders. retries: re-runs of an item whose grader process died
-    (timeouts are never retried). grader_settings: `GraderSettings` fields for the built-ins.
+    cfg: the service's `RewardConfig` (default: the defaults); keyword overrides replace its
+    fields. A bad setting raises pydantic's ValidationError (a ValueError) here, at start-up.
     """
 
-    def __init__(
-        self,
-        *,
-        timeout_s: float = 5.0,
-        max_concurrency: int = 8,
-        correct_reward: float = 1.0,
-        wrong_reward: float = 0.0,
-        num_procs: int = 1,
-        cache_size: int = 4096,
-        memory_limit_mb: int | None = 4096,
-        start_timeout_s: float = 60.0,
-        retries: int = 1,
-        max_item_timeout_s: float = 600.0,
-        grader_settings: dict[str, Any] | None = None,
-    ) -> None:
-        if timeout_s <= 0 or max_concurrency < 1 or num_procs < 1 or cache_size < 0:
-            raise ValueError(
-                "need timeout_s > 0, max_concurrency >= 1, num_procs >= 1 and cache_size >= 0"
-            )
-        self.timeout_s = timeout_s
-        self.correct_reward = float(correct_reward)
-        self.wrong_reward = float(wrong_reward)
-        self.num_procs = min(num_procs, max_concurrency)
-        self.batch_size = max(1, max_concurrency // self.num_procs)
-        self.cache_size = cache_size
-        self.memory_limit_mb = memory_limit_mb
-        self.start_timeout_s = start_timeout_s
-        self.retries = max(0, retries)
-        self.max_item_timeout_s = max_item_timeout_s
-        # validated here, so that a bad setting fails at start-up, not in every grader process
-        self._settings_json = json.dumps(asdict(GraderSettings(**(grader_settings or {}))))
+    def __init__(self, cfg: RewardConfig | None = None, /, **overrides: Any) -> None:
+        base = (cfg or RewardConfig()).model_dump()
+        self.cfg = RewardConfig.model_validate({**base, **overrides})
+        c = self.cfg
+        self.timeout_s = c.timeout_s
+        self.correct_reward = c.correct_reward
+        self.wrong_reward = c.wrong_reward
+        self.num_procs = min(c.num_procs, c.max_concurrency)
+        self.batch_size = max(1, c.max_concurrency // self.num_procs)
+        self.cache_size = c.cache_size
+        self.grader_names = c.grader_names()
+        self._known = frozenset(self.grader_names)
+        self._settings_json = json.dumps(asdict(GraderSettings(**c.grader_settings())))
         self.sandbox_mode = detect_mode()  # probed once per process, logged; graders inherit it
+        if self.sandbox_mode not in SAFE_MODES:
+            allowed = "runs programs anyway (allow_unsafe_sandbox)" if c.allow_unsafe_sandbox \
+                else "refuses to run programs (allow_unsafe_sandbox is off)"
+            log.warning("reward sandbox %r does not contain hostile code (%s); the code grader "
+                        "%s", self.sandbox_mode, UNCONTAINED[self.sandbox_mode], allowed)
         self._cache: OrderedDict[str, RewardResult] = OrderedDict()
-        self._inflight: dict[str, asyncio.Future[RewardResult]] = {}
+        self._inflight: dict[tuple[str, float], _Job] = {}
         self._queue: asyncio.Queue[_Job] | None = None
         self._servers: list[asyncio.Task[None]] = []
         self._procs: dict[int, GraderProcess] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self.stats = {"graded": 0, "cache_hits": 0, "timeouts": 0, "errors": 0, "restarts": 0,
-                      "retries": 0}
+                      "retries": 0, "dropped": 0}
 
     # ----------------------------------------------------------------------------------------
     # public API
@@ -142,14 +147,19 @@ class RewardService:
         self._servers.clear()
         for proc in procs:
             await proc.kill()
-        for fut in self._inflight.values():
-            if not fut.done():
-                fut.set_result(self._fail("reward service is shut down"))
+        for job in self._inflight.values():
+            if not job.future.done():
+                job.future.set_result(self._fail("reward service is shut down"))
         self._inflight.clear()
 
     def cache_info(self) -> dict[str, int]:
-        """Counters: graded, cache_hits, timeouts, errors, restarts, plus the cache's size."""
-        return {**self.stats, "cache_entries": len(self._cache)}
+        """Counters: graded, cache_hits, timeouts, errors, restarts, retries, dropped, plus the
+        cache's size and the items queued or being graded."""
+        return {**self.stats, "cache_entries": len(self._cache), "inflight": len(self._inflight)}
+
+    def check_item(self, item: Any) -> str | None:
+        """Why `item` cannot be graded (one line), or None. Unknown tasks included."""
+        return _check_item(item, self._known, self.grader_names)
 
     # ----------------------------------------------------------------------------------------
     # scheduling
@@ -161,31 +171,54 @@ class RewardService:
         if self._closed:
             return [self._fail("reward service is shut down") for _ in items]
         self._ensure_started()
-        waits: list[tuple[int, asyncio.Future[RewardResult]]] = []
+        assert self._queue is not None
+        waits: list[tuple[int, _Job]] = []
         for i, item in enumerate(items):
-            bad = _check_item(item, self.max_item_timeout_s)
+            bad = self.check_item(item)
             if bad:
                 results[i] = self._fail(bad)
                 continue
-            key = _cache_key(item["task"], item["response"], item["reference"])
+            try:
+                reference = canonical_reference(item["reference"])
+            except (ValueError, TypeError, RecursionError) as e:
+                results[i] = self._fail(f"bad item: reference is not plain JSON: {one_line(e)}")
+                continue
+            key = _cache_key(item["task"], item["response"], reference)
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
                 self.stats["cache_hits"] += 1
                 results[i] = replace(hit, elapsed_s=0.0)
                 continue
-            fut = self._inflight.get(key)
-            if fut is None:
+            timeout = self.cfg.clamp_timeout(float(item.get("timeout_s") or self.timeout_s))
+            job = self._inflight.get((key, timeout))
+            if job is None:
                 fut = asyncio.get_running_loop().create_future()
-                self._inflight[key] = fut
-                timeout = float(item.get("timeout_s") or self.timeout_s)
-                job = _Job(key, item["task"], item["response"], item["reference"], fut, timeout)
+                job = _Job(key, item["task"], item["response"], reference, fut, timeout)
+                self._inflight[job.inflight_key] = job
                 self._queue.put_nowait(job)
-            waits.append((i, fut))
-        for i, fut in waits:
-            # shield: a cancelled caller must not cancel a future other callers share
-            results[i] = await asyncio.shield(fut)
+            job.waiters += 1
+            waits.append((i, job))
+        pending = [job for _, job in waits]
+        try:
+            for i, job in waits:
+                # shield: a cancelled caller must not cancel a future other callers share
+                results[i] = await asyncio.shield(job.future)
+                pending.remove(job)
+                job.waiters -= 1
+        finally:
+            for job in pending:  # cancelled (a client hung up): let go of what it waited for
+                self._release(job)
         return results  # type: ignore[return-value]
+
+    def _release(self, job: _Job) -> None:
+        """One caller stops waiting on `job`; a queued job nobody waits for is dropped."""
+        job.waiters -= 1
+        if job.waiters <= 0 and not job.started and not job.future.done():
+            job.future.cancel()
+            if self._inflight.get(job.inflight_key) is job:
+                del self._inflight[job.inflight_key]
+            self.stats["dropped"] += 1
 
     def _ensure_started(self) -> None:
         loop = asyncio.get_running_loop()
@@ -204,9 +237,15 @@ class RewardService:
         assert self._queue is not None
         try:
             while True:
-                batch = [await self._queue.get()]
+                batch = [job for job in [await self._queue.get()] if not job.future.done()]
                 while len(batch) < self.batch_size and not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
+                    job = self._queue.get_nowait()
+                    if not job.future.done():  # done: dropped (its callers hung up)
+                        batch.append(job)
+                if not batch:
+                    continue
+                for job in batch:
+                    job.started = True
                 try:
                     while batch:
                         batch = await self._run_batch(slot, batch)
@@ -229,8 +268,8 @@ class RewardService:
             if fresh:
                 if proc is not None:
                     self.stats["restarts"] += 1
-                proc = await GraderProcess.start(self.memory_limit_mb, self.start_timeout_s,
-                                                  self._settings_json)
+                proc = await GraderProcess.start(self.cfg.memory_limit_mb,
+                                                  self.cfg.start_timeout_s, self._settings_json)
                 self._procs[slot] = proc
         except ProcessDied as e:
             self._procs.pop(slot, None)
@@ -254,7 +293,7 @@ class RewardService:
                 await proc.kill()
                 self._procs.pop(slot, None)
                 self.stats["restarts"] += 1
-                if not timed_out and job.attempts < self.retries:
+                if not timed_out and job.attempts < self.cfg.retries:
                     job.attempts += 1
                     self.stats["retries"] += 1
                     return batch[i:]  # the same item again, on a fresh process
@@ -277,7 +316,8 @@ class RewardService:
         return RewardResult(float(value), True, "", elapsed)
 
     def _finish(self, job: _Job, result: RewardResult) -> None:
-        self._inflight.pop(job.key, None)
+        if self._inflight.get(job.inflight_key) is job:
+            del self._inflight[job.inflight_key]
         if result.ok and self.cache_size > 0:
             self._cache[job.key] = result
             if len(self._cache) > self.cache_size:
@@ -289,18 +329,32 @@ class RewardService:
         return RewardResult(self.wrong_reward, False, reason[:MAX_REASON_CHARS], elapsed_s)
 
 
-def _check_item(item: Any, max_timeout_s: float) -> str | None:
+def _check_item(item: Any, known: frozenset[str], names: list[str]) -> str | None:
     if not isinstance(item, dict):
         return f"bad item: expected a dict, got {type(item).__name__}"
-    for field in ("task", "response", "reference"):
+    for field in ("task", "response"):
         if not isinstance(item.get(field), str):
             got = type(item.get(field)).__name__ if field in item else "missing"
             return f"bad item: field {field!r} must be a string ({got})"
+    if item["task"] not in known:
+        return f"unknown task {item['task'][:80]!r}: registered graders are {names}"
+    ref = item.get("reference")
+    if not isinstance(ref, str | dict):
+        got = type(ref).__name__ if "reference" in item else "missing"
+        return f"bad item: field 'reference' must be a string or a JSON object ({got})"
     t = item.get("timeout_s")
     if t is not None and (isinstance(t, bool) or not isinstance(t, int | float)
-                          or not 0 < t <= max_timeout_s):
-        return f"bad item: timeout_s must be a number in (0, {max_timeout_s:g}] ({t!r})"
+                          or not 0 < t < math.inf):
+        return f"bad item: timeout_s must be a finite number of seconds > 0 ({t!r})"
     return None
+
+
+def canonical_reference(reference: str | dict) -> str:
+    """A reference as the graders see it: a JSON object becomes canonical JSON (sorted keys,
+    so equal objects share one cache entry), a string stays as it is."""
+    if isinstance(reference, dict):
+        return json.dumps(reference, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    return reference
 
 
 def _cache_key(task: str, response: str, reference: str) -> str:

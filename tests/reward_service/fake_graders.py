@@ -1,12 +1,15 @@
 """Test-only graders ("fake_*") loaded by the reward service's subprocesses as plugins.
 
-They are named by `module:function` or `/path/fake_graders.py:function`, the way user plugins are.
+A service registers them the way an owner registers plugins: `graders={NAME: "module:function"}`
+(`FAKE_GRADERS`), or `reward-serve --grader NAME=tests.reward_service.fake_graders:NAME`.
 """
 
 from __future__ import annotations
 
 import os
 import time
+
+FAKE_MODULE = "tests.reward_service.fake_graders"
 
 
 def fake_sleep_forever(response: str, reference: str) -> bool:
@@ -50,3 +53,17 @@ def fake_count(response: str, reference: str) -> bool:
     with open(reference, "a") as f:
         f.write(response + "\n")
     return True
+
+
+def fake_slow(response: str, reference: str) -> bool:
+    """Sleeps `reference` seconds, then answers correct."""
+    time.sleep(float(reference))
+    return True
+
+
+def fake_secret(response: str, reference: str) -> str:
+    """Returns a secret (as `os:getenv` did): it must never reach a client."""
+    return os.environ.get("AREAL_TEST_SECRET", "s3cr3t")
+
+
+FAKE_GRADERS = {name: f"{FAKE_MODULE}:{name}" for name in dir() if name.startswith("fake_")}

@@ -25,9 +25,11 @@ from reward_service.graders import (
     answer_region,
     extract_program,
     get_grader,
+    load_plugins,
     register_grader,
     registered_graders,
 )
+from reward_service.sandbox import MODE_ENV
 
 FAKES = Path(__file__).with_name("fake_graders.py")
 
@@ -112,25 +114,33 @@ def test_registry_names_and_plugins() -> None:
 
     assert {"math", "synthetic", "fake_upper"} <= set(registered_graders())
     assert get_grader("fake_upper")("ab", "AB") is True
-    # module:function and file.py:function plugins
-    assert get_grader("reward_service.graders:grade_math")("\\boxed{2}", "2") is True
-    assert get_grader(f"{FAKES}:fake_nan")("", "") != 0.0  # nan
-    assert get_grader("tests.reward_service.fake_graders:fake_string")("", "") == "yes"
+    load_plugins({"fake_string_plugin": "tests.reward_service.fake_graders:fake_string"})
+    assert get_grader("fake_string_plugin")("", "") == "yes"
 
 
 @pytest.mark.parametrize(
-    ("name", "match"),
-    [
-        ("no_such_task", "unknown task 'no_such_task'.*registered graders"),
-        ("no_such_module_xyz:fn", "cannot load 'no_such_module_xyz'.*ModuleNotFoundError"),
-        ("reward_service.graders:no_such_fn", "has no callable 'no_such_fn'"),
-        ("/no/such/file.py:fn", "cannot load '/no/such/file.py'"),
-    ],
+    "name",
+    ["no_such_task", "reward_service.graders:grade_math", "os:popen", "builtins:open",
+     f"{FAKES}:fake_nan", "tests.reward_service.fake_graders:fake_string"],
 )
-def test_unknown_graders_raise_one_line(name: str, match: str) -> None:
-    with pytest.raises(UnknownTaskError, match=match) as info:
+def test_a_task_never_imports_anything(name: str) -> None:
+    with pytest.raises(UnknownTaskError, match="unknown task .*registered graders") as info:
         get_grader(name)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ("no_such_module_xyz:fn", "cannot import 'no_such_module_xyz'.*ModuleNotFoundError"),
+        ("reward_service.graders:no_such_fn", "has no callable 'no_such_fn'"),
+        (f"{FAKES}:fake_nan", "is not 'package.module:function'"),
+    ],
+)
+def test_plugins_that_cannot_load_raise_one_line(spec: str, match: str) -> None:
+    with pytest.raises(UnknownTaskError, match=match) as info:
+        load_plugins({"fake_broken": spec})
+    assert "\n" not in str(info.value) and "fake_broken" not in registered_graders()
 
 
 def test_register_rejects_plugin_style_names() -> None:
@@ -165,6 +175,9 @@ def test_grader_settings_are_validated() -> None:
         GraderSettings(math_extract="boxed,latex")
     with pytest.raises(ValueError, match="code_reward"):
         GraderSettings(code_reward="half")
+    for wall in (-1.0, 0.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="code_wall_s"):
+            GraderSettings(code_wall_s=wall)
 
 
 @pytest.mark.parametrize(
@@ -207,3 +220,18 @@ def test_code_grader_in_process() -> None:
 def test_format_grader(response: str, expected: bool) -> None:
     pattern = r"<think>.*</think>\s*<answer>.*</answer>"
     assert get_grader("format")(response, pattern) is expected
+
+
+def test_code_grader_refuses_an_unsafe_sandbox_unless_allowed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from reward_service import sandbox
+
+    monkeypatch.setenv(MODE_ENV, "rlimits")
+    monkeypatch.setattr(sandbox, "_detected", None)
+    ref = json.dumps({"tests": [{"input": "", "output": "ran"}]})
+    with pytest.raises(RuntimeError, match="sandbox mode 'rlimits' does not contain") as info:
+        get_grader("code")("print('ran')", ref)
+    assert "\n" not in str(info.value)
+    monkeypatch.setattr(graders, "SETTINGS", GraderSettings(allow_unsafe_sandbox=True))
+    assert get_grader("code")("print('ran')", ref) == 1.0

@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,19 +33,29 @@ WALL_S = 1.5  # sandbox limit per test case (--code-wall-s)
 MARGIN_S = 2.0
 
 
-def start_server(port: int, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "AREAL_TEST_SECRET": SECRET}
+def start_server(port: int, *extra: str, host: str = "127.0.0.1", token: str | None = None,
+                 log: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`areal-sys reward-serve` on `port`, up and answering /health. Its output goes to `log`
+    (a temporary file by default); `token` is put in $AREAL_SYS_REWARD_TOKEN."""
+    env = {**os.environ, "AREAL_TEST_SECRET": SECRET, **(env or {})}
     env.pop("AREAL_SYS_SANDBOX_MODE", None)
+    env.pop("AREAL_SYS_REWARD_TOKEN", None)
+    if token is not None:
+        env["AREAL_SYS_REWARD_TOKEN"] = token
     cmd = [sys.executable, "-m", "areal_sys.cli", "reward-serve", "--port", str(port),
-           "--timeout-s", str(ITEM_TIMEOUT_S), "--code-wall-s", str(WALL_S), *extra]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+           "--host", host, "--timeout-s", str(ITEM_TIMEOUT_S), "--code-wall-s", str(WALL_S),
+           *extra]
+    if log is None:
+        log = Path(tempfile.mkstemp(prefix="reward-serve-", suffix=".log")[1])
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     for _ in range(600):
         if proc.poll() is not None:
-            raise RuntimeError(f"reward-serve exited: {proc.stdout.read()[-2000:]}")
+            raise RuntimeError(f"reward-serve exited: {log.read_text()[-2000:]}")
         try:
-            httpx.get(f"{url}/health", timeout=1).raise_for_status()
+            httpx.get(f"{url}/health", headers=headers, timeout=1).raise_for_status()
             return proc
         except httpx.HTTPError:
             time.sleep(0.1)
@@ -52,17 +63,21 @@ def start_server(port: int, *extra: str) -> subprocess.Popen:
     raise RuntimeError("reward-serve did not come up in 60 s")
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    port = free_port()
-    proc = start_server(port)
-    yield f"http://127.0.0.1:{port}"
+def stop_server(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    port = free_port()
+    proc = start_server(port)
+    yield f"http://127.0.0.1:{port}"
+    stop_server(proc)
 
 
 def score(url: str, payload: Any, timeout: float = 60.0) -> Any:
@@ -110,9 +125,12 @@ def timed(url: str, item: dict) -> tuple[dict, float]:
     return result, waited
 
 
-def test_health_reports_the_sandbox_mode(server: str) -> None:
+def test_health_reports_the_sandbox_mode_and_the_graders(server: str) -> None:
     health = httpx.get(f"{server}/health", timeout=5).json()
     assert health["status"] == "ok" and health["sandbox"] in ("namespaces", "uid", "rlimits")
+    assert health["graders"] == ["code", "format", "math", "synthetic"]
+    assert health["sandbox_safe"] == (health["sandbox"] == "namespaces")
+    assert health["sandbox_safe"] == (health["sandbox_uncontained"] == "")
 
 
 def test_math_in_several_notations(server: str) -> None:
@@ -148,6 +166,17 @@ def test_code_passing_and_failing(server: str) -> None:
     results = score(server, items)
     assert [r["reward"] for r in results] == [1.0, 0.5, 0.0, 0.0, 0.0]
     assert [r["ok"] for r in results] == [True, True, True, True, False]
+
+
+def test_code_reference_as_a_json_object(server: str) -> None:
+    tests = {"tests": [{"input": "1 2\n", "output": "3"}]}
+    adder = "a, b = map(int, input().split())\nprint(a + b)"
+    items = [{"task": "code", "response": adder, "reference": tests},
+             {"task": "code", "response": adder, "reference": json.dumps(tests)},
+             {"task": "code", "response": adder, "reference": [tests]}]
+    results = score(server, items)
+    assert [(r["ok"], r["reward"]) for r in results] == [(True, 1.0), (True, 1.0), (False, 0.0)]
+    assert "string or a JSON object (list)" in results[2]["reason"]
 
 
 def test_single_item_and_bad_requests(server: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -11,11 +12,11 @@ from typing import Any
 
 import pytest
 
+from areal_sys.config.reward import RewardConfig
 from areal_sys.data.synthetic import make_problems
 from reward_service.service import RewardResult, RewardService
+from tests.reward_service.fake_graders import FAKE_GRADERS, FAKE_MODULE
 
-FAKES = Path(__file__).with_name("fake_graders.py")
-FAKE_MODULE = "tests.reward_service.fake_graders"
 TIMEOUT_S = 1.5
 WRONG = -1.0
 
@@ -27,7 +28,9 @@ def item(task: str, response: str, reference: str = "") -> dict[str, str]:
 
 
 def fake(name: str) -> str:
-    return f"{FAKE_MODULE}:{name}"
+    """A registered plugin's task name (the service registers FAKE_GRADERS at start)."""
+    assert name in FAKE_GRADERS
+    return name
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +43,8 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 @pytest.fixture(scope="module")
 def svc(loop: asyncio.AbstractEventLoop) -> Iterator[RewardService]:
     """One service for the module (restarts after kills are part of what is tested)."""
-    service = RewardService(timeout_s=TIMEOUT_S, max_concurrency=8, wrong_reward=WRONG)
+    service = RewardService(timeout_s=TIMEOUT_S, max_concurrency=8, wrong_reward=WRONG,
+                            graders=FAKE_GRADERS)
     yield service
     loop.run_until_complete(service.shutdown())
 
@@ -99,11 +103,14 @@ def test_crashing_grader_process_is_replaced(svc: RewardService, run: Run) -> No
     ("bad", "reason"),
     [
         (item("no_such_task", "x"), "unknown task 'no_such_task'"),
-        (item(f"{FAKES}:fake_nan", "x"), "expected a bool or a finite float"),
-        (item(f"{FAKES}:fake_string", "x"), "returned 'yes'"),
+        (item("fake_nan", "x"), "returned a non-finite float; expected a bool or a finite"),
+        (item("fake_string", "x"), "returned str; expected a bool or a finite float"),
+        (item(f"{FAKE_MODULE}:fake_raise", "x"), "registered graders are ['code', 'fake_"),
+        (item("os:popen", "echo pwned"), "unknown task 'os:popen'"),
+        (item("math", "1", ["1"]), "'reference' must be a string or a JSON object (list)"),
         (item("math", "\\boxed{1}", ""), "cannot parse reference"),
         ({"task": "math", "response": 5, "reference": "5"}, "'response' must be a string (int)"),
-        ({"task": "math", "response": "5"}, "'reference' must be a string (missing)"),
+        ({"task": "math", "response": "5"}, "'reference' must be a string or a JSON object"),
         ("not a dict", "expected a dict, got str"),
     ],
 )
@@ -173,6 +180,79 @@ def test_cache_hits_skip_grading(svc: RewardService, run: Run, tmp_path: Path) -
     assert log.read_text().splitlines() == ["r1", "r2", "r3"]
 
 
+def test_a_module_path_task_is_never_imported(svc: RewardService, run: Run,
+                                              tmp_path: Path) -> None:
+    log = tmp_path / "calls.txt"
+    for task in (f"{FAKE_MODULE}:fake_count", f"{Path(__file__).with_name('fake_graders.py')}"
+                 ":fake_count", "builtins:open"):
+        [r] = run(svc.score([item(task, "w", str(log))]))
+        assert not r.ok and r.reason.startswith("unknown task") and "\n" not in r.reason
+    assert not log.exists()
+
+
+def test_a_graders_return_value_is_never_echoed(svc: RewardService, run: Run,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    [r] = run(svc.score([item("fake_secret", "x")]))
+    assert not r.ok and "s3cr3t" not in r.reason and "returned str" in r.reason
+
+
+def test_object_references_are_canonical_json(svc: RewardService, run: Run) -> None:
+    tests = [{"input": "", "output": "3"}]
+    a = {"tests": tests, "reward": "fraction"}
+    b = {"reward": "fraction", "tests": tests}  # the same object, keys in another order
+    hits = svc.cache_info()["cache_hits"]
+    [ra] = run(svc.score([item("code", "print(3)", a)]))  # type: ignore[arg-type]
+    [rb] = run(svc.score([item("code", "print(3)", b)]))  # type: ignore[arg-type]
+    [rs] = run(svc.score([item("code", "print(3)", json.dumps(b, sort_keys=True))]))
+    assert (ra.ok, ra.reward) == (True, 1.0), ra.reason
+    assert rb == rs == RewardResult(1.0, True, "", 0.0)  # cache hits of the canonical form
+    assert svc.cache_info()["cache_hits"] == hits + 2
+
+
+def test_a_short_timeout_never_fails_another_callers_item(svc: RewardService, run: Run) -> None:
+    slow = item("fake_slow", "same", "0.9")
+
+    async def both() -> list[list[RewardResult]]:
+        return await asyncio.gather(svc.score([{**slow, "timeout_s": 0.5}]), svc.score([slow]))
+
+    [short], [normal] = run(both())
+    assert (short.ok, short.reason) == (False, "timeout")
+    assert (normal.ok, normal.reward) == (True, 1.0), normal.reason
+    [cached] = run(svc.score([{**slow, "timeout_s": 0.5}]))  # the success is cached, not the
+    assert cached.ok and cached.elapsed_s == 0.0               # timeout
+
+
+def test_tiny_timeouts_are_raised_to_the_lower_bound(svc: RewardService, run: Run) -> None:
+    run(svc.score([item("synthetic", "#### 1", "1")]))
+    restarts = svc.cache_info()["restarts"]
+    items = [{**item("synthetic", f"#### {i}", str(i)), "timeout_s": 1e-9} for i in range(20)]
+    results = run(svc.score(items))
+    assert all(r.ok and r.reward == 1.0 for r in results)
+    assert svc.cache_info()["restarts"] == restarts
+
+
+def test_cancelled_callers_queued_items_are_dropped(svc: RewardService, run: Run,
+                                                    tmp_path: Path) -> None:
+    log = tmp_path / "calls.txt"
+
+    async def hang_up() -> tuple[list[RewardResult], list[RewardResult]]:
+        busy = asyncio.ensure_future(svc.score([item("fake_slow", "busy", "0.6")]))
+        await asyncio.sleep(0.2)  # the slow item occupies the grader process
+        shared = item("fake_count", "shared", str(log))
+        gone = asyncio.ensure_future(
+            svc.score([item("fake_count", f"gone{i}", str(log)) for i in range(5)] + [shared]))
+        stays = asyncio.ensure_future(svc.score([shared]))
+        await asyncio.sleep(0.1)
+        gone.cancel()
+        return await busy, await stays
+
+    dropped = svc.cache_info()["dropped"]
+    busy, stays = run(hang_up())
+    assert busy[0].ok and stays[0].ok and stays[0].reward == 1.0
+    assert log.read_text().splitlines() == ["shared"]  # the item another caller waits for ran
+    assert svc.cache_info()["dropped"] == dropped + 5
+
+
 def test_failures_are_not_cached(svc: RewardService, run: Run) -> None:
     errors = svc.cache_info()["errors"]
     run(svc.score([item(fake("fake_raise"), "same")]))
@@ -181,7 +261,8 @@ def test_failures_are_not_cached(svc: RewardService, run: Run) -> None:
 
 
 def test_parallel_processes_and_shutdown(tmp_path: Path) -> None:
-    service = RewardService(timeout_s=10.0, max_concurrency=2, num_procs=2, cache_size=0)
+    service = RewardService(timeout_s=10.0, max_concurrency=2, num_procs=2, cache_size=0,
+                            graders=FAKE_GRADERS)
 
     async def main() -> tuple[list[RewardResult], list[RewardResult]]:
         got = await service.score([item(fake("fake_pid"), str(i)) for i in range(4)])
@@ -212,8 +293,9 @@ def test_works_as_async_ray_actor() -> None:
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     actor = None
     try:
-        actor = ray.remote(RewardService).options(num_cpus=0).remote(timeout_s=TIMEOUT_S)
-        items = [item("math", "#### 42", "42"), item(f"{FAKES}:fake_sleep_forever", "x")]
+        cfg = RewardConfig(timeout_s=TIMEOUT_S, graders=FAKE_GRADERS)
+        actor = ray.remote(RewardService).options(num_cpus=0).remote(cfg)
+        items = [item("math", "#### 42", "42"), item("fake_sleep_forever", "x")]
         items.append(item("synthetic", "1+2=3\n#### 3", "3"))
         refs = [actor.score.remote(items), actor.score.remote(items[:1])]  # concurrent calls
         results, again = ray.get(refs, timeout=120)
