@@ -87,13 +87,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """Parse `argv`; dotted overrides may come before or after the flags (`run C --resume a=b`)."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    flags = [x for x in extra if x.startswith("-")]
+    if hasattr(args, "overrides") and not flags:
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["reward-serve"]:  # its own flags: reward_service/cli.py
         from reward_service.cli import main as reward_serve
 
         return reward_serve(argv[1:])
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     try:
         if args.command == "validate":
             return _validate(load_config(args.config, args.overrides), args.config)
@@ -359,11 +371,6 @@ def _make_run_dir(run_dir: str, remove: list[Path], config: str | None = None) -
 def _eval(cfg: ExperimentConfig, checkpoint_dir: str) -> int:
     """pass@1, avg@k and pass@k of a checkpoint's policy on the held-out set, with the rollout
     workers and the reward service; printed and appended to RUN_DIR/eval.jsonl."""
-    import asyncio
-
-    from controller import runtime
-    from controller.evaluation import evaluate_prompts, score_trajectories
-
     ckpt = Path(checkpoint_dir)
     policy = ckpt / "policy" if (ckpt / "policy").is_dir() else ckpt
     if not (policy / "config.json").is_file():
@@ -373,6 +380,11 @@ def _eval(cfg: ExperimentConfig, checkpoint_dir: str) -> int:
     rows = _load_rows(cfg)
     tokenizer = _load_tokenizer(policy, "eval --checkpoint")
     held_out = _encode(cfg, rows["eval"], "eval", tokenizer)[: cfg.eval.num_problems]
+    import asyncio
+
+    from controller import runtime
+    from controller.evaluation import evaluate_prompts, score_trajectories
+
     runtime.start_ray(cfg)
     actors = None
     try:
@@ -424,10 +436,7 @@ def _run(cfg: ExperimentConfig, overwrite: bool = False) -> int:
     run_dir and start Ray. A run_dir holding an earlier run needs `--resume` (continue it) or
     `--overwrite` (delete its outputs, after validation passed); a failed validation writes
     nothing."""
-    import asyncio
-
     from controller import runtime
-    from controller.controller import Controller
 
     t_start = time.time()
     if overwrite and cfg.resume:
@@ -450,6 +459,10 @@ def _run(cfg: ExperimentConfig, overwrite: bool = False) -> int:
     algo = build_algorithm(cfg.algorithm, max_new_tokens=cfg.rollout.max_new_tokens, rpo=cfg.rpo)
     run_dir = _make_run_dir(cfg.run_dir, earlier if overwrite else [], dump_config(cfg))
     print(f"algorithm: {algo.summary}")  # which path is active, before anything starts
+    import asyncio
+
+    from controller.controller import Controller
+
     runtime.start_ray(cfg)
     actors = None
     try:

@@ -89,6 +89,8 @@ def _format_error(err: ValidationError) -> str:
         msg = "unknown key"
     elif kind in ("model_type", "model_attributes_type", "dict_type") and loc:
         msg = f"must be a mapping of keys, got {_short(value)}"
+    elif kind != "value_error" and isinstance(value, dict) and loc:
+        msg = f"{msg}, got a YAML mapping (quote a value that holds ': ' or starts with '{{')"
     elif kind != "value_error" and not isinstance(value, dict):
         msg = f"{msg}, got {_short(value)}"
         if isinstance(value, bool) and kind != "bool_type":
