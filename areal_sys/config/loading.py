@@ -14,6 +14,7 @@ error instead of the last one silently winning. A UTF-8 byte-order mark at the s
 
 from __future__ import annotations
 
+import math
 import re
 import reprlib
 import stat
@@ -81,10 +82,19 @@ def _short(value: Any) -> str:
     return _SHORT.repr(value)
 
 
+def _non_finite(text: str) -> bool:
+    try:
+        return not math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
 def _format_error(err: ValidationError) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"])
     kind, msg, value = first["type"], first["msg"].removeprefix("Value error, "), first["input"]
+    if kind == "float_type" and isinstance(value, str) and _non_finite(value):
+        msg = "Input should be a finite number"  # `inf`, `nan` given as words
     if kind == "extra_forbidden":
         msg = "unknown key"
     elif kind in ("model_type", "model_attributes_type", "dict_type") and loc:
