@@ -307,7 +307,8 @@ class ClusterConfig(Section):
         "PACK", description="Ray placement-group strategy for the bundles of each role"
     )
     placement_timeout_s: float = Field(
-        120.0, gt=0, description="fail when the cluster cannot place every role within this time"
+        120.0, gt=0, le=86_400,
+        description="fail when the cluster cannot place every role within this time (at most a day)"
     )
 
 
