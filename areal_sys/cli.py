@@ -312,6 +312,7 @@ def _validate(cfg: ExperimentConfig, config: str) -> int:
     """Everything checkable without Ray: config, datasets, model directory, prompt lengths,
     run_dir. Writes nothing."""
     earlier = _check_run_dir(cfg.run_dir)
+    _checkpoint_to_resume(cfg)
     rows = _load_rows(cfg)
     tokenizer, note = _local_tokenizer(cfg)
     if tokenizer is not None:
@@ -448,7 +449,11 @@ def _run(cfg: ExperimentConfig, overwrite: bool = False) -> int:
                         f"replace it with --overwrite, or choose another run_dir")
     resume = _checkpoint_to_resume(cfg)
     rows = _load_rows(cfg)
-    model_path = runtime.resolve_model(cfg, progress=cfg.logging.progress_bar)
+    try:
+        model_path = runtime.resolve_model(cfg, progress=cfg.logging.progress_bar)
+    except OSError as e:  # e.g. the tiny model's cache directory ($AREAL_SYS_CACHE) not writable
+        raise UserError(f"model.path: cannot prepare {cfg.model.path!r}: {e.strerror or e}: "
+                        f"{e.filename or ''}") from None
     _check_model_dir(model_path, "model.path")
     tokenizer = _load_tokenizer(model_path, "model.path")
     train = _encode(cfg, rows["train"], "train", tokenizer)
