@@ -1,4 +1,4 @@
-"""`areal-sys` command line: run | validate | algorithms | make-tiny-model | reward-serve | bench.
+"""`areal-sys` command line: run, validate, eval, report, algorithms, reward-serve and more.
 
 Every user error (usage, configuration, data, model, run directory) ends with one line on stderr,
 `areal-sys: error: ...`, and exit code 2, before Ray starts and before anything is written.
@@ -30,13 +30,19 @@ class UserError(Exception):
     """Any input problem the user must fix; printed as one line, exit code 2."""
 
 
+def _error(text: str) -> None:
+    """Print `areal-sys: error: TEXT` as one line: control characters a path or value may hold
+    (newlines, escapes, undecodable bytes) are written as escapes."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    print(f"areal-sys: error: {text}", file=sys.stderr)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse whose usage errors are one line (`areal-sys: error: ...`, exit 2), no usage."""
 
     def error(self, message: str) -> Any:
         command = self.prog.removeprefix("areal-sys").strip()
-        text = " ".join(f"{command + ': ' if command else ''}{message}".split())
-        print(f"areal-sys: error: {text}", file=sys.stderr)
+        _error(" ".join(f"{command + ': ' if command else ''}{message}".split()))
         raise SystemExit(EXIT_USAGE)
 
 
@@ -130,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides = [*args.overrides, *(["resume=true"] if args.resume else [])]
             return _run(load_config(args.config, overrides), overwrite=args.overwrite)
     except (ConfigError, UserError) as e:
-        print(f"areal-sys: error: {e}", file=sys.stderr)
+        _error(str(e))
         return EXIT_USAGE
     except RuntimeError as e:
         if type(e).__name__ != "TrainerDied":  # controller/recovery.py

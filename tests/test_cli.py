@@ -263,3 +263,12 @@ def test_validate_notes_an_earlier_run(tmp_path, capsys):
     assert main(["validate", CONFIG, f"run_dir={tmp_path}", "data.synthetic_train_size=8"]) == 0
     out = capsys.readouterr().out
     assert "ok:" in out and "8 train" in out and "needs --resume or --overwrite" in out
+
+
+def test_validate_says_when_prompt_lengths_wait_for_a_download(capsys):
+    from areal_sys.cli import main
+
+    assert main(["validate", CONFIG, "model.path=nobody-here/no-such-model",
+                 "data.synthetic_train_size=4"]) == 0
+    out = capsys.readouterr().out
+    assert "note: prompt lengths not checked: nobody-here/no-such-model is not downloaded" in out
