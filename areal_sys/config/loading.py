@@ -30,6 +30,7 @@ from areal_sys.config.schema import ExperimentConfig
 _SHORT = reprlib.Repr()
 _SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 60
 _SHORT.maxlevel = 2
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = 4
 
 # YAML 1.2 floats without a dot (1e-5, -2E+3); the safe loader's own float pattern needs a dot.
 _EXP_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$")
