@@ -1,13 +1,15 @@
-"""`areal-sys` command line: run | validate | algorithms | make-tiny-model | reward-serve | bench.
+"""`areal-sys` command line: run, validate, eval, report, algorithms, reward-serve and more.
 
-Every user error (configuration, data, model resolution) ends with one line on stderr and exit
-code 2, before Ray starts.
+Every user error (usage, configuration, data, model, run directory) ends with one line on stderr,
+`areal-sys: error: ...`, and exit code 2, before Ray starts and before anything is written.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -18,33 +20,71 @@ from areal_sys.config import ConfigError, ExperimentConfig, dump_config, load_co
 EXIT_USAGE = 2
 
 
+# What a run writes into run_dir: their presence means run_dir holds an earlier run.
+RUN_OUTPUTS = ("config.yaml", "results.json", "metrics.jsonl", "staleness.jsonl",
+               "filtered.jsonl", "timeline.jsonl", "eval.jsonl", "events.jsonl", "checkpoints",
+               "tensorboard", "wandb", "report")
+
+
 class UserError(Exception):
     """Any input problem the user must fix; printed as one line, exit code 2."""
 
 
+def _error(text: str) -> None:
+    """Print `areal-sys: error: TEXT` as one line: control characters a path or value may hold
+    (newlines, escapes, undecodable bytes) are written as escapes."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    print(f"areal-sys: error: {text}", file=sys.stderr)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (`areal-sys: error: ...`, exit 2), no usage."""
+
+    def error(self, message: str) -> Any:
+        command = self.prog.removeprefix("areal-sys").strip()
+        _error(" ".join(f"{command + ': ' if command else ''}{message}".split()))
+        raise SystemExit(EXIT_USAGE)
+
+
+def _count(text: str) -> int:
+    """An argparse type: a whole number in [0, 2**31 - 1]."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r:.40}") from None
+    if not 0 <= value < 2**31:
+        raise argparse.ArgumentTypeError(f"expected a whole number in [0, 2**31), got {text:.40}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="areal-sys", description=__doc__.splitlines()[0])
+    p = _Parser(prog="areal-sys", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train: areal-sys run CONFIG [a.b=c ...]")
     run.add_argument("config")
-    run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.total_steps=5")
+    run.add_argument("overrides", nargs="*", default=[],
+                     help="dotted overrides, e.g. trainer.total_steps=5")
     run.add_argument("--resume", action="store_true",
                      help="continue from the latest complete checkpoint in run_dir (resume=true)")
-    val = sub.add_parser("validate", help="check a config without starting anything")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace an earlier run in run_dir: its outputs (" + ", ".join(
+                         RUN_OUTPUTS) + ") are deleted once the new run has passed validation")
+    val = sub.add_parser("validate", help="check a config, its datasets, model and prompts "
+                         "without starting anything")
     val.add_argument("config")
-    val.add_argument("overrides", nargs="*")
+    val.add_argument("overrides", nargs="*", default=[])
     ev = sub.add_parser("eval", help="held-out pass@1 / avg@k of a saved policy: "
                         "areal-sys eval CONFIG --checkpoint DIR")
     ev.add_argument("config")
-    ev.add_argument("overrides", nargs="*")
+    ev.add_argument("overrides", nargs="*", default=[])
     ev.add_argument("--checkpoint", required=True,
                     help="RUN_DIR/checkpoints/step_N (or any Hugging Face model directory)")
     sub.add_parser("algorithms", help="list the algorithm presets and every registered piece")
     rep = sub.add_parser("report", help="PNG figures of a run into RUN_DIR/report/")
     rep.add_argument("run_dir")
     tiny = sub.add_parser("make-tiny-model", help="build (or reuse) the cached tiny CPU model")
-    tiny.add_argument("--seed", type=int, default=1)
-    tiny.add_argument("--sft-steps", type=int, default=None)
+    tiny.add_argument("--seed", type=_count, default=1)
+    tiny.add_argument("--sft-steps", type=_count, default=None)
     sub.add_parser("reward-serve", add_help=False,
                         help="HTTP reward service (POST /score, GET /health); --help for options")
     bench = sub.add_parser("bench", help="run benchmarks/NAME.py [its options] (source checkout)")
@@ -53,19 +93,28 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """Parse `argv`; dotted overrides may come before or after the flags (`run C --resume a=b`)."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    flags = [x for x in extra if x.startswith("-")]
+    if hasattr(args, "overrides") and not flags:
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["reward-serve"]:  # its own flags: reward_service/cli.py
         from reward_service.cli import main as reward_serve
 
         return reward_serve(argv[1:])
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     try:
         if args.command == "validate":
-            cfg = load_config(args.config, args.overrides)
-            print(f"ok: {args.config} (algorithm {cfg.algorithm.name}, model {cfg.model.path}, "
-                  f"eta {cfg.controller.max_staleness}, {cfg.trainer.total_steps} steps)")
-            return 0
+            return _validate(load_config(args.config, args.overrides), args.config)
         if args.command == "algorithms":
             print(_algorithms_listing())
             return 0
@@ -85,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
             return _eval(load_config(args.config, args.overrides), args.checkpoint)
         if args.command == "run":
             overrides = [*args.overrides, *(["resume=true"] if args.resume else [])]
-            return _run(load_config(args.config, overrides))
+            return _run(load_config(args.config, overrides), overwrite=args.overwrite)
     except (ConfigError, UserError) as e:
-        print(f"areal-sys: error: {e}", file=sys.stderr)
+        _error(str(e))
         return EXIT_USAGE
     except RuntimeError as e:
         if type(e).__name__ != "TrainerDied":  # controller/recovery.py
@@ -164,54 +213,185 @@ def _algorithms_listing() -> str:
 
 
 def _load_rows(cfg: ExperimentConfig) -> dict[str, list[Any]]:
-    """Read (and so validate) both datasets before anything expensive starts."""
+    """Read (and so validate) both datasets before anything expensive starts.
+
+    A row's `task` must name a registered grader, unless `reward.url` points at a remote service,
+    which knows its own graders (it answers an unknown one with a 400 during the run).
+    """
     from areal_sys.data.loading import DataError, load_rows
 
     d = cfg.data
+    graders = None if cfg.reward.url else set(cfg.reward.grader_names())
     rows = {}
     for split, source, size in (("train", d.train, d.synthetic_train_size),
                                 ("eval", d.eval, d.synthetic_eval_size)):
         try:
             rows[split] = load_rows(source, prompt_field=d.prompt_field,
                                     answer_field=d.answer_field, uid_field=d.uid_field,
-                                    task=d.task, split=split, synthetic_size=size, seed=cfg.seed)
+                                    task=d.task, split=split, synthetic_size=size, seed=cfg.seed,
+                                    graders=graders)
         except DataError as e:
             raise UserError(f"data.{split}: {e}") from None
     return rows
 
 
 def _encode(cfg: ExperimentConfig, rows: list[Any], split: str, tokenizer: Any) -> list[Any]:
+    """Token ids of every prompt; a prompt longer than the engine's room is a one-line error."""
     from areal_sys.data.loading import render_prompt
     from controller.controller import Prompt
 
-    limit = cfg.data.max_prompt_tokens
+    room = cfg.rollout.max_model_len - cfg.rollout.max_new_tokens
+    limit = min(cfg.data.max_prompt_tokens, room)
+    why = (f"data.max_prompt_tokens={limit}" if limit == cfg.data.max_prompt_tokens else
+           f"rollout.max_model_len {cfg.rollout.max_model_len} - rollout.max_new_tokens "
+           f"{cfg.rollout.max_new_tokens}")
     prompts = []
     for row in rows:
-        ids = render_prompt(cfg.data.prompt_template, row.prompt, tokenizer)
+        try:
+            ids = render_prompt(cfg.data.prompt_template, row.prompt, tokenizer)
+        except ValueError as e:
+            raise UserError(f"data.prompt_template: {e}") from None
+        if not ids:
+            raise UserError(f"data.{split}: {row.where or row.uid}: the prompt encodes to no "
+                            "tokens (check the tokenizer and data.prompt_template)")
         if len(ids) > limit:
-            raise UserError(f"data.{split}: prompt {row.uid!r} has {len(ids)} tokens, more than "
-                            f"data.max_prompt_tokens={limit}")
+            where = row.where or f"prompt {row.uid!r}"
+            raise UserError(f"data.{split}: {where}: the prompt has {len(ids)} tokens, more than "
+                            f"the {limit} that fit ({why})")
         prompts.append(Prompt(row.uid, ids, row.reference, row.task))
     return prompts
+
+
+def _check_model_dir(path: str | Path, what: str) -> Path:
+    """`path` as a Hugging Face model directory (a config.json object in it), else UserError."""
+    path = Path(path)
+    config = path / "config.json"
+    if not config.is_file():
+        raise UserError(f"{what}: {path} is not a Hugging Face model directory (no config.json)")
+    try:
+        ok = isinstance(json.loads(config.read_text(encoding="utf-8")), dict)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        ok = False
+    if not ok:
+        raise UserError(f"{what}: {config} is not a JSON object (a damaged model directory?)")
+    return path
+
+
+def _load_tokenizer(path: str | Path, what: str) -> Any:
+    """The tokenizer of a model directory; any failure is one line naming the directory."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:  # noqa: BLE001 - whatever a user's directory makes transformers raise
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"{what}: cannot load the tokenizer of {path}: "
+                        f"{type(e).__name__}: {reason}") from None
+    if len(tokenizer) < 2:  # transformers builds an empty one when the files are missing
+        raise UserError(f"{what}: {path} has no usable tokenizer (no tokenizer files?)")
+    return tokenizer
+
+
+def _local_tokenizer(cfg: ExperimentConfig) -> tuple[Any, str]:
+    """The tokenizer `run` will use, if it is here without building or downloading anything
+    (the tiny model's is built in code); else None and why the prompts are not checked."""
+    from areal_sys.config import TINY_MODEL
+
+    path = cfg.model.path
+    if path == TINY_MODEL:
+        from areal_sys.models.tiny import build_tokenizer
+
+        return build_tokenizer(), ""
+    local = Path(path).expanduser()
+    if local.is_dir():
+        return _load_tokenizer(_check_model_dir(local, "model.path"), "model.path"), ""
+    try:
+        from huggingface_hub import snapshot_download
+
+        cached = snapshot_download(repo_id=path, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not in the local cache: `run` downloads it
+        return None, f"prompt lengths not checked: {path} is not downloaded yet"
+    return _load_tokenizer(_check_model_dir(cached, "model.path"), "model.path"), ""
+
+
+def _validate(cfg: ExperimentConfig, config: str) -> int:
+    """Everything checkable without Ray: config, datasets, model directory, prompt lengths,
+    run_dir. Writes nothing."""
+    earlier = _check_run_dir(cfg.run_dir)
+    _checkpoint_to_resume(cfg)
+    rows = _load_rows(cfg)
+    tokenizer, note = _local_tokenizer(cfg)
+    if tokenizer is not None:
+        for split in ("train", "eval"):
+            _encode(cfg, rows[split], split, tokenizer)
+    print(f"ok: {config} (algorithm {cfg.algorithm.name}, model {cfg.model.path}, "
+          f"eta {cfg.controller.max_staleness}, {cfg.trainer.total_steps} steps; "
+          f"{len(rows['train'])} train and {len(rows['eval'])} eval prompts)")
+    if note:
+        print(f"note: {note}")
+    if earlier and not cfg.resume:
+        print(f"note: run_dir {cfg.run_dir} holds an earlier run; `areal-sys run` needs "
+              f"--resume or --overwrite")
+    return 0
+
+
+def _check_run_dir(run_dir: str) -> list[Path]:
+    """Check that `run_dir` is or can become a directory (nothing is created); return the
+    earlier run's outputs in it (RUN_OUTPUTS present)."""
+    path = Path(run_dir)
+    try:
+        if path.exists() and not path.is_dir():
+            raise UserError(f"run_dir {run_dir!r:.200} exists and is not a directory")
+        ancestor = path.absolute()
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        if not path.exists() and not ancestor.is_dir():
+            raise UserError(f"run_dir {run_dir!r:.200} cannot be created: {ancestor} is a file")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise UserError(f"run_dir {run_dir!r:.200}: {ancestor} is not writable")
+        return [path / name for name in RUN_OUTPUTS if (path / name).exists()]
+    except OSError as e:  # e.g. a name too long
+        raise UserError(f"run_dir {run_dir!r:.200}: {e.strerror}") from None
+
+
+def _make_run_dir(run_dir: str, remove: list[Path], config: str | None = None) -> Path:
+    """Create run_dir, first deleting `remove` (an earlier run's outputs, --overwrite), and
+    write `config` as its config.yaml."""
+    path = Path(run_dir)
+    try:
+        for old in remove:
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
+        path.mkdir(parents=True, exist_ok=True)
+        if config is not None:
+            (path / "config.yaml").write_text(config, encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"run_dir {run_dir!r:.200}: {e.strerror}: {e.filename}") from None
+    if remove:
+        print(f"overwrite: removed the earlier run's {', '.join(p.name for p in remove)} "
+              f"from {path}")
+    return path
 
 
 def _eval(cfg: ExperimentConfig, checkpoint_dir: str) -> int:
     """pass@1, avg@k and pass@k of a checkpoint's policy on the held-out set, with the rollout
     workers and the reward service; printed and appended to RUN_DIR/eval.jsonl."""
+    ckpt = Path(checkpoint_dir)
+    policy = ckpt / "policy" if (ckpt / "policy").is_dir() else ckpt
+    if not (policy / "config.json").is_file():
+        raise UserError(f"eval: {ckpt} holds no Hugging Face policy (no config.json in {policy})")
+    _check_model_dir(policy, "eval --checkpoint")
+    _check_run_dir(cfg.run_dir)  # eval appends to run_dir/eval.jsonl: an earlier run is expected
+    rows = _load_rows(cfg)
+    tokenizer = _load_tokenizer(policy, "eval --checkpoint")
+    held_out = _encode(cfg, rows["eval"], "eval", tokenizer)[: cfg.eval.num_problems]
     import asyncio
 
     from controller import runtime
     from controller.evaluation import evaluate_prompts, score_trajectories
 
-    ckpt = Path(checkpoint_dir)
-    policy = ckpt / "policy" if (ckpt / "policy").is_dir() else ckpt
-    if not (policy / "config.json").is_file():
-        raise UserError(f"eval: {ckpt} holds no Hugging Face policy (no config.json in {policy})")
-    rows = _load_rows(cfg)
-    from transformers import AutoTokenizer
-
-    held_out = _encode(cfg, rows["eval"], "eval", AutoTokenizer.from_pretrained(policy))
-    held_out = held_out[: cfg.eval.num_problems]
     runtime.start_ray(cfg)
     actors = None
     try:
@@ -233,8 +413,7 @@ def _eval(cfg: ExperimentConfig, checkpoint_dir: str) -> int:
         figures = asyncio.run(go())
     finally:
         runtime.shutdown(actors)
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = _make_run_dir(cfg.run_dir, [])
     with open(run_dir / "eval.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps({"tag": "checkpoint", "checkpoint": str(ckpt), **figures}) + "\n")
     k = int(figures["k"])
@@ -259,29 +438,42 @@ def _checkpoint_to_resume(cfg: ExperimentConfig) -> Path | None:
     return ckpt
 
 
-def _run(cfg: ExperimentConfig) -> int:
-    import asyncio
-
+def _run(cfg: ExperimentConfig, overwrite: bool = False) -> int:
+    """Validate everything (run_dir, datasets, model, prompts, algorithm), then write into
+    run_dir and start Ray. A run_dir holding an earlier run needs `--resume` (continue it) or
+    `--overwrite` (delete its outputs, after validation passed); a failed validation writes
+    nothing."""
     from controller import runtime
-    from controller.controller import Controller
 
     t_start = time.time()
-    run_dir = Path(cfg.run_dir)
+    if overwrite and cfg.resume:
+        raise UserError("run: --overwrite and --resume exclude each other")
+    earlier = _check_run_dir(cfg.run_dir)
+    if earlier and not (cfg.resume or overwrite):
+        raise UserError(f"run_dir {cfg.run_dir} holds an earlier run "
+                        f"({', '.join(p.name for p in earlier[:4])}); continue it with --resume, "
+                        f"replace it with --overwrite, or choose another run_dir")
     resume = _checkpoint_to_resume(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
     rows = _load_rows(cfg)
-    model_path = runtime.resolve_model(cfg, progress=cfg.logging.progress_bar)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    try:
+        model_path = runtime.resolve_model(cfg, progress=cfg.logging.progress_bar)
+    except OSError as e:  # e.g. the tiny model's cache directory ($AREAL_SYS_CACHE) not writable
+        raise UserError(f"model.path: cannot prepare {cfg.model.path!r}: {e.strerror or e}: "
+                        f"{e.filename or ''}") from None
+    _check_model_dir(model_path, "model.path")
+    tokenizer = _load_tokenizer(model_path, "model.path")
     train = _encode(cfg, rows["train"], "train", tokenizer)
     held_out = _encode(cfg, rows["eval"], "eval", tokenizer)
 
     from areal_sys.algorithms import build_algorithm
 
     algo = build_algorithm(cfg.algorithm, max_new_tokens=cfg.rollout.max_new_tokens, rpo=cfg.rpo)
+    run_dir = _make_run_dir(cfg.run_dir, earlier if overwrite else [], dump_config(cfg))
     print(f"algorithm: {algo.summary}")  # which path is active, before anything starts
+    import asyncio
+
+    from controller.controller import Controller
+
     runtime.start_ray(cfg)
     actors = None
     try:

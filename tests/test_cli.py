@@ -81,3 +81,194 @@ def test_bad_dataset_exits_2_before_anything_starts(tmp_path):
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "data.train:" in lines[0] and ":2" in lines[0], res.stderr
+
+
+def one_error_line(res: subprocess.CompletedProcess) -> str:
+    """The single stderr line of a user error (exit code 2, no traceback)."""
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("areal-sys: error: "), res.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        ([], "the following arguments are required: command"),
+        (["run"], "run: the following arguments are required: config"),
+        (["nosuch"], "invalid choice: 'nosuch'"),
+        (["run", "configs/local_tiny.yaml", "--bogus"], "unrecognized arguments: --bogus"),
+        (["eval", "configs/local_tiny.yaml"], "--checkpoint"),
+        (["make-tiny-model", "--seed", "-1"], "--seed: expected a whole number in [0, 2**31)"),
+        (["make-tiny-model", "--sft-steps", "1" * 5000], "--sft-steps: expected a whole number"),
+    ],
+)
+def test_usage_errors_are_one_line(args, needle):
+    assert needle in one_error_line(areal_sys(*args))
+
+
+def test_help_still_prints_usage():
+    res = areal_sys("run", "--help")
+    assert res.returncode == 0 and "--overwrite" in res.stdout and "--resume" in res.stdout
+
+
+def earlier_run(run_dir: Path) -> dict[str, bytes]:
+    """A run_dir as an earlier run left it; returns its files' contents."""
+    (run_dir / "checkpoints" / "step_2").mkdir(parents=True)
+    files = {"config.yaml": b"seed: 7\n", "metrics.jsonl": b'{"step": 0}\n',
+             "checkpoints/step_2/x": b"w", "notes.txt": b"mine"}
+    for name, content in files.items():
+        (run_dir / name).write_bytes(content)
+    return files
+
+
+def snapshot(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes()
+            for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def test_an_earlier_run_is_never_written_into(tmp_path):
+    files = earlier_run(tmp_path)
+    line = one_error_line(areal_sys("run", "configs/local_tiny.yaml", f"run_dir={tmp_path}"))
+    assert f"run_dir {tmp_path} holds an earlier run (config.yaml, metrics.jsonl, checkpoints)" \
+        in line and "--resume" in line and "--overwrite" in line
+    # --overwrite deletes only after validation passed: a bad dataset leaves everything in place
+    bad = areal_sys("run", "configs/local_tiny.yaml", f"run_dir={tmp_path}", "--overwrite",
+                    f"data.train={tmp_path}/none.jsonl")
+    assert "data.train:" in one_error_line(bad)
+    both = areal_sys("run", "configs/local_tiny.yaml", f"run_dir={tmp_path}", "--overwrite",
+                     "--resume")
+    assert "--overwrite and --resume exclude each other" in one_error_line(both)
+    assert snapshot(tmp_path) == files
+
+
+def test_overwrite_removes_only_the_earlier_runs_outputs(tmp_path, capsys):
+    from areal_sys.cli import RUN_OUTPUTS, _check_run_dir, _make_run_dir
+
+    earlier_run(tmp_path)
+    earlier = _check_run_dir(str(tmp_path))
+    assert [p.name for p in earlier] == ["config.yaml", "metrics.jsonl", "checkpoints"]
+    _make_run_dir(str(tmp_path), earlier, "seed: 1\n")
+    assert snapshot(tmp_path) == {"config.yaml": b"seed: 1\n", "notes.txt": b"mine"}
+    assert "removed the earlier run's config.yaml, metrics.jsonl, checkpoints" in \
+        capsys.readouterr().out
+    assert "results.json" in RUN_OUTPUTS and "events.jsonl" in RUN_OUTPUTS
+
+
+def test_a_run_that_fails_validation_writes_nothing(tmp_path):
+    run_dir = tmp_path / "new"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "1+1=", "answer": NaN}\n')
+    res = areal_sys("run", "configs/local_tiny.yaml", f"run_dir={run_dir}", f"data.train={bad}")
+    assert f"{bad}:1: field 'answer': nan is not a finite number" in one_error_line(res)
+    assert not run_dir.exists()
+
+
+def make_model_dir(path: Path, tokenizer: bool = True) -> Path:
+    """A directory with a config.json and (optionally) the tiny model's tokenizer files."""
+    from areal_sys.models.tiny import build_tokenizer
+
+    path.mkdir()
+    (path / "config.json").write_text('{"model_type": "qwen2"}')
+    if tokenizer:
+        build_tokenizer().save_pretrained(path)
+    return path
+
+
+CONFIG = str(ROOT / "configs/local_tiny.yaml")
+
+
+def error_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """`main(args)` in this process (transformers imported once): exit 2, one stderr line."""
+    from areal_sys.cli import main
+
+    assert main(list(args)) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("areal-sys: error: "), lines
+    return lines[0]
+
+
+def test_bad_run_dirs_and_model_dirs(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    no_config = tmp_path / "no_config"
+    no_config.mkdir()
+    no_tokenizer = make_model_dir(tmp_path / "no_tokenizer", tokenizer=False)
+    cases = [
+        ([f"run_dir={tmp_path / 'file'}"], f"run_dir '{tmp_path / 'file'}' exists and is not"),
+        ([f"run_dir={tmp_path / 'file' / 'sub'}"], f"cannot be created: {tmp_path / 'file'} is"),
+        ([f"run_dir={tmp_path / ('x' * 300)}"], "File name too long"),
+        ([f"model.path={no_config}"], f"model.path: {no_config} is not a Hugging Face model "
+         "directory (no config.json)"),
+        ([f"model.path={no_tokenizer}"], f"model.path: {no_tokenizer} has no usable tokenizer"),
+    ]
+    for overrides, needle in cases:
+        assert needle in error_in_process(capsys, "validate", CONFIG, *overrides), overrides
+    # run makes the same checks, after the datasets and before Ray, and writes nothing
+    run_dir = tmp_path / "run"
+    line = error_in_process(capsys, "run", CONFIG, f"run_dir={run_dir}",
+                            f"model.path={no_tokenizer}")
+    assert "has no usable tokenizer" in line and not run_dir.exists()
+    res = areal_sys("run", "configs/local_tiny.yaml", f"run_dir={run_dir}",
+                    f"model.path={no_config}")  # the same through a real process
+    assert "is not a Hugging Face model directory" in one_error_line(res)
+    assert not run_dir.exists()
+
+
+def test_prompts_must_fit_the_engines_room(tmp_path, capsys):
+    data = tmp_path / "long.jsonl"
+    data.write_text('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "' + "7" * 400 + '=", '
+                    '"answer": "7"}\n')
+    model = make_model_dir(tmp_path / "model")
+    common = [CONFIG, f"data.train={data}", "data.max_prompt_tokens=1000",
+              "rollout.max_model_len=256", "rollout.max_new_tokens=48",
+              f"run_dir={tmp_path / 'run'}"]
+    room = "more than the 208 that fit (rollout.max_model_len 256 - rollout.max_new_tokens 48)"
+    line = error_in_process(capsys, "validate", *common)
+    assert f"data.train: {data}:2: the prompt has 40" in line and room in line
+    line = error_in_process(capsys, "run", *common, f"model.path={model}")
+    assert f"data.train: {data}:2: the prompt has 40" in line and room in line
+    line = error_in_process(capsys, "validate", *common[:2], "data.max_prompt_tokens=50")
+    assert f"{data}:2: the prompt has 40" in line and "the 50 that fit (data.max_prompt_tokens" \
+        in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_checks_the_checkpoint_before_anything_starts(tmp_path, capsys):
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "config.json").write_bytes(b"\xff{")
+    no_tokenizer = make_model_dir(tmp_path / "no_tokenizer", tokenizer=False)
+    for ckpt, needle in ((damaged, "config.json is not a JSON object"),
+                         (no_tokenizer, "has no usable tokenizer"),
+                         (tmp_path / "none", "holds no Hugging Face policy")):
+        line = error_in_process(capsys, "eval", CONFIG, "--checkpoint", str(ckpt),
+                                f"run_dir={tmp_path / 'run'}")
+        assert needle in line, ckpt
+    assert not (tmp_path / "run").exists()
+
+
+def test_validate_reads_the_datasets_and_the_template(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "1+1=", "answer": "2", "task": "os:popen"}\n')
+    line = error_in_process(capsys, "validate", CONFIG, f"data.eval={bad}")
+    assert f"data.eval: {bad}:1: field 'task': unknown grader 'os:popen'" in line
+    line = error_in_process(capsys, "validate", CONFIG, "data.prompt_template=chat")
+    assert "data.prompt_template: prompt_template 'chat' needs a tokenizer with a chat" in line
+
+
+def test_validate_notes_an_earlier_run(tmp_path, capsys):
+    from areal_sys.cli import main
+
+    earlier_run(tmp_path)
+    assert main(["validate", CONFIG, f"run_dir={tmp_path}", "data.synthetic_train_size=8"]) == 0
+    out = capsys.readouterr().out
+    assert "ok:" in out and "8 train" in out and "needs --resume or --overwrite" in out
+
+
+def test_validate_says_when_prompt_lengths_wait_for_a_download(capsys):
+    from areal_sys.cli import main
+
+    assert main(["validate", CONFIG, "model.path=nobody-here/no-such-model",
+                 "data.synthetic_train_size=4"]) == 0
+    out = capsys.readouterr().out
+    assert "note: prompt lengths not checked: nobody-here/no-such-model is not downloaded" in out

@@ -1,8 +1,8 @@
 """Every shipped config validates, and the per-algorithm configs pick what their names promise.
 
-`areal-sys validate` checks the schema and the model id, not the datasets: the GSM8K recipes name
-a local dataset the user provides (data/gsm8k/*.jsonl), which `areal-sys run` reads first and
-reports as a one-line error when it is missing.
+`load_config` checks the schema and the model id, not the datasets: the GSM8K recipes name a
+local dataset the user provides (data/gsm8k/*.jsonl), which `areal-sys validate` and
+`areal-sys run` read and report as a one-line error when it is missing.
 """
 
 from pathlib import Path
@@ -49,3 +49,15 @@ def test_rpo_configs_are_their_preset_plus_rpo(suite: str, preset: str) -> None:
     assert rpo.rpo.enabled and rpo.rpo.length_reward and not base.rpo.enabled
     assert rpo.algorithm == base.algorithm and rpo.rollout == base.rollout
     assert rpo.trainer == base.trainer and rpo.reward == base.reward
+
+
+def test_gsm8k_validate_names_the_missing_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from areal_sys.cli import main
+
+    monkeypatch.chdir(tmp_path)  # no data/gsm8k/ here
+    assert main(["validate", str(ROOT / "configs/gsm8k/grpo.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("areal-sys: error: data.train: data/gsm8k/train.jsonl: no such file")
+    assert len(err.splitlines()) == 1

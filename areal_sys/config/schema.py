@@ -7,20 +7,22 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, Strict, ValidationInfo, field_validator, model_validator
 
 from areal_sys.algorithms.presets import PRESETS, PresetName, preset_values
 from areal_sys.config.base import Section
 from areal_sys.config.reward import RewardConfig
 
 TINY_MODEL = "tiny"
+# A float in [0, 1) given as a YAML number (an int is accepted, a bool or a string is not).
+Beta = Annotated[float, Strict(), Field(ge=0.0, lt=1.0)]
 
 
 class ModelConfig(Section):
     path: str = Field(
-        TINY_MODEL,
+        TINY_MODEL, min_length=1,
         description="'tiny' (the built-in CPU model, built and cached on first use), a local "
         "Hugging Face model directory, or a Hugging Face model id (org/name)",
     )
@@ -49,10 +51,18 @@ class DataConfig(Section):
         "synthetic", description="'synthetic' (built-in task) or a local .jsonl/.parquet file"
     )
     eval: str = Field("synthetic", description="held-out set: 'synthetic' or a local file")
-    task: str = Field("synthetic", description="grader used for rows without a 'task' field")
-    prompt_field: str = Field("prompt", description="column holding the prompt text")
-    answer_field: str = Field("answer", description="column holding the reference answer")
-    uid_field: str | None = Field(None, description="column with a unique id (default: row index)")
+    task: str = Field(
+        "synthetic", min_length=1, description="grader used for rows without a 'task' field: a "
+        "built-in or one registered in reward.graders (checked unless reward.url is set)",
+    )
+    prompt_field: str = Field("prompt", min_length=1, description="column holding the prompt")
+    answer_field: str = Field(
+        "answer", min_length=1, description="column holding the reference answer (a JSON object "
+        "or list, e.g. a code dataset's tests, is passed to the grader as sorted-key JSON)",
+    )
+    uid_field: str | None = Field(
+        None, min_length=1, description="column with a unique id (default: row index)"
+    )
     prompt_template: str = Field(
         "{prompt}", description="format string applied to the prompt; 'chat' uses the tokenizer's "
         "chat template"
@@ -60,7 +70,17 @@ class DataConfig(Section):
     synthetic_train_size: int = Field(4096, ge=1, description="problems in the synthetic train set")
     synthetic_eval_size: int = Field(256, ge=1, description="problems in the synthetic eval set")
     shuffle: bool = True
-    max_prompt_tokens: int = Field(256, ge=1, description="longer prompts are rejected")
+    max_prompt_tokens: int = Field(
+        256, ge=1, description="longer prompts are rejected (so are prompts longer than "
+        "rollout.max_model_len - rollout.max_new_tokens)",
+    )
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template_has_prompt(cls, template: str) -> str:
+        if template != "chat" and "{prompt}" not in template:
+            raise ValueError(f"must contain '{{prompt}}' or be 'chat', got {template!r:.60}")
+        return template
 
 
 class RolloutConfig(Section):
@@ -89,7 +109,9 @@ class TrainerConfig(Section):
         1e-5, gt=0, description="learning rate of the value model (critic; PPO with GAE only)"
     )
     weight_decay: float = Field(0.0, ge=0)
-    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_betas: Annotated[tuple[Beta, Beta], Field(strict=False)] = Field(
+        (0.9, 0.999), description="Adam (beta1, beta2), each in [0, 1)"
+    )
     adam_eps: float = Field(1e-8, gt=0)
     grad_clip: float = Field(1.0, gt=0)
     warmup_steps: int = Field(0, ge=0)
@@ -147,7 +169,7 @@ class AlgorithmConfig(Section):
     loss: Literal["decoupled_ppo", "ppo_clip", "raft_sft", "raft_pp"] = Field(
         "decoupled_ppo", description="per-token policy loss"
     )
-    clip_low: float = Field(0.2, ge=0, description="ratio clip below: 1 - clip_low")
+    clip_low: float = Field(0.2, ge=0, lt=1, description="ratio clip below: 1 - clip_low")
     clip_high: float = Field(0.2, ge=0, description="ratio clip above: 1 + clip_high (DAPO 0.28)")
     dual_clip: float | None = Field(
         None, gt=1.0, description="dual clip c for A < 0: loss <= c*|A| (None: off; usual 3)"
@@ -265,7 +287,9 @@ class ControllerConfig(Section):
 
 
 class ClusterConfig(Section):
-    address: str | None = Field(None, description="Ray address; None starts or joins locally")
+    address: str | None = Field(
+        None, min_length=1, description="Ray address; None starts or joins locally"
+    )
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance")
     rollout_cpus: float = Field(1.0, ge=0, description="Ray CPUs of each rollout worker")
     trainer_cpus: float = Field(1.0, ge=0, description="Ray CPUs of each trainer rank")
@@ -283,7 +307,8 @@ class ClusterConfig(Section):
         "PACK", description="Ray placement-group strategy for the bundles of each role"
     )
     placement_timeout_s: float = Field(
-        120.0, gt=0, description="fail when the cluster cannot place every role within this time"
+        120.0, gt=0, le=86_400,
+        description="fail when the cluster cannot place every role within this time (at most a day)"
     )
 
 
@@ -328,11 +353,15 @@ class EvalConfig(Section):
 
 
 class ExperimentConfig(Section):
-    run_dir: str = Field("runs/default", description="where every output of the run goes")
+    run_dir: str = Field(
+        "runs/default", min_length=1, description="where every output of the run goes; one that "
+        "holds an earlier run is refused unless the run resumes it (--resume) or replaces it "
+        "(--overwrite)",
+    )
     resume: bool = Field(
         False, description="continue from the latest complete checkpoint in run_dir/checkpoints"
     )
-    seed: int = 1
+    seed: int = Field(1, ge=0, le=2**31 - 1, description="seeds data order, sampling and init")
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     rollout: RolloutConfig = RolloutConfig()
@@ -354,6 +383,11 @@ class ExperimentConfig(Section):
         if self.trainer.max_tokens_per_microbatch < self.rollout.max_model_len:
             raise ValueError(
                 "trainer.max_tokens_per_microbatch must hold one full sequence (>= max_model_len)"
+            )
+        if self.reward.url is None and self.data.task not in self.reward.grader_names():
+            raise ValueError(
+                f"data.task: unknown grader {self.data.task!r}; registered: "
+                f"{', '.join(self.reward.grader_names())} (add plugins in reward.graders)"
             )
         if self.rpo.enabled:
             if self.algorithm.estimator == "gae":

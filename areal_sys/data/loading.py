@@ -3,13 +3,21 @@
 Field names mirror `DataConfig`: `prompt_field`, `answer_field`, `uid_field`, `task`. A row may
 carry its own `task` (a grader name, see `reward_service.graders`); otherwise `task` applies.
 Every problem in a file is a `DataError` whose one-line message names `file:line` (jsonl) or
-`file:row N` (parquet, 1-based) and the field, so a bad dataset fails before anything starts.
+`file:row N` (parquet, 1-based) and the field, so a bad dataset fails before anything starts:
+bytes that are not UTF-8, JSON that is invalid, nested too deep or holds an integer too long to
+convert, NaN or an infinity anywhere in a row (JSON has neither; Python's parser accepts them), a
+row `task` that is no registered grader. A UTF-8 byte-order mark at the start of a .jsonl file is
+accepted (editors add it). An answer that is a JSON object or list (a code dataset's tests) becomes
+the reference as JSON with sorted keys; the grader of its task parses it.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+import stat
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +36,7 @@ class PromptRow:
     prompt: str
     reference: str
     task: str
+    where: str = field(default="", compare=False)  # "file:line" / "file:row N" for messages
 
 
 def load_rows(
@@ -40,11 +49,13 @@ def load_rows(
     split: str = "train",
     synthetic_size: int = 4096,
     seed: int = 1,
+    graders: Collection[str] | None = None,
 ) -> list[PromptRow]:
     """Rows of `source`: "synthetic" (`synthetic_size` problems of `split`, seeded) or a file.
 
     For a file, `split` and `synthetic_size` are ignored; uids are the `uid_field` values (must be
-    unique) or the 0-based row index. Raises DataError.
+    unique) or the 0-based row index. `graders`: the task names a row may give (None: no check,
+    e.g. a remote reward service that knows its own). Raises DataError.
     """
     if source == "synthetic":
         from areal_sys.data.synthetic import make_problems
@@ -54,8 +65,14 @@ def load_rows(
             for r in make_problems(synthetic_size, seed, split)
         ]
     path = Path(source).expanduser()
-    if not path.is_file():
+    try:
+        mode = path.stat().st_mode
+    except (OSError, ValueError):  # missing, unreachable, or a NUL byte in the path
+        mode = None
+    if mode is None or stat.S_ISDIR(mode):
         raise DataError(f"{source}: no such file (expected 'synthetic' or a .jsonl/.parquet file)")
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{source}: not a regular file")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         records = _read_jsonl(path)
@@ -66,7 +83,14 @@ def load_rows(
     rows: list[PromptRow] = []
     seen: dict[str, str] = {}
     for index, (where, record) in enumerate(records):
-        row = _to_row(where, index, record, prompt_field, answer_field, uid_field, task)
+        try:
+            _check_finite(where, record)
+            row = _to_row(where, index, record, prompt_field, answer_field, uid_field, task)
+        except RecursionError:
+            raise DataError(f"{where}: nested too deep") from None
+        if graders is not None and row.task not in graders:
+            raise DataError(f"{where}: field {ROW_TASK_FIELD!r}: unknown grader {row.task!r:.60}; "
+                            f"registered: {', '.join(sorted(graders))}")
         if row.uid in seen:
             first = seen[row.uid]
             raise DataError(f"{where}: field {uid_field!r}: duplicate {row.uid!r} (also {first})")
@@ -79,16 +103,48 @@ def load_rows(
 
 def _read_jsonl(path: Path) -> list[tuple[str, Any]]:
     records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    try:
+        f = path.open("rb")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror}") from None
+    with f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                f"{e.start + 1})") from None
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")
             if not line.strip():
                 continue
-            try:
-                records.append((f"{path}:{lineno}", json.loads(line)))
-            except json.JSONDecodeError as e:
-                msg = f"{path}:{lineno}: invalid JSON: {e.msg} (column {e.colno})"
-                raise DataError(msg) from None
+            records.append((where, _parse_json(where, line)))
     return records
+
+
+def _parse_json(where: str, line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: invalid JSON: {e.msg} (column {e.colno})") from None
+    except RecursionError:
+        raise DataError(f"{where}: invalid JSON: nested too deep") from None
+    except ValueError:  # Python's int-string limit (4300 digits)
+        raise DataError(f"{where}: invalid JSON: integer too long") from None
+
+
+def _check_finite(where: str, record: Any, path: str = "") -> None:
+    """Refuse NaN and infinities anywhere in a row, naming the field (json.loads accepts them)."""
+    if isinstance(record, float) and not math.isfinite(record):
+        raise DataError(f"{where}: field {path or 'row'!r}: {record} is not a finite number")
+    items: Any = ()
+    if isinstance(record, dict):
+        items = record.items()
+    elif isinstance(record, list | tuple):
+        items = enumerate(record)
+    for key, value in items:
+        _check_finite(where, value, f"{path}.{key}" if path else str(key))
 
 
 def _read_parquet(path: Path) -> list[tuple[str, Any]]:
@@ -122,10 +178,17 @@ def _to_row(
             f"{where}: field {prompt_field!r} must be a non-empty string, got {prompt!r:.40}"
         )
     answer = _field(where, record, answer_field)
-    if isinstance(answer, bool) or not isinstance(answer, str | int | float):
-        raise DataError(
-            f"{where}: field {answer_field!r} must be a string or a number, got {answer!r:.40}"
-        )
+    if isinstance(answer, dict | list):  # e.g. {"tests": [...]} of a code dataset
+        try:
+            reference = json.dumps(answer, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as e:  # parquet: keys or values JSON cannot hold
+            msg = f"{where}: field {answer_field!r}: not JSON-serialisable: {e}"
+            raise DataError(msg) from None
+    elif isinstance(answer, bool) or not isinstance(answer, str | int | float):
+        raise DataError(f"{where}: field {answer_field!r} must be a string, a number, a JSON "
+                        f"object or a list, got {answer!r:.40}")
+    else:
+        reference = str(answer)
     uid: Any = index
     if uid_field is not None:
         uid = _field(where, record, uid_field)
@@ -134,7 +197,7 @@ def _to_row(
     row_task = record.get(ROW_TASK_FIELD, task)
     if not isinstance(row_task, str) or not row_task:
         raise DataError(f"{where}: field {ROW_TASK_FIELD!r} must be a grader name (string)")
-    return PromptRow(uid=str(uid), prompt=prompt, reference=str(answer), task=row_task)
+    return PromptRow(uid=str(uid), prompt=prompt, reference=reference, task=row_task, where=where)
 
 
 def _field(where: str, record: dict[str, Any], name: str) -> Any:

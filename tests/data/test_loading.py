@@ -63,7 +63,7 @@ def row(**fields: object) -> str:
         ([row(question=5)], ":1: field 'question' must be a non-empty string"),
         ([row(question=" ")], ":1: field 'question' must be a non-empty string"),
         ([row(final=None)], ":1: missing field 'final'"),
-        ([row(final=[1])], ":1: field 'final' must be a string or a number"),
+        ([row(final=True)], ":1: field 'final' must be a string, a number, a JSON object"),
         ([json.dumps({"question": "q", "final": "1"})], ":1: missing field 'id'"),
         ([row(id=1.5)], ":1: field 'id' must be a string or an integer"),
         ([GOOD, "", GOOD], ":3: field 'id': duplicate 'a' (also "),
@@ -81,6 +81,86 @@ def test_bad_jsonl_rows_raise_one_line(tmp_path: Path, lines: list[str], message
     text = str(info.value)
     assert isinstance(info.value, ValueError) and "\n" not in text
     assert text.startswith(str(path)) and message in text
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (GOOD.encode() + b'\n{"question": "q\xff", "final": "1", "id": "b"}\n',
+         ":2: not UTF-8 text (byte 0xff at column 16)"),
+        (b'{"question": "q", "final": NaN, "id": "a"}\n',
+         ":1: field 'final': nan is not a finite number"),
+        (b'{"question": "q", "final": -Infinity, "id": "a"}\n', ":1: field 'final': -inf"),
+        (b'{"question": "q", "final": 1e999, "id": "a"}\n', ":1: field 'final': inf"),
+        (b'{"question": "q", "final": {"tests": [1, NaN]}, "id": "a"}\n',
+         ":1: field 'final.tests.1': nan"),
+        (b'{"question": "q", "final": "1", "id": "a", "x": [Infinity]}\n', ":1: field 'x.0'"),
+        (b'{"question": "q", "final": ' + b"9" * 5000 + b', "id": "a"}\n',
+         ":1: invalid JSON: integer too long"),
+        (b'{"question": "q", "final": ' + b"[" * 100_000 + b"]" * 100_000 + b', "id": "a"}\n',
+         ":1: invalid JSON: nested too deep"),
+        (GOOD.encode() + b"\n\xef\xbb\xbf" + GOOD.encode() + b"\n", ":2: invalid JSON"),
+        (row(task="os:popen").encode(), ":1: field 'task': unknown grader 'os:popen'; registered: "
+         "code, math"),
+    ],
+)
+def test_hostile_rows_raise_one_line(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(DataError) as info:
+        load_rows(str(path), **MAPPING, graders={"math", "code"})
+    text = str(info.value)
+    assert "\n" not in text and len(text) < 400, text
+    assert text.startswith(str(path)) and message in text, text
+
+
+def test_byte_order_mark_at_the_start_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + GOOD.encode() + b"\n")
+    assert load_rows(str(path), **MAPPING) == [PromptRow("a", "q", "1", "math")]
+
+
+def test_graders_none_checks_no_task_name(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", [row(task="remote_only")])
+    assert load_rows(str(path), **MAPPING)[0].task == "remote_only"  # reward.url: its own graders
+    assert load_rows(str(path), **MAPPING, graders={"remote_only"})[0].task == "remote_only"
+
+
+def test_code_references_may_be_json_objects(tmp_path: Path) -> None:
+    tests = {"tests": [{"input": "1", "output": "2"}], "entry": "main"}
+    path = write_jsonl(tmp_path / "code.jsonl", [
+        json.dumps({"question": "Add one.", "final": tests, "id": "c1", "task": "code"}),
+        json.dumps({"question": "List.", "final": [3, "x"], "id": "c2", "task": "code"}),
+    ])
+    rows = load_rows(str(path), **MAPPING)
+    assert rows[0].reference == json.dumps(tests, sort_keys=True)
+    assert json.loads(rows[0].reference) == tests and rows[1].reference == '[3, "x"]'
+    assert rows[0].where == f"{path}:1"
+
+
+def test_parquet_code_reference_and_nan(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    good = tmp_path / "code.parquet"
+    tests = [{"tests": [{"input": "1", "output": "2"}]}]
+    pq.write_table(pa.table({"question": ["q"], "final": tests, "id": ["a"]}), good)
+    assert json.loads(load_rows(str(good), **MAPPING)[0].reference) == tests[0]
+    bad = tmp_path / "nan.parquet"
+    pq.write_table(pa.table({"question": ["q"], "final": [float("nan")], "id": ["a"]}), bad)
+    with pytest.raises(DataError, match=r"nan\.parquet:row 1: field 'final': nan is not a finite"):
+        load_rows(str(bad), **MAPPING)
+
+
+def test_not_a_regular_file(tmp_path: Path) -> None:
+    import os
+
+    os.mkfifo(tmp_path / "fifo.jsonl")
+    with pytest.raises(DataError, match="not a regular file"):  # reading would block
+        load_rows(str(tmp_path / "fifo.jsonl"))
+    (tmp_path / "dir.jsonl").mkdir()
+    with pytest.raises(DataError, match="no such file"):
+        load_rows(str(tmp_path / "dir.jsonl"))
 
 
 def test_missing_file_and_unknown_type(tmp_path: Path) -> None:
