@@ -8,26 +8,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from areal_sys.config import ConfigError, ExperimentConfig, dump_config, load_config
+from areal_sys.preflight import (
+    RUN_OUTPUTS,
+    UserError,
+    check_model_dir,
+    check_run_dir,
+    checkpoint_to_resume,
+    encode_prompts,
+    load_datasets,
+    load_tokenizer,
+    local_tokenizer,
+    make_run_dir,
+)
 
 EXIT_USAGE = 2
-
-
-# What a run writes into run_dir: their presence means run_dir holds an earlier run.
-RUN_OUTPUTS = ("config.yaml", "results.json", "metrics.jsonl", "staleness.jsonl",
-               "filtered.jsonl", "timeline.jsonl", "eval.jsonl", "events.jsonl", "checkpoints",
-               "tensorboard", "wandb", "report")
-
-
-class UserError(Exception):
-    """Any input problem the user must fix; printed as one line, exit code 2."""
 
 
 def _error(text: str) -> None:
@@ -139,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         _error(str(e))
         return EXIT_USAGE
     except RuntimeError as e:
+        if type(e).__name__ == "EngineStartError":  # workers/engine_start.py: one line
+            _error(str(e))
+            return 1
         if type(e).__name__ != "TrainerDied":  # controller/recovery.py
             raise
         again = ["areal-sys", *(argv if argv is not None else sys.argv[1:])]
@@ -212,118 +215,16 @@ def _algorithms_listing() -> str:
     return "\n".join(lines)
 
 
-def _load_rows(cfg: ExperimentConfig) -> dict[str, list[Any]]:
-    """Read (and so validate) both datasets before anything expensive starts.
-
-    A row's `task` must name a registered grader, unless `reward.url` points at a remote service,
-    which knows its own graders (it answers an unknown one with a 400 during the run).
-    """
-    from areal_sys.data.loading import DataError, load_rows
-
-    d = cfg.data
-    graders = None if cfg.reward.url else set(cfg.reward.grader_names())
-    rows = {}
-    for split, source, size in (("train", d.train, d.synthetic_train_size),
-                                ("eval", d.eval, d.synthetic_eval_size)):
-        try:
-            rows[split] = load_rows(source, prompt_field=d.prompt_field,
-                                    answer_field=d.answer_field, uid_field=d.uid_field,
-                                    task=d.task, split=split, synthetic_size=size, seed=cfg.seed,
-                                    graders=graders)
-        except DataError as e:
-            raise UserError(f"data.{split}: {e}") from None
-    return rows
-
-
-def _encode(cfg: ExperimentConfig, rows: list[Any], split: str, tokenizer: Any) -> list[Any]:
-    """Token ids of every prompt; a prompt longer than the engine's room is a one-line error."""
-    from areal_sys.data.loading import render_prompt
-    from controller.controller import Prompt
-
-    room = cfg.rollout.max_model_len - cfg.rollout.max_new_tokens
-    limit = min(cfg.data.max_prompt_tokens, room)
-    why = (f"data.max_prompt_tokens={limit}" if limit == cfg.data.max_prompt_tokens else
-           f"rollout.max_model_len {cfg.rollout.max_model_len} - rollout.max_new_tokens "
-           f"{cfg.rollout.max_new_tokens}")
-    prompts = []
-    for row in rows:
-        try:
-            ids = render_prompt(cfg.data.prompt_template, row.prompt, tokenizer)
-        except ValueError as e:
-            raise UserError(f"data.prompt_template: {e}") from None
-        if not ids:
-            raise UserError(f"data.{split}: {row.where or row.uid}: the prompt encodes to no "
-                            "tokens (check the tokenizer and data.prompt_template)")
-        if len(ids) > limit:
-            where = row.where or f"prompt {row.uid!r}"
-            raise UserError(f"data.{split}: {where}: the prompt has {len(ids)} tokens, more than "
-                            f"the {limit} that fit ({why})")
-        prompts.append(Prompt(row.uid, ids, row.reference, row.task))
-    return prompts
-
-
-def _check_model_dir(path: str | Path, what: str) -> Path:
-    """`path` as a Hugging Face model directory (a config.json object in it), else UserError."""
-    path = Path(path)
-    config = path / "config.json"
-    if not config.is_file():
-        raise UserError(f"{what}: {path} is not a Hugging Face model directory (no config.json)")
-    try:
-        ok = isinstance(json.loads(config.read_text(encoding="utf-8")), dict)
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        ok = False
-    if not ok:
-        raise UserError(f"{what}: {config} is not a JSON object (a damaged model directory?)")
-    return path
-
-
-def _load_tokenizer(path: str | Path, what: str) -> Any:
-    """The tokenizer of a model directory; any failure is one line naming the directory."""
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-    except Exception as e:  # noqa: BLE001 - whatever a user's directory makes transformers raise
-        reason = (str(e).strip().splitlines() or [""])[0][:200]
-        raise UserError(f"{what}: cannot load the tokenizer of {path}: "
-                        f"{type(e).__name__}: {reason}") from None
-    if len(tokenizer) < 2:  # transformers builds an empty one when the files are missing
-        raise UserError(f"{what}: {path} has no usable tokenizer (no tokenizer files?)")
-    return tokenizer
-
-
-def _local_tokenizer(cfg: ExperimentConfig) -> tuple[Any, str]:
-    """The tokenizer `run` will use, if it is here without building or downloading anything
-    (the tiny model's is built in code); else None and why the prompts are not checked."""
-    from areal_sys.config import TINY_MODEL
-
-    path = cfg.model.path
-    if path == TINY_MODEL:
-        from areal_sys.models.tiny import build_tokenizer
-
-        return build_tokenizer(), ""
-    local = Path(path).expanduser()
-    if local.is_dir():
-        return _load_tokenizer(_check_model_dir(local, "model.path"), "model.path"), ""
-    try:
-        from huggingface_hub import snapshot_download
-
-        cached = snapshot_download(repo_id=path, local_files_only=True)
-    except Exception:  # noqa: BLE001 - not in the local cache: `run` downloads it
-        return None, f"prompt lengths not checked: {path} is not downloaded yet"
-    return _load_tokenizer(_check_model_dir(cached, "model.path"), "model.path"), ""
-
-
 def _validate(cfg: ExperimentConfig, config: str) -> int:
     """Everything checkable without Ray: config, datasets, model directory, prompt lengths,
     run_dir. Writes nothing."""
-    earlier = _check_run_dir(cfg.run_dir)
-    _checkpoint_to_resume(cfg)
-    rows = _load_rows(cfg)
-    tokenizer, note = _local_tokenizer(cfg)
+    earlier = check_run_dir(cfg.run_dir)
+    checkpoint_to_resume(cfg)
+    rows = load_datasets(cfg)
+    tokenizer, note = local_tokenizer(cfg)
     if tokenizer is not None:
         for split in ("train", "eval"):
-            _encode(cfg, rows[split], split, tokenizer)
+            encode_prompts(cfg, rows[split], split, tokenizer)
     print(f"ok: {config} (algorithm {cfg.algorithm.name}, model {cfg.model.path}, "
           f"eta {cfg.controller.max_staleness}, {cfg.trainer.total_steps} steps; "
           f"{len(rows['train'])} train and {len(rows['eval'])} eval prompts)")
@@ -335,46 +236,6 @@ def _validate(cfg: ExperimentConfig, config: str) -> int:
     return 0
 
 
-def _check_run_dir(run_dir: str) -> list[Path]:
-    """Check that `run_dir` is or can become a directory (nothing is created); return the
-    earlier run's outputs in it (RUN_OUTPUTS present)."""
-    path = Path(run_dir)
-    try:
-        if path.exists() and not path.is_dir():
-            raise UserError(f"run_dir {run_dir!r:.200} exists and is not a directory")
-        ancestor = path.absolute()
-        while not ancestor.exists():
-            ancestor = ancestor.parent
-        if not path.exists() and not ancestor.is_dir():
-            raise UserError(f"run_dir {run_dir!r:.200} cannot be created: {ancestor} is a file")
-        if not os.access(ancestor, os.W_OK | os.X_OK):
-            raise UserError(f"run_dir {run_dir!r:.200}: {ancestor} is not writable")
-        return [path / name for name in RUN_OUTPUTS if (path / name).exists()]
-    except OSError as e:  # e.g. a name too long
-        raise UserError(f"run_dir {run_dir!r:.200}: {e.strerror}") from None
-
-
-def _make_run_dir(run_dir: str, remove: list[Path], config: str | None = None) -> Path:
-    """Create run_dir, first deleting `remove` (an earlier run's outputs, --overwrite), and
-    write `config` as its config.yaml."""
-    path = Path(run_dir)
-    try:
-        for old in remove:
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old)
-            else:
-                old.unlink()
-        path.mkdir(parents=True, exist_ok=True)
-        if config is not None:
-            (path / "config.yaml").write_text(config, encoding="utf-8")
-    except OSError as e:
-        raise UserError(f"run_dir {run_dir!r:.200}: {e.strerror}: {e.filename}") from None
-    if remove:
-        print(f"overwrite: removed the earlier run's {', '.join(p.name for p in remove)} "
-              f"from {path}")
-    return path
-
-
 def _eval(cfg: ExperimentConfig, checkpoint_dir: str) -> int:
     """pass@1, avg@k and pass@k of a checkpoint's policy on the held-out set, with the rollout
     workers and the reward service; printed and appended to RUN_DIR/eval.jsonl."""
@@ -382,11 +243,11 @@ def _eval(cfg: ExperimentConfig, checkpoint_dir: str) -> int:
     policy = ckpt / "policy" if (ckpt / "policy").is_dir() else ckpt
     if not (policy / "config.json").is_file():
         raise UserError(f"eval: {ckpt} holds no Hugging Face policy (no config.json in {policy})")
-    _check_model_dir(policy, "eval --checkpoint")
-    _check_run_dir(cfg.run_dir)  # eval appends to run_dir/eval.jsonl: an earlier run is expected
-    rows = _load_rows(cfg)
-    tokenizer = _load_tokenizer(policy, "eval --checkpoint")
-    held_out = _encode(cfg, rows["eval"], "eval", tokenizer)[: cfg.eval.num_problems]
+    check_model_dir(policy, "eval --checkpoint")
+    check_run_dir(cfg.run_dir)  # eval appends to run_dir/eval.jsonl: an earlier run is expected
+    rows = load_datasets(cfg)
+    tokenizer = load_tokenizer(policy, "eval --checkpoint")
+    held_out = encode_prompts(cfg, rows["eval"], "eval", tokenizer)[: cfg.eval.num_problems]
     import asyncio
 
     from controller import runtime
@@ -398,7 +259,7 @@ def _eval(cfg: ExperimentConfig, checkpoint_dir: str) -> int:
         actors = runtime.create_eval_actors(cfg, str(policy))
 
         async def go() -> dict[str, float]:
-            await asyncio.gather(*[w.start.remote() for w in actors.rollout])
+            await runtime.start_actors(cfg, actors)
 
             async def generate(i: int, method: str, **kw: Any) -> Any:
                 return await getattr(actors.rollout[i], method).remote(**kw)
@@ -413,7 +274,7 @@ def _eval(cfg: ExperimentConfig, checkpoint_dir: str) -> int:
         figures = asyncio.run(go())
     finally:
         runtime.shutdown(actors)
-    run_dir = _make_run_dir(cfg.run_dir, [])
+    run_dir = make_run_dir(cfg.run_dir, [])
     with open(run_dir / "eval.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps({"tag": "checkpoint", "checkpoint": str(ckpt), **figures}) + "\n")
     k = int(figures["k"])
@@ -421,21 +282,6 @@ def _eval(cfg: ExperimentConfig, checkpoint_dir: str) -> int:
           f"{100 * figures['pass@1']:.1f}%, avg@{k} {100 * figures[f'avg@{k}']:.1f}%, "
           f"pass@{k} {100 * figures[f'pass@{k}']:.1f}%")
     return 0
-
-
-def _checkpoint_to_resume(cfg: ExperimentConfig) -> Path | None:
-    """The latest complete checkpoint when `resume` is set (an error if there is none)."""
-    if not cfg.resume:
-        return None
-    from controller.checkpoint import latest
-
-    ckpt = latest(cfg.run_dir)
-    if ckpt is None:
-        raise UserError(f"resume: no complete checkpoint in {Path(cfg.run_dir) / 'checkpoints'}")
-    if int(ckpt.name.removeprefix("step_")) >= cfg.trainer.total_steps:
-        raise UserError(f"resume: {ckpt} is already at trainer.total_steps "
-                        f"({cfg.trainer.total_steps}); raise it to train further")
-    return ckpt
 
 
 def _run(cfg: ExperimentConfig, overwrite: bool = False) -> int:
@@ -448,27 +294,27 @@ def _run(cfg: ExperimentConfig, overwrite: bool = False) -> int:
     t_start = time.time()
     if overwrite and cfg.resume:
         raise UserError("run: --overwrite and --resume exclude each other")
-    earlier = _check_run_dir(cfg.run_dir)
+    earlier = check_run_dir(cfg.run_dir)
     if earlier and not (cfg.resume or overwrite):
         raise UserError(f"run_dir {cfg.run_dir} holds an earlier run "
                         f"({', '.join(p.name for p in earlier[:4])}); continue it with --resume, "
                         f"replace it with --overwrite, or choose another run_dir")
-    resume = _checkpoint_to_resume(cfg)
-    rows = _load_rows(cfg)
+    resume = checkpoint_to_resume(cfg)
+    rows = load_datasets(cfg)
     try:
         model_path = runtime.resolve_model(cfg, progress=cfg.logging.progress_bar)
     except OSError as e:  # e.g. the tiny model's cache directory ($AREAL_SYS_CACHE) not writable
         raise UserError(f"model.path: cannot prepare {cfg.model.path!r}: {e.strerror or e}: "
                         f"{e.filename or ''}") from None
-    _check_model_dir(model_path, "model.path")
-    tokenizer = _load_tokenizer(model_path, "model.path")
-    train = _encode(cfg, rows["train"], "train", tokenizer)
-    held_out = _encode(cfg, rows["eval"], "eval", tokenizer)
+    check_model_dir(model_path, "model.path")
+    tokenizer = load_tokenizer(model_path, "model.path")
+    train = encode_prompts(cfg, rows["train"], "train", tokenizer)
+    held_out = encode_prompts(cfg, rows["eval"], "eval", tokenizer)
 
     from areal_sys.algorithms import build_algorithm
 
     algo = build_algorithm(cfg.algorithm, max_new_tokens=cfg.rollout.max_new_tokens, rpo=cfg.rpo)
-    run_dir = _make_run_dir(cfg.run_dir, earlier if overwrite else [], dump_config(cfg))
+    run_dir = make_run_dir(cfg.run_dir, earlier if overwrite else [], dump_config(cfg))
     print(f"algorithm: {algo.summary}")  # which path is active, before anything starts
     import asyncio
 

@@ -47,7 +47,7 @@ PASS_RATE_TOLERANCE = 0.03
 
 def run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     """One `areal-sys run` of the CPU demo config; the figures of the benchmark."""
-    args = [sys.executable, "-m", "areal_sys.cli", "run", "configs/local_tiny.yaml",
+    args = [sys.executable, "-m", "areal_sys.cli", "run", "configs/local_tiny.yaml", "--overwrite",
             f"run_dir={run_dir}", *overrides]
     t0 = time.time()
     res = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)

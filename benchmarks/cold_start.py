@@ -37,7 +37,8 @@ MARKS = {"config_s": "algorithm:", "ray_s": "cluster: reserved"}
 
 
 def one_run(config: str, run_dir: Path, extra: list[str]) -> dict[str, float]:
-    args = [sys.executable, "-m", "areal_sys.cli", "run", config, f"run_dir={run_dir}",
+    args = [sys.executable, "-m", "areal_sys.cli", "run", config, "--overwrite",
+            f"run_dir={run_dir}",
             "trainer.total_steps=1", "eval.before_and_after=false", "logging.progress_bar=false",
             *extra]
     marks: dict[str, float] = {}

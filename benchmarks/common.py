@@ -70,8 +70,8 @@ def run_experiment(config: str, run_dir: Path, overrides: list[str]) -> dict[str
     from areal_sys.metrics import read_jsonl
 
     root = Path(__file__).resolve().parent.parent
-    args = [sys.executable, "-m", "areal_sys.cli", "run", config, f"run_dir={run_dir}",
-            *overrides]
+    args = [sys.executable, "-m", "areal_sys.cli", "run", config, "--overwrite",
+            f"run_dir={run_dir}", *overrides]
     t0 = time.time()
     res = subprocess.run(args, cwd=root, capture_output=True, text=True)
     wall = time.time() - t0

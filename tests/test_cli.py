@@ -72,12 +72,14 @@ def test_import_is_light():
 
 
 def test_bad_dataset_exits_2_before_anything_starts(tmp_path):
-    missing = areal_sys("run", "configs/local_tiny.yaml", f"data.train={tmp_path}/none.jsonl")
+    run_dir = f"run_dir={tmp_path}/run"  # never the config's own run_dir, which may hold a run
+    missing = areal_sys("run", "configs/local_tiny.yaml", f"data.train={tmp_path}/none.jsonl",
+                        run_dir)
     assert missing.returncode == 2
     assert missing.stderr.startswith("areal-sys: error: data.train:"), missing.stderr
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "1+1=", "answer": "2"}\n{"question": "no prompt field"}\n')
-    res = areal_sys("run", "configs/local_tiny.yaml", f"data.train={bad}")
+    res = areal_sys("run", "configs/local_tiny.yaml", f"data.train={bad}", run_dir)
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "data.train:" in lines[0] and ":2" in lines[0], res.stderr
@@ -143,12 +145,12 @@ def test_an_earlier_run_is_never_written_into(tmp_path):
 
 
 def test_overwrite_removes_only_the_earlier_runs_outputs(tmp_path, capsys):
-    from areal_sys.cli import RUN_OUTPUTS, _check_run_dir, _make_run_dir
+    from areal_sys.preflight import RUN_OUTPUTS, check_run_dir, make_run_dir
 
     earlier_run(tmp_path)
-    earlier = _check_run_dir(str(tmp_path))
+    earlier = check_run_dir(str(tmp_path))
     assert [p.name for p in earlier] == ["config.yaml", "metrics.jsonl", "checkpoints"]
-    _make_run_dir(str(tmp_path), earlier, "seed: 1\n")
+    make_run_dir(str(tmp_path), earlier, "seed: 1\n")
     assert snapshot(tmp_path) == {"config.yaml": b"seed: 1\n", "notes.txt": b"mine"}
     assert "removed the earlier run's config.yaml, metrics.jsonl, checkpoints" in \
         capsys.readouterr().out

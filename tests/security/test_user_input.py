@@ -114,5 +114,6 @@ def test_control_characters_in_values_stay_on_one_line(tmp_path):
     config.write_text(f'run_dir: "{tmp_path}/a\\nb"\n')
     line = refused(areal_sys("run", str(config)))
     assert "a\\nb holds an earlier run" in line
-    line = refused(areal_sys("run", "configs/local_tiny.yaml", "data.train=\x1b[31mx.jsonl"))
+    line = refused(areal_sys("run", "configs/local_tiny.yaml", "data.train=\x1b[31mx.jsonl",
+                             f"run_dir={tmp_path}/run"))
     assert "\x1b" not in line and "\\x1b[31mx.jsonl: no such file" in line
