@@ -6,33 +6,37 @@ stdout/stderr, exit code and whether it was killed. Nothing the program does rai
 Isolation modes, best first; `detect_mode()` probes them once per process and logs the one used
 (`AREAL_SYS_SANDBOX_MODE` in the environment skips the probe; graders' subprocesses inherit it):
 
-- `namespaces` (Linux, root or CAP_SYS_ADMIN, `unshare` from util-linux): the program runs in new
-  PID, mount, network, IPC and UTS namespaces. Inside, every mount is remounted read-only; its
-  working directory is a private tmpfs (size-bounded) that is the only writable place; the
-  namespace's network has only a loopback interface, and it is down, so no connection can leave
-  (not even to 127.0.0.1 of the host); /proc shows only the sandbox's own processes. The program
-  runs as a random unprivileged uid/gid with no supplementary groups, so it cannot undo the
-  mounts, and `RLIMIT_NPROC` applies to it alone. When the namespace's first process dies
-  (wall-clock kill, or the grader dies: parent-death signals chain down) the kernel kills every
-  process left in it, including ones that called `setsid`.
-- `uid` (root without namespaces): random unprivileged uid, rlimits, a Python audit hook that
-  refuses sockets, `ctypes` and process spawning (`os.fork` stays allowed), process-group kill.
-- `rlimits` (neither): rlimits, the same audit hook, process-group kill.
+- `namespaces` (Linux, root or CAP_SYS_ADMIN, `unshare` from util-linux): new PID, mount, network,
+  IPC and UTS namespaces. The program's root is a fresh read-only tmpfs holding only read-only
+  binds of /usr, /lib*, the interpreter's prefix, the null/zero/random devices, a few generated
+  /etc files and the namespace's own /proc (`pivot_root`, the host's tree detached): no host
+  unix socket, /tmp, /run, /dev/shm or project file is even addressable. Its working directory
+  (/sandbox, also HOME) is a size-bounded private tmpfs, the only writable place. The network
+  namespace has only a loopback that is down (no TCP to the host, abstract unix sockets are
+  scoped to it); the IPC namespace is empty; /proc shows only the sandbox's processes. The
+  program runs as a random unprivileged uid/gid with no supplementary groups, so it cannot undo
+  the mounts, and `RLIMIT_NPROC` applies to it alone. Its monitor is the namespace's pid 1: when
+  it exits (program done, limit reached, or grader gone) the kernel kills every process left,
+  including `setsid` daemons, before `run_python` returns.
+- `uid` (root without namespaces): random unprivileged uid, rlimits, the seccomp filter below
+  with `execve` refused as well, a Python audit hook (sockets, `ctypes`, spawning, importing
+  `_posixsubprocess`), and a root monitor that is a child subreaper: every orphan re-parents to
+  it, and it kills and reaps all of them before `run_python` returns.
+- `rlimits` (neither): as `uid`, but the program runs as the service's own user.
 
-The wall clock starts when the sandbox is built (just before the interpreter starts on the
-program), so a loaded machine does not charge set-up time to the program. Every mode: scrubbed
-environment (PATH, LANG, HOME only), `python -I` (no user site, no
-PYTHON* variables), rlimits on CPU seconds, address space, processes, open files, file size and
-core dumps, the whole process group SIGKILLed at the wall-clock limit, output read up to
-`max_output_bytes` (the program is killed once it writes more).
+Every mode also has a seccomp filter (x86_64 and aarch64): no `socket()` (only a connected unix
+stream `socketpair`), no SysV or POSIX message-queue IPC, io_uring, keyrings, ptrace, bpf,
+mount or namespace calls. It is inherited by every process the program starts, exec'd or not.
 
-Not guaranteed: in every mode the program can read world-readable files (the interpreter, this
-project's source, /etc); it can burn its CPU and wall-clock budget. In `uid` and `rlimits`
-modes the network block is the audit hook only: native extension code can bypass it; writes to
-world-writable directories (/tmp, /dev/shm) remain possible in `uid` mode and any write the server's
-user may do is possible in `rlimits` mode; a process that leaves the process group escapes the
-kill; in `rlimits` mode as root `RLIMIT_NPROC` is not enforced by the kernel. Use `namespaces`
-(or a VM/container boundary) for hostile code.
+The program runs in the launcher's interpreter, forked after the sandbox is built (no second
+interpreter start per call); its wall clock starts once set-up is done, so a loaded machine does
+not charge set-up time to it. Every mode: scrubbed environment (PATH, LANG, HOME only),
+`python -I`, rlimits on CPU seconds, address space, processes, open files, file size and core
+dumps, output read up to `max_output_bytes` (the program is killed once it writes more).
+
+Not contained in any mode: reading world-readable files that are there (in `namespaces` only
+the trees bound in above); burning its CPU and wall-clock budget. What the fallback modes do
+not contain is `UNCONTAINED[mode]`; only `SAFE_MODES` are fit for hostile code.
 """
 
 from __future__ import annotations
@@ -58,7 +62,6 @@ Mode = Literal["namespaces", "uid", "rlimits"]
 MODES: tuple[Mode, ...] = ("namespaces", "uid", "rlimits")
 MODE_ENV = "AREAL_SYS_SANDBOX_MODE"
 WORK_PREFIX = "areal_sbx-"  # + pid of the grading process: see `remove_work_dirs`
-_SETUP_FAILED = 121  # exit code of the launcher when it could not build the sandbox
 _STDERR_BYTES = 16 << 10
 # Limit for building the sandbox (unshare, mounts, interpreter start); not charged to the program.
 SETUP_TIMEOUT_S = 20.0
@@ -68,14 +71,22 @@ log = logging.getLogger(__name__)
 # Modes that contain a hostile program; the code grader refuses the others unless the service's
 # owner opted in (`reward.allow_unsafe_sandbox`).
 SAFE_MODES: tuple[Mode, ...] = ("namespaces",)
+_KERNEL_FILTER = platform.machine() in ("x86_64", "aarch64")  # see `seccomp_filter`
+_FALLBACK_NET = (
+    "sockets, SysV IPC and exec are refused by the kernel (seccomp)" if _KERNEL_FILTER else
+    "sockets and exec are refused only by an audit hook, which native code bypasses (no seccomp "
+    "filter for this machine)")
 # What each mode does NOT contain, one line each (shown by /health, the start-up log, the README).
 UNCONTAINED: dict[Mode, str] = {
     "namespaces": "",
-    "uid": "network and process spawning are blocked only by an audit hook, which native code "
-    "(ctypes-free C extensions, _posixsubprocess.fork_exec) bypasses; world-writable dirs "
-    "(/tmp, /dev/shm) and host unix sockets are reachable",
-    "rlimits": "as uid, and the program runs as the service's own user: it can write or delete "
-    "anything that user can",
+    "uid": "the program reads every world-readable host file and every process's command line "
+    "in /proc, and writes into world-writable directories (/tmp, /var/tmp, /dev/shm), where "
+    f"what it writes stays; {_FALLBACK_NET}; its processes are killed after each run",
+    "rlimits": "the program runs as the service's own user: it reads, writes and deletes "
+    "whatever that user can (the project, token files, and through /proc the environment and "
+    "memory of the service's processes), and can signal them, including the monitor that kills "
+    "its leftover processes, so a daemon can survive; as root, RLIMIT_NPROC does not apply; "
+    f"{_FALLBACK_NET}",
 }
 
 
