@@ -322,10 +322,13 @@ def _python() -> str:
     return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
 
 
-def _preexec() -> None:
+def _die_with_parent() -> None:
+    """`unshare` dies with the grader (PR_SET_PDEATHSIG), and kills the namespace's pid 1 as it
+    goes (--kill-child). The fallback modes' monitor must outlive the grader instead, long
+    enough to see the lifeline close and kill what the program left."""
     import ctypes
 
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # die with the grader (PR_SET_PDEATHSIG)
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)
 
 
 def run_python(code: str, stdin: str = "", limits: SandboxLimits | None = None,
@@ -360,7 +363,8 @@ def run_python(code: str, stdin: str = "", limits: SandboxLimits | None = None,
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
-            start_new_session=True, preexec_fn=_preexec, close_fds=True,
+            start_new_session=True, close_fds=True,
+            preexec_fn=_die_with_parent if mode == "namespaces" else None,
             pass_fds=(life_r, status_w),
         )
         os.close(life_r)
@@ -418,7 +422,8 @@ def _supervise(proc: subprocess.Popen, status_fd: int, life_w: int, limits: Sand
         sel.close()
         os.close(life_w)  # the monitor kills the program and every process it left, then exits
         try:
-            proc.wait(timeout=SETUP_TIMEOUT_S)
+            # set-up never finished: no program code ran, the launcher may be stuck in set-up
+            proc.wait(timeout=SETUP_TIMEOUT_S if status.startswith(b"R") else 0.01)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)

@@ -215,6 +215,42 @@ def test_no_daemon_outlives_its_run(mode: str, hang: bool, outside: Path) -> Non
     assert not marker.exists() and _alive_with_comm(comm) == []
 
 
+GRADER = """
+import sys
+from reward_service.sandbox import SandboxLimits, run_python
+run_python(sys.argv[1], "", SandboxLimits(wall_s=60.0, cpu_s=60), mode=sys.argv[2])
+"""
+
+
+def _wait_for(check: object, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and not check():  # type: ignore[operator]
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_no_daemon_outlives_a_killed_grader(mode: str, outside: Path) -> None:
+    """The grading process is SIGKILLed mid-run (an item's own limit): the program and its
+    `setsid` daemon go with it."""
+    comm = "sbxd" + secrets.token_hex(4)
+    marker = outside / "marker"
+    program = DAEMON.replace("COMM", repr(comm)).replace("MARKER", repr(str(marker)))
+    program += "import time\ntime.sleep(60)\n"
+    path = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))
+    grader = subprocess.Popen([sys.executable, "-c", GRADER, program, mode], cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": path})
+    try:
+        _wait_for(lambda: _alive_with_comm(comm), 30.0)
+        assert _alive_with_comm(comm), "the daemon never started"
+    finally:
+        grader.kill()
+        grader.wait()
+    _wait_for(lambda: not _alive_with_comm(comm), 10.0)
+    assert _alive_with_comm(comm) == []
+    time.sleep(2.5)  # past the moment the daemon would have written its marker
+    assert not marker.exists() and _alive_with_comm(comm) == []
+
+
 @needs_ns
 def test_nothing_is_written_outside_the_work_dir(outside: Path) -> None:
     tag = "sbx-" + secrets.token_hex(4)
