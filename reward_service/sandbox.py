@@ -180,10 +180,11 @@ def minimal_root(root):
     opts = "size=%dm,mode=0700,uid=%d,gid=%d" % (cfg["tmpfs_mb"], uid, uid)
     mount("tmpfs", root + "/sandbox", "tmpfs", NOSUID | NODEV, opts)
     os.chdir(root)
-    if libc.syscall(ctypes.c_long(cfg["pivot_root"]), b".", b".") != 0:
-        fail("pivot_root: " + os.strerror(ctypes.get_errno()))
-    if libc.umount2(b".", 2) != 0:  # MNT_DETACH: the host's tree is gone from this namespace
-        fail("detach the old root: " + os.strerror(ctypes.get_errno()))
+    if libc.syscall(ctypes.c_long(cfg["pivot_root"]), b".", b".") == 0:
+        if libc.umount2(b".", 2) != 0:  # MNT_DETACH: the host's tree is gone from this namespace
+            fail("detach the old root: " + os.strerror(ctypes.get_errno()))
+    elif libc.chroot(b".") != 0:  # / on initramfs: no pivot_root; the program cannot chroot
+        fail("pivot_root and chroot: " + os.strerror(ctypes.get_errno()))
     os.chdir("/")
     mount(None, "/", None, REMOUNT | BIND | RO | NOSUID | NODEV)
     return "/sandbox"
@@ -255,10 +256,11 @@ sys.argv = ["prog.py"]
 os.write(status, b"R"); os.close(status)  # set-up done: the program's wall clock starts now
 del cfg, files, libc
 if hook:
+    # a second, Python-level layer: clear errors for the common cases; `_posixsubprocess` is
+    # what `fork_exec` (exec without this hook) lives in
     def _hook(event, args, _deny=("socket.", "ctypes.", "os.exec", "os.posix_spawn", "os.system",
-                                 "subprocess.Popen", "os.spawn", "pty.", "os.pidfd_open"),
-              _mods=("_posixsubprocess", "_ctypes")):
-        if event.startswith(_deny) or event == "import" and args[0] in _mods:
+                                 "subprocess.Popen", "os.spawn", "pty.")):
+        if event.startswith(_deny) or event == "import" and args[0] == "_posixsubprocess":
             raise PermissionError("sandbox: %s is not allowed" % event)
     sys.addaudithook(_hook)
 runpy.run_path("prog.py", run_name="__main__")

@@ -183,10 +183,12 @@ def _alive_with_comm(comm: str) -> list[int]:
 
 DAEMON = """
 import os, time
+r, w = os.pipe()
 if os.fork() == 0:
     os.setsid()
     if os.fork() == 0:
         open("/proc/self/comm", "w").write(COMM)
+        os.write(w, b"up")
         time.sleep(2.0)  # past the end of the run, even one killed at its wall clock
         try:
             open(MARKER, "w").write("survived")
@@ -194,9 +196,15 @@ if os.fork() == 0:
             pass
         time.sleep(60)
     os._exit(0)
-time.sleep(0.3)
-names = [open("/proc/%s/comm" % p).read().strip() for p in os.listdir("/proc") if p.isdigit()]
-print("daemon alive" if COMM in names else "no daemon")
+os.close(w)
+up = os.read(r, 2)
+names = []
+for p in os.listdir("/proc"):  # the host's /proc in the fallback modes: processes come and go
+    try:
+        names.append(open("/proc/%s/comm" % p).read().strip())
+    except OSError:
+        pass
+print("daemon alive" if up == b"up" and COMM in names else "no daemon")
 """
 
 
