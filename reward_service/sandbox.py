@@ -219,15 +219,26 @@ if not ns:
     prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
 sys.stderr.flush()
 pid = os.fork()
+def wait_program():
+    # the program's wait status; None: the supervisor gave up (limit, output cap) or died
+    try:
+        pfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # Linux before 5.3: poll
+        while not select.select([cfg["life"]], [], [], 0.01)[0]:
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return st
+        return None
+    return os.waitpid(pid, 0)[1] if pfd in select.select([pfd, cfg["life"]], [], [])[0] else None
 if pid:
-    pfd = os.pidfd_open(pid)
-    ready = select.select([pfd, cfg["life"]], [], [])[0]
-    if pfd not in ready:
-        os.kill(pid, signal.SIGKILL)  # the supervisor gave up (limit, output cap) or died
-    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    st = wait_program()
+    if st is None:
+        os.kill(pid, signal.SIGKILL)  # still an unreaped child: the pid cannot have been reused
+        st = os.waitpid(pid, 0)[1]
+    code = os.waitstatus_to_exitcode(st)
     if not ns:
         reap_all()
-    os.write(status, b"E%d" % code)
+    with contextlib.suppress(OSError): os.write(status, b"E%d" % code)
     os._exit(0)  # as pid 1 of the PID namespace: the kernel kills whatever is left in it
 os.close(cfg["life"])
 lim = cfg["limits"]
