@@ -179,6 +179,7 @@ def minimal_root(root):
     os.mkdir(root + "/sandbox")
     opts = "size=%dm,mode=0700,uid=%d,gid=%d" % (cfg["tmpfs_mb"], uid, uid)
     mount("tmpfs", root + "/sandbox", "tmpfs", NOSUID | NODEV, opts)
+    libc.sethostname(b"sandbox", 7)  # the UTS namespace starts with the host's name
     os.chdir(root)
     if libc.syscall(ctypes.c_long(cfg["pivot_root"]), b".", b".") == 0:
         if libc.umount2(b".", 2) != 0:  # MNT_DETACH: the host's tree is gone from this namespace
