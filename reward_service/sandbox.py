@@ -21,8 +21,9 @@ Isolation modes, best first; `detect_mode()` probes them once per process and lo
 - `uid` (root without namespaces): random unprivileged uid, rlimits, the seccomp filter below
   with `execve` refused as well, a Python audit hook (sockets, `ctypes`, spawning, importing
   `_posixsubprocess`), and a root monitor that is a child subreaper: every orphan re-parents to
-  it, and it kills and reaps all of them before `run_python` returns.
-- `rlimits` (neither): as `uid`, but the program runs as the service's own user.
+  it, and it kills and reaps all of them before `run_python` returns (or, if the grader dies,
+  once the lifeline pipe from the grader closes).
+- `rlimits` (neither): as `uid`, but the program (and its monitor) run as the service's own user.
 
 Every mode also has a seccomp filter (x86_64 and aarch64): no `socket()` (only a connected unix
 stream `socketpair`), no SysV or POSIX message-queue IPC, io_uring, keyrings, ptrace, bpf,
