@@ -19,10 +19,10 @@ Isolation modes, best first; `detect_mode()` probes them once per process and lo
   it exits (program done, limit reached, or grader gone) the kernel kills every process left,
   including `setsid` daemons, before `run_python` returns.
 - `uid` (root without namespaces): random unprivileged uid, rlimits, the seccomp filter below
-  with `execve` refused as well, a Python audit hook (sockets, `ctypes`, spawning, importing
-  `_posixsubprocess`), and a root monitor that is a child subreaper: every orphan re-parents to
-  it, and it kills and reaps all of them before `run_python` returns (or, if the grader dies,
-  once the lifeline pipe from the grader closes).
+  with `execve` refused as well, a Python audit hook (sockets, `ctypes`, spawning; importing
+  `_posixsubprocess` too where there is no seccomp filter), and a root monitor that is a child
+  subreaper: every orphan re-parents to it, and it kills and reaps all of them before
+  `run_python` returns (or, if the grader dies, once the lifeline pipe from the grader closes).
 - `rlimits` (neither): as `uid`, but the program (and its monitor) run as the service's own user.
 
 Every mode also has a seccomp filter (x86_64 and aarch64): no `socket()` (only a connected unix
@@ -129,7 +129,7 @@ _LAUNCHER = r"""
 import contextlib, ctypes, json, os, resource, runpy, select, signal, sys
 cfg = json.loads(sys.argv[1])
 d, uid, ns, status = cfg["dir"], cfg["uid"], cfg["mode"] == "namespaces", cfg["status"]
-hook = cfg["hook"]
+hook, bpf = cfg["hook"], bytes.fromhex(cfg["seccomp"])
 libc = ctypes.CDLL(None, use_errno=True)
 UL = ctypes.c_ulong
 def fail(msg):
@@ -253,12 +253,11 @@ if uid is not None and os.geteuid() == 0:
     os.setgroups([]); os.setgid(uid); os.setuid(uid)
 prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the monitor
 prctl(4, 1)  # PR_SET_DUMPABLE, cleared by the uid change: the program may read its own /proc
-if cfg["seccomp"]:
-    raw = bytes.fromhex(cfg["seccomp"])
-    buf = ctypes.create_string_buffer(raw, len(raw))
+if bpf:
+    buf = ctypes.create_string_buffer(bpf, len(bpf))
     class Prog(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-    fprog = Prog(len(raw) // 8, ctypes.addressof(buf))
+    fprog = Prog(len(bpf) // 8, ctypes.addressof(buf))
     if prctl(38, 1) != 0 or libc.prctl(UL(22), UL(2), ctypes.byref(fprog), UL(0), UL(0)) != 0:
         fail("seccomp filter: " + os.strerror(ctypes.get_errno()))
 os.chdir(work)
@@ -269,11 +268,13 @@ sys.argv = ["prog.py"]
 os.write(status, b"R"); os.close(status)  # set-up done: the program's wall clock starts now
 del cfg, files, libc
 if hook:
-    # a second, Python-level layer: clear errors for the common cases; `_posixsubprocess` is
-    # what `fork_exec` (exec without this hook) lives in
+    # a second, Python-level layer with clear errors. `_posixsubprocess.fork_exec` execs past
+    # it: without the seccomp filter (which refuses every exec) that module is refused too,
+    # at the cost of `import subprocess` and `import asyncio`
     def _hook(event, args, _deny=("socket.", "ctypes.", "os.exec", "os.posix_spawn", "os.system",
-                                 "subprocess.Popen", "os.spawn", "pty.")):
-        if event.startswith(_deny) or event == "import" and args[0] == "_posixsubprocess":
+                                 "subprocess.Popen", "os.spawn", "pty."), _mods=() if bpf else
+              ("_posixsubprocess",)):
+        if event.startswith(_deny) or event == "import" and args[0] in _mods:
             raise PermissionError("sandbox: %s is not allowed" % event)
     sys.addaudithook(_hook)
 runpy.run_path("prog.py", run_name="__main__")

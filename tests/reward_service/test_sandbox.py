@@ -54,6 +54,14 @@ def test_fallback_mode_refuses_sockets(mode: sandbox.Mode) -> None:
     assert r.stdout.startswith("refused sandbox: socket.__new__"), r.stderr
 
 
+@pytest.mark.skipif(sandbox.seccomp_filter(False) is None, reason="no filter for this machine")
+def test_fallback_mode_imports_subprocess_but_runs_nothing() -> None:
+    program = ("import subprocess\ntry:\n    subprocess.run(['true'])\n    print('ran')\n"
+               "except PermissionError as e:\n    print('refused', e)")
+    r = run_python(program, "", FAST, mode="rlimits")
+    assert r.stdout == "refused sandbox: subprocess.Popen is not allowed\n", r
+
+
 def test_work_dirs_are_removed() -> None:
     run_python("open('junk', 'w').write('x')", "", FAST)
     prefix = f"{sandbox.WORK_PREFIX}{os.getpid()}-"
