@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from areal_sys.metrics import JsonlWriter
@@ -41,6 +42,25 @@ def _actor_error() -> type[BaseException]:
 def _one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
+
+
+async def _once_restarted(call: Callable[[], Any], timeout_s: float = 600.0) -> Any:
+    """`await call()` on an actor Ray is restarting. A call sent while the restart is under way
+    may fail with ActorUnavailableError ("the actor is restarting"), a transient answer: it is
+    sent again, with backoff, for up to `timeout_s`. A dead actor (restart limit reached) fails at
+    once (ActorDiedError), as does any other error."""
+    from ray.exceptions import ActorUnavailableError
+
+    deadline = time.monotonic() + timeout_s
+    delay_s = 0.5
+    while True:
+        try:
+            return await call()
+        except ActorUnavailableError:
+            if time.monotonic() + delay_s > deadline:
+                raise
+            await asyncio.sleep(delay_s)
+            delay_s = min(2 * delay_s, 5.0)
 
 
 class Recovery:
@@ -88,10 +108,10 @@ class Recovery:
                 "--resume, or use trainer.weight_sync=shm_file for in-run recovery")
         worker = self.actors.rollout[i]
         try:
-            await worker.start.remote()  # queued until Ray has restarted the actor
+            await _once_restarted(worker.start.remote)  # idempotent
             while self._weights_file is not None:
                 path, version = self._weights_file
-                await worker.update_weights.remote(path, version)
+                await _once_restarted(lambda p=path, v=version: worker.update_weights.remote(p, v))
                 if self._weights_file == (path, version):
                     break
         except _actor_error() as again:

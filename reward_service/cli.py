@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any, NoReturn
 
 from pydantic import ValidationError
@@ -107,18 +106,15 @@ def build_config(argv: list[str]) -> Any:
 
 
 def _reward_section(path: str) -> dict[str, Any]:
-    import yaml
+    """The `reward:` mapping of a run's YAML, read as `areal-sys run` reads it (one line on any
+    problem: not a regular file, not UTF-8, YAML errors, duplicate keys, deep nesting, ...)."""
+    from areal_sys.config.base import ConfigError
+    from areal_sys.config.loading import read_config_file
 
     try:
-        text = Path(path).read_bytes().decode("utf-8")
-        data = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"--config {path!r}: cannot read it: {str(e).splitlines()[0]}") from None
-    except (yaml.YAMLError, RecursionError, ValueError) as e:
-        raise UsageError(f"--config {path!r}: not valid YAML: "
-                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"--config {path!r}: top level must be a mapping of sections")
+        data = read_config_file(path)
+    except ConfigError as e:
+        raise UsageError(f"--config: {e}") from None
     section = data.get("reward", {})
     if section is None:
         section = {}

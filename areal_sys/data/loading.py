@@ -135,9 +135,18 @@ def _parse_json(where: str, line: str) -> Any:
 
 
 def _check_finite(where: str, record: Any, path: str = "") -> None:
-    """Refuse NaN and infinities anywhere in a row, naming the field (json.loads accepts them)."""
+    """Refuse NaN and infinities anywhere in a row, naming the field (json.loads accepts them),
+    and text that is not Unicode (a lone surrogate such as the JSON escape \\ud800, which no
+    tokenizer or UTF-8 encoder takes)."""
     if isinstance(record, float) and not math.isfinite(record):
         raise DataError(f"{where}: field {path or 'row'!r}: {record} is not a finite number")
+    if isinstance(record, str):
+        try:
+            record.encode("utf-8")
+        except UnicodeEncodeError as e:
+            bad = f"\\u{ord(record[e.start]):04x}"
+            raise DataError(f"{where}: field {path or 'row'!r}: a lone surrogate ({bad}) is not "
+                            "text") from None
     items: Any = ()
     if isinstance(record, dict):
         items = record.items()
