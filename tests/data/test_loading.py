@@ -102,6 +102,8 @@ def test_bad_jsonl_rows_raise_one_line(tmp_path: Path, lines: list[str], message
         (GOOD.encode() + b"\n\xef\xbb\xbf" + GOOD.encode() + b"\n", ":2: invalid JSON"),
         (row(task="os:popen").encode(), ":1: field 'task': unknown grader 'os:popen'; registered: "
          "code, math"),
+        (b'{"question": "q \\ud800", "final": "1", "id": "a"}\n',
+         ":1: field 'question': a lone surrogate (\\ud800) is not text"),
     ],
 )
 def test_hostile_rows_raise_one_line(tmp_path: Path, content: bytes, message: str) -> None:

@@ -258,6 +258,7 @@ BAD_FLAGS = [
     ["--token-file", "/no/such/token"], ["--config", "/no/such/run.yaml"], ["--bogus"],
     ["--port"], ["--grader", "x=/tmp/x.py:f"], ["--host", "10.1.2.3"],
     ["--host", "no.such.host.invalid", "--token-file", "/etc/hostname"],
+    ["--config", "/dev/zero"],  # a device is no config file (reading it never ends)
 ]
 
 
