@@ -91,6 +91,14 @@ def reward_load(d: dict[str, Any]) -> tuple[str, str]:
             f"{d['failures']} failures ({d['requests']} mixed requests)", "-")
 
 
+def reward_load_adversarial(d: dict[str, Any]) -> tuple[str, str]:
+    c = d["settings"]["concurrency"]
+    return (f"**{d['failures']} failures** of {d['well_formed_requests']} well-formed requests "
+            f"next to {d['adversarial_requests']} hostile ones ({d['adversarial_mishandled']} "
+            f"mishandled), {c} concurrent clients; p99 {d['p99_s']:.1f} s, p50 {d['p50_s']:.1f} s",
+            "0 failures for well-formed items, p99 stated")
+
+
 def _rpo_met(d: dict[str, Any]) -> bool:
     return (d["tokens_reduction"] >= 0.9 and d["gen_time_reduction"] >= 0.7
             and d["pass_rate_diff_points"] >= -5)
@@ -115,7 +123,8 @@ FORMATTERS: dict[str, Callable[[Any], tuple[str, str]]] = {
     "rollout_overhead": rollout_overhead, "rollout_overhead_pinned": rollout_overhead,
     "controller_throughput": controller_throughput,
     "cold_start": cold_start, "packing": packing, "weight_sync": weight_sync,
-    "reward_load": reward_load, "rpo": rpo, "algorithms": algorithms,
+    "reward_load": reward_load, "reward_load_adversarial": reward_load_adversarial,
+    "rpo": rpo, "algorithms": algorithms,
 }
 
 
