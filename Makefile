@@ -14,7 +14,7 @@ endif
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export AREAL_SYS_CACHE ?= $(CURDIR)/.cache/areal_sys
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test test-fast lint clean
 
 venv: $(VENV)/.installed
 
@@ -31,6 +31,11 @@ demo: venv
 test: venv
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -ra tests
+
+# The fast tier: everything not marked slow (no vLLM engine, trainer or end-to-end run).
+test-fast: venv
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -ra -m "not slow" tests
 
 lint: venv
 	$(BIN)/ruff check .
