@@ -306,8 +306,7 @@ def _run(cfg: ExperimentConfig, overwrite: bool = False) -> int:
     except OSError as e:  # e.g. the tiny model's cache directory ($AREAL_SYS_CACHE) not writable
         raise UserError(f"model.path: cannot prepare {cfg.model.path!r}: {e.strerror or e}: "
                         f"{e.filename or ''}") from None
-    check_model_dir(model_path, "model.path")
-    tokenizer = load_tokenizer(model_path, "model.path")
+    tokenizer = load_tokenizer(model_path, "model.path")  # resolve_model checked the directory
     train = encode_prompts(cfg, rows["train"], "train", tokenizer)
     held_out = encode_prompts(cfg, rows["eval"], "eval", tokenizer)
 

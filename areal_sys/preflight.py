@@ -8,7 +8,6 @@ prompt's length against the engine's room. Each problem is a `UserError` of one 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -110,16 +109,15 @@ def remote_graders(cfg: ExperimentConfig) -> set[str]:
 
 
 def check_model_dir(path: str | Path, what: str) -> Path:
-    """`path` as a Hugging Face model directory (a config.json object in it), else UserError."""
+    """`path` as a Hugging Face model directory (a config.json object in it, read as the engine's
+    pre-flight reads it: workers/engine_start.py), else UserError."""
+    from workers.engine_start import read_model_config
+
     path = Path(path)
     config = path / "config.json"
     if not config.is_file():
         raise UserError(f"{what}: {path} is not a Hugging Face model directory (no config.json)")
-    try:
-        ok = isinstance(json.loads(config.read_text(encoding="utf-8")), dict)
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        ok = False
-    if not ok:
+    if read_model_config(path) is None:
         raise UserError(f"{what}: {config} is not a JSON object (a damaged model directory?)")
     return path
 

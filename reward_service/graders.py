@@ -32,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from areal_sys.config.reward import MATH_EXTRACTORS
+
 Grader = Callable[[str, str], bool | float]
 
 # Characters of a response the math grader reads when it has no explicit answer marker.
@@ -44,7 +46,6 @@ GSM8K_WINDOW_CHARS = 256
 # Responses longer than this are wrong for the `code` (as a program) and `format` graders.
 MAX_PROGRAM_CHARS = 256 << 10
 MAX_FORMAT_CHARS = 256 << 10
-MATH_EXTRACTORS = ("gsm8k", "boxed", "last_number")
 SETTINGS_ENV = "AREAL_SYS_GRADER_SETTINGS"
 
 _REGISTRY: dict[str, Grader] = {}

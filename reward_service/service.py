@@ -51,6 +51,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from areal_sys.config.reward import RewardConfig
+from areal_sys.data.loading import canonical_reference
 from reward_service.grader_process import MAX_REASON_CHARS, GraderProcess, ProcessDied
 from reward_service.graders import GraderSettings, one_line
 from reward_service.sandbox import SAFE_MODES, UNCONTAINED, detect_mode
@@ -347,14 +348,6 @@ def _check_item(item: Any, known: frozenset[str], names: list[str]) -> str | Non
                           or not 0 < t < math.inf):
         return f"bad item: timeout_s must be a finite number of seconds > 0 ({t!r})"
     return None
-
-
-def canonical_reference(reference: str | dict) -> str:
-    """A reference as the graders see it: a JSON object becomes canonical JSON (sorted keys,
-    so equal objects share one cache entry), a string stays as it is."""
-    if isinstance(reference, dict):
-        return json.dumps(reference, sort_keys=True, ensure_ascii=False, allow_nan=False)
-    return reference
 
 
 def _cache_key(task: str, response: str, reference: str) -> str:

@@ -189,7 +189,7 @@ def _to_row(
     answer = _field(where, record, answer_field)
     if isinstance(answer, dict | list):  # e.g. {"tests": [...]} of a code dataset
         try:
-            reference = json.dumps(answer, sort_keys=True, allow_nan=False)
+            reference = canonical_reference(answer)
         except (TypeError, ValueError) as e:  # parquet: keys or values JSON cannot hold
             msg = f"{where}: field {answer_field!r}: not JSON-serialisable: {e}"
             raise DataError(msg) from None
@@ -214,6 +214,16 @@ def _field(where: str, record: dict[str, Any], name: str) -> Any:
         have = ", ".join(sorted(map(str, record))[:8])
         raise DataError(f"{where}: missing field {name!r} (row has: {have})")
     return record[name]
+
+
+def canonical_reference(reference: str | dict | list) -> str:
+    """A reference as the graders see it: a string as it is; a JSON object or list (a code
+    dataset's tests) as canonical JSON (sorted keys, no NaN), so that equal objects are one
+    reference whether they come from a dataset row or an HTTP item. Raises TypeError or
+    ValueError for what JSON cannot hold."""
+    if isinstance(reference, dict | list):
+        return json.dumps(reference, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    return reference
 
 
 def render_prompt(template: str, prompt: str, tokenizer: Any) -> list[int]:
