@@ -149,3 +149,25 @@ def start_failure_cause(exc: BaseException, logs: dict[str, int]) -> str:
     if "root cause above" in cause:  # vLLM: "Engine core initialization failed. See root ..."
         cause = logged_root_cause(read_logged(logs)) or cause
     return cause
+
+
+def refuse_cpu_attention(model_path: str, worker: int) -> None:
+    """Raise EngineStartError (one line) when vLLM's CPU attention cannot run the model at
+    `model_path`: the engine would die with only "see the stack trace above"."""
+    problem = cpu_attention_problem(read_model_config(model_path) or {}, model_path)
+    if problem:
+        raise EngineStartError(f"rollout worker {worker}: {problem}")
+
+
+def start_engine(args: Any, model_path: str, worker: int) -> Any:
+    """`AsyncLLM.from_engine_args(args)`; any failure is an EngineStartError of one line with
+    its root cause (read from the engine process's log when only that process knew it)."""
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    logs = log_files()  # a failed engine process's traceback lands in them
+    try:
+        return AsyncLLM.from_engine_args(args)
+    except Exception as e:  # noqa: BLE001 - any failure: one line with its root cause
+        raise EngineStartError(f"rollout worker {worker}: the vLLM engine for {model_path} did "
+                               f"not start: {start_failure_cause(e, logs)}") from None
+

@@ -42,13 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from areal_sys.trajectory import Trajectory
-from workers.engine_start import (
-    EngineStartError,
-    cpu_attention_problem,
-    log_files,
-    read_model_config,
-    start_failure_cause,
-)
+from workers.engine_start import refuse_cpu_attention, start_engine
 
 logger = logging.getLogger(__name__)
 
@@ -158,15 +152,11 @@ class RolloutWorker:
             return
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.platforms import current_platform
-        from vllm.v1.engine.async_llm import AsyncLLM
 
         os.environ["PYTHONPATH"] = _prepend_path(PROJECT_ROOT, os.environ.get("PYTHONPATH"))
         on_cpu = current_platform.is_cpu()
         if on_cpu:
-            problem = cpu_attention_problem(read_model_config(self.model_path) or {},
-                                            self.model_path)
-            if problem:  # the engine would die with only "see the stack trace above"
-                raise EngineStartError(f"rollout worker {self.worker_id}: {problem}")
+            refuse_cpu_attention(self.model_path, self.worker_id)
             self._configure_cpu_env()
         args = AsyncEngineArgs(
             model=self.model_path,
@@ -180,13 +170,7 @@ class RolloutWorker:
             worker_extension_cls=WEIGHT_SYNC_EXTENSION,
             disable_log_stats=True,
         )
-        logs = log_files()  # a failed engine process's traceback lands in them
-        try:
-            self._engine = AsyncLLM.from_engine_args(args)
-        except Exception as e:  # noqa: BLE001 - any failure: one line with its root cause
-            raise EngineStartError(f"rollout worker {self.worker_id}: the vLLM engine for "
-                                   f"{self.model_path} did not start: "
-                                   f"{start_failure_cause(e, logs)}") from None
+        self._engine = start_engine(args, self.model_path, self.worker_id)
 
     async def shutdown(self) -> None:
         """Stop the engine process (call before `ray.shutdown()`, else /dev/shm segments leak)."""
