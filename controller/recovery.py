@@ -39,6 +39,13 @@ def _actor_error() -> type[BaseException]:
     return RayActorError
 
 
+def _restarted_unstarted(err: BaseException) -> bool:
+    """A call answered by a worker Ray restarted but the controller has not started again."""
+    from workers.engine_start import EngineNotStarted
+
+    return isinstance(getattr(err, "cause", None), EngineNotStarted)
+
+
 def _one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
@@ -83,7 +90,11 @@ class Recovery:
             seen = self._incarnation[i]
             try:
                 return await getattr(self.actors.rollout[i], method).remote(*args, **kw)
-            except _actor_error() as err:
+            except Exception as err:
+                # a death, or a call that reached the restarted actor before its recovery
+                # started the engine again (the death's other calls may not have failed yet)
+                if not isinstance(err, _actor_error()) and not _restarted_unstarted(err):
+                    raise
                 if self._incarnation[i] == seen:  # not yet recovered from this death
                     await self._recover_rollout(i, err)
                 if method == "generate_group":

@@ -23,6 +23,12 @@ CPU_ATTENTION_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 MAX_CONFIG_BYTES = 16 << 20  # a config.json is a few KiB
 
 
+class EngineNotStarted(RuntimeError):
+    """A call reached a rollout worker whose engine is not running: a fresh actor that Ray has
+    just restarted after a death, before the controller's recovery called `start()` again. The
+    controller treats it as that death (controller/recovery.py)."""
+
+
 class EngineStartError(RuntimeError):
     """The vLLM engine did not start; the message is one line naming the root cause."""
 

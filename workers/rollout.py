@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from areal_sys.trajectory import Trajectory
-from workers.engine_start import refuse_cpu_attention, start_engine
+from workers.engine_start import EngineNotStarted, refuse_cpu_attention, start_engine
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class RolloutWorker:
 
     def _require_engine(self) -> Any:
         if self._engine is None:
-            raise RuntimeError(f"rollout worker {self.worker_id}: call start() first")
+            raise EngineNotStarted(f"rollout worker {self.worker_id}: call start() first")
         return self._engine
 
     # ------------------------------------------------------------------ generation

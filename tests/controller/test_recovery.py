@@ -46,3 +46,60 @@ def test_an_actor_that_stays_unavailable_fails_after_the_timeout() -> None:
         asyncio.run(recovery._once_restarted(call, timeout_s=1.0))
     # backoff 0.5 s then 1 s: the first wait fits in the 1 s deadline, the second does not
     assert call.calls == 2
+
+
+class FakeRemote:
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def remote(self, *args, **kw):
+        return self.fn(*args, **kw)
+
+
+class FakeRestartedWorker:
+    """A fake rollout actor that Ray has restarted: its engine is down until `start()`."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.loaded: list[tuple[str, int]] = []
+        self.start = FakeRemote(self._start)
+        self.update_weights = FakeRemote(self._update_weights)
+
+    async def _start(self) -> None:
+        self.started = True
+
+    async def _update_weights(self, path: str, version: int) -> dict[str, int]:
+        if not self.started:
+            from ray.exceptions import RayTaskError
+
+            from workers.engine_start import EngineNotStarted
+
+            cause = EngineNotStarted("rollout worker 0: call start() first")
+            raise RayTaskError("update_weights", "traceback", cause)
+        self.loaded.append((path, version))
+        return {"version": version}
+
+
+class FakeRecoveringController(recovery.Recovery):
+    """Just the state `Recovery` reads, around one fake restarted worker."""
+
+    def __init__(self, tmp_path) -> None:
+        from types import SimpleNamespace
+
+        self.actors = SimpleNamespace(rollout=[FakeRestartedWorker()])
+        self.cfg = SimpleNamespace(trainer=SimpleNamespace(weight_sync="shm_file"))
+        self.run_dir = tmp_path
+        self.version = 3
+        self._init_recovery()
+        self._weights_file = ("w.safetensors", 4)
+
+
+def test_a_call_reaching_a_restarted_unstarted_worker_recovers_it_first(tmp_path) -> None:
+    """The weight push reached the restarted actor before any of the death's other calls failed:
+    the worker is started, loads the current weights, and the call is sent again."""
+    ctl = FakeRecoveringController(tmp_path)
+    out = asyncio.run(ctl.call_rollout(0, "update_weights", "w.safetensors", 4))
+    worker = ctl.actors.rollout[0]
+    assert out == {"version": 4} and worker.started
+    assert worker.loaded == [("w.safetensors", 4), ("w.safetensors", 4)]  # recovery, then the call
+    assert ctl.restarts == 1 and ctl._incarnation == [1]
