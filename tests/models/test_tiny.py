@@ -99,8 +99,10 @@ def test_transformers_generation_stops_at_eos(built: Path) -> None:
         assert set(tail) <= {tok.pad_token_id}  # nothing is generated after EOS
 
 
-def test_sampled_pass_rate_is_a_fraction(built: Path) -> None:
+def test_sampled_pass_rate_counts_one_sample_per_problem(built: Path) -> None:
     problems = make_problems(8, seed=0, split="eval")
     rate = sampled_pass_rate(built, problems, max_new_tokens=20, seed=0)
-    assert 0.0 <= rate <= 1.0
-    assert rate == sampled_pass_rate(built, problems, max_new_tokens=20, seed=0)
+    assert rate * len(problems) == round(rate * len(problems))  # k correct of 8 samples
+    assert rate == sampled_pass_rate(built, problems, max_new_tokens=20, seed=0)  # seeded
+    unreachable = [{**p, "answer": "-1"} for p in problems]  # answers are 0..99
+    assert sampled_pass_rate(built, unreachable, max_new_tokens=20, seed=0) == 0.0
