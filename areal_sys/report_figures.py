@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from areal_sys.report import (
+from areal_sys.report_rows import (
     KIND_COLORS,
     MAX_EVAL_SERIES,
     MAX_STALENESS_BARS,

@@ -6,16 +6,15 @@ from pathlib import Path
 import pytest
 
 from areal_sys.cli import main
-from areal_sys.report import (
+from areal_sys.report import ReportError, write_report
+from areal_sys.report_rows import (
     MAX_STALENESS_BARS,
-    ReportError,
     busy_fractions,
     clean_spans,
     merge_intervals,
     read_rows,
     staleness_bars,
     staleness_values,
-    write_report,
 )
 
 T0 = 1_700_000_000.0  # time.time()-like seconds
@@ -145,9 +144,9 @@ def test_a_last_line_cut_inside_a_utf8_character_is_ignored(tmp_path):
 
 
 def test_files_over_the_size_limit_are_refused_unread(tmp_path, monkeypatch):
-    import areal_sys.report as report
+    import areal_sys.report_rows as rows
 
-    monkeypatch.setattr(report, "MAX_FILE_BYTES", 100)
+    monkeypatch.setattr(rows, "MAX_FILE_BYTES", 100)
     path = tmp_path / "rows.jsonl"
     path.write_text('{"step": 0}\n' * 20)  # 240 bytes
     with pytest.raises(ReportError, match="larger than 0 MiB"):
