@@ -69,6 +69,7 @@ class FakeRollout:
         self.loaded: list[tuple[str | None, int]] = []
         self.requests: list[dict[str, Any]] = []  # every generate_group call's arguments
         self.kill_on_group: int | None = None  # die while generating this group (once)
+        self.error_on_group: int | None = None  # fail this group with an engine error
 
     def _check(self) -> None:
         if not self.started:
@@ -84,6 +85,7 @@ class FakeRollout:
         has no engine and counts from zero."""
         self.incarnation += 1
         self.started, self.version, self.tokens, self.busy_s = False, 0, 0, 0.0
+        self.loaded.append(("died", -1))
 
     async def start(self) -> None:
         self.started = True
@@ -96,6 +98,8 @@ class FakeRollout:
         from ray.exceptions import ActorDiedError
 
         self._check()
+        if self.error_on_group == group_id:
+            raise ValueError(f"fake engine error on group {group_id}")
         self.requests.append({"group_id": group_id, "prompt_uid": prompt_uid, "n": n,
                               "max_new_tokens": max_new_tokens, "prefix_ids": prefix_ids})
         mine = self.incarnation
@@ -146,15 +150,22 @@ class FakeTrainer:
     def __init__(self, rank: int, activity: Activity, *, train_ticks: int = 0) -> None:
         self.rank, self.activity, self.train_ticks = rank, activity, train_ticks
         self.trained: list[tuple[int, list[int], Any]] = []  # (step, group ids, advantages)
+        self.batches: list[list[Group]] = []
+        self.die_at_step: int | None = None  # fail as a dead actor at this step
         self.overlap: list[int] = []  # tokens generated (all engines) while each step trained
 
     async def train_step(self, batch: list[Group], step: int, adv: Any = None) -> dict[str, float]:
         self.activity.calls.append((f"train_step[{self.rank}]", step))
+        if self.die_at_step == step:
+            from ray.exceptions import ActorDiedError
+
+            raise ActorDiedError()
         before = self.activity.tokens
         for _ in range(self.train_ticks):
             await asyncio.sleep(0)
         self.overlap.append(self.activity.tokens - before)
         self.trained.append((step, [g.group_id for g in batch], adv))
+        self.batches.append(batch)
         return {"loss": 0.0, "n_loss_tokens": float(sum(g.num_tokens_generated for g in batch))}
 
     async def reference_logprobs(self, batch: list[Group]) -> list[list[list[float]]]:
