@@ -189,7 +189,8 @@ class FakeCritic:
     def __init__(self, activity: Activity) -> None:
         self.activity = activity
 
-    async def prepare(self, batch: list[Group], ref_logprobs: Any = None) -> list[list[list[float]]]:
+    async def prepare(self, batch: list[Group], ref_logprobs: Any = None
+                      ) -> list[list[list[float]]]:
         """Advantages that name their group: group_id + ref_logprob, one per token."""
         self.activity.calls.append(("critic.prepare", ref_logprobs is not None))
         return [[[g.group_id + (ref_logprobs[i][j][0] if ref_logprobs else 0.0)] *

@@ -164,7 +164,7 @@ def test_critic_orchestration(tmp_path: Path, kl_coef: float) -> None:
         "critic.prepare", "train_step[0]", "train_step[1]", "critic.update"]
     assert calls == per_step * 3
     for trainer in actors.trainer_objs:
-        for (step, ids, adv), batch in zip(trainer.trained, trainer.batches, strict=True):
+        for (_, ids, adv), batch in zip(trainer.trained, trainer.batches, strict=True):
             expected = [[[g.group_id + (-1.0 if kl_coef else 0.0)] * len(t.response_ids)
                          for t in g.trajectories] for g in batch]
             assert adv == expected and ids == [g.group_id for g in batch]
