@@ -60,9 +60,10 @@ class Activity:
 
 class FakeRollout:
     def __init__(self, worker_id: int, activity: Activity, *, response_tokens: int = 4,
-                 seed: int = 0) -> None:
+                 varied: bool = False, seed: int = 0) -> None:
         self.worker_id, self.activity = worker_id, activity
         self.response_tokens, self.seed = response_tokens, seed
+        self.varied = varied  # response lengths 1..response_tokens by group: any finish order
         self.version, self.tokens, self.busy_s = 0, 0, 0.0
         self.started = True
         self.incarnation = 0
@@ -104,7 +105,9 @@ class FakeRollout:
                               "max_new_tokens": max_new_tokens, "prefix_ids": prefix_ids})
         mine = self.incarnation
         prefix = list(prefix_ids or [])
-        k = min(self.response_tokens, max_new_tokens)
+        rng = random.Random(self.seed * 1_000_003 + group_id)
+        k = min(rng.randint(1, self.response_tokens) if self.varied else self.response_tokens,
+                max_new_tokens)
         versions: list[list[int]] = [[] for _ in range(n)]
         for step in range(k):
             await asyncio.sleep(0)  # one token per sample per turn of the loop
@@ -117,7 +120,6 @@ class FakeRollout:
                 v.append(self.version)
             self.tokens += n
             self.activity.tokens += n
-        rng = random.Random(self.seed * 1_000_003 + group_id)
         return [Trajectory(
             prompt_uid=prompt_uid, group_id=group_id, prompt_ids=list(prompt_ids),
             response_ids=prefix + [5] * k, behav_logprobs=list(prefix_logprobs or []) + [-0.5] * k,
@@ -237,10 +239,11 @@ class FakeActors:
 
 
 def fake_actors(sync_dir: str | Path, *, workers: int = 1, trainers: int = 1, critic: bool = False,
-                response_tokens: int = 4, train_ticks: int = 0, seed: int = 0) -> FakeActors:
+                response_tokens: int = 4, varied: bool = False, train_ticks: int = 0,
+                seed: int = 0) -> FakeActors:
     a = FakeActors(str(sync_dir))
-    a.rollouts = [FakeRollout(i, a.activity, response_tokens=response_tokens, seed=seed + i)
-                  for i in range(workers)]
+    a.rollouts = [FakeRollout(i, a.activity, response_tokens=response_tokens, varied=varied,
+                              seed=seed + i) for i in range(workers)]
     a.trainer_objs = [FakeTrainer(r, a.activity, train_ticks=train_ticks) for r in range(trainers)]
     a.critic_obj = FakeCritic(a.activity) if critic else None
     return a
