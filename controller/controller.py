@@ -33,7 +33,7 @@ from areal_sys.trajectory import Prompt, Trajectory
 from controller import checkpoint, records, rpo_cache
 from controller.actors import Events, Reward, RolloutPool, Trainers
 from controller.admission import Admission, Admitted
-from controller.evaluation import evaluate_prompts
+from controller.evaluation import append_eval_line, evaluate_prompts
 from controller.progress import log_due, progress_bar, step_line
 
 __all__ = ["Controller", "Prompt"]
@@ -78,6 +78,7 @@ class Controller:
         return self.admission.version
 
     async def run(self) -> dict[str, Any]:
+        """Restore or evaluate, fill the RPO cache, train alongside the rollouts, evaluate."""
         results: dict[str, Any] = {"algorithm": self.algo.summary}
         first_step, rpo = 0, self.admission.rpo
         if self.resume is not None and self.resume_state is not None:
@@ -97,9 +98,7 @@ class Controller:
                     gen_busy = await self._step(step, bar, gen_busy)
                 raise _StepsDone
         except BaseExceptionGroup as group:
-            errors = [e for e in group.exceptions if not isinstance(e, _StepsDone)]
-            if errors:
-                raise errors[0] from None
+            _raise_failure(group)
         finally:
             bar.close()
         if self.cfg.eval.before_and_after:
@@ -191,9 +190,7 @@ class Controller:
             temperature=self.cfg.eval.temperature, correct_reward=self.cfg.reward.correct_reward,
             progress=self.cfg.logging.progress_bar)
         self.timeline.trajectories(trajs, "eval", version=self.version)
-        writer = JsonlWriter(self.run_dir / "eval.jsonl")
-        writer.write({"tag": tag, "version": self.version, **figures})
-        writer.close()
+        append_eval_line(self.run_dir, {"tag": tag, "version": self.version, **figures})
         self.metrics.log({f"eval/{k}": v for k, v in figures.items() if k not in ("k", "n")},
                          step=self.version)
         return figures["pass_rate"]
@@ -203,6 +200,13 @@ class Controller:
         once the run is over and before Ray shuts down, so W&B's run ends with it, not at exit."""
         self.metrics.close()
         self.timeline.close()
+
+
+def _raise_failure(group: BaseExceptionGroup) -> None:
+    """The first failure of the steps or of a rollout, as itself (the CLI tells them apart)."""
+    errors = [e for e in group.exceptions if not isinstance(e, _StepsDone)]
+    if errors:
+        raise errors[0] from None
 
 
 def _pass_rate_before(run_dir: Path) -> float | None:

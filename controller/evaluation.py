@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
 
+from areal_sys.metrics import JsonlWriter
 from areal_sys.trajectory import Prompt, Trajectory
 from controller.actors import RolloutPool
 
@@ -71,3 +74,10 @@ async def evaluate_prompts(
     await score([(p, t) for p, g in zip(prompts, groups, strict=True) for t in g])
     correct = [[t.reward >= correct_reward for t in g] for g in groups]
     return summarize(correct), [t for g in groups for t in g]
+
+
+def append_eval_line(run_dir: Path, row: dict[str, Any]) -> None:
+    """One evaluation's line in `RUN_DIR/eval.jsonl`."""
+    writer = JsonlWriter(run_dir / "eval.jsonl")
+    writer.write(row)
+    writer.close()
