@@ -20,11 +20,12 @@ filter, and the staleness accounting is unchanged. Every dropped group is writte
 RPO planning (`rpo.enabled`, algorithms/rpo.py): `plan(prompt)` is the prefix of the prompt's
 cached response that its group continues (None: a full rollout).
 
-`state_dict()` is the state at one instant of the event loop (no await inside), as JSON: the
-sampler's position, the gate's counters, the buffered groups (scored, untrained) with their
-deadlines, the in-flight groups (their prompts, admit versions and deadlines; their partial tokens
-are not kept: after `load_state_dict` they are generated again from the prompt, keeping group
-number, admit version and deadline), the refill budget and the RPO planner's random state.
+`state_dict()` is the state at one instant of the event loop (no await inside; written as JSON
+by controller/checkpoint.py): the sampler's position, the gate's counters, the buffered groups
+(scored, untrained) with their deadlines, the in-flight groups (their prompts, admit versions and
+deadlines; their partial tokens are not kept: after `load_state_dict` they are generated again
+from the prompt, keeping group number, admit version and deadline), the refill budget and the RPO
+planner's random state.
 """
 
 from __future__ import annotations
