@@ -198,10 +198,10 @@ def test_rpo_groups_continue_cached_prefixes_and_update_the_cache(
         assert len(r["prefix_ids"]) + r["max_new_tokens"] == 4
     trained = [g for batch in actors.trainer_objs[0].batches for g in batch]
     assert sorted(shaped_for) == sorted(g.group_id for g in trained)
-    for g in trained:  # each prompt trained once: its entry is the group's (last) response
-        assert len({x.prompt_uid for x in trained}) == len(trained)
+    assert len({g.prompt_uid for g in trained}) == len(trained)  # each prompt trained once
+    prefix_of = {r["group_id"]: len(r["prefix_ids"]) for r in train}
+    for g in trained:  # its entry is a response of the group (the best shaped reward, ε = 1)
         entry = ctl.admission.rpo.cache.get(g.prompt_uid)
         assert list(entry.versions) == g.trajectories[-1].versions
-        assert g.trajectories[-1].prefix_len == len(g.trajectories[-1].response_ids) - \
-            sum(1 for _ in g.trajectories[-1].generated_versions)
+        assert [t.prefix_len for t in g.trajectories] == [prefix_of[g.group_id]] * 2
     assert any(max(ctl.admission.rpo.cache.get(g.prompt_uid).versions) > 0 for g in trained)
