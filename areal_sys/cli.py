@@ -7,24 +7,19 @@ Every user error (usage, configuration, data, model, run directory) ends with on
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from areal_sys.config import ConfigError, ExperimentConfig, dump_config, load_config
+from areal_sys.config import ConfigError, ExperimentConfig, load_config
 from areal_sys.preflight import (
     RUN_OUTPUTS,
     UserError,
-    check_model_dir,
     check_run_dir,
     checkpoint_to_resume,
     encode_prompts,
     load_datasets,
-    load_tokenizer,
     local_tokenizer,
-    make_run_dir,
 )
 
 EXIT_USAGE = 2
@@ -142,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         if type(e).__name__ == "EngineStartError":  # workers/engine_start.py: one line
             _error(str(e))
             return 1
-        if type(e).__name__ != "TrainerDied":  # controller/recovery.py
+        if type(e).__name__ != "TrainerDied":  # controller/actors.py
             raise
         again = ["areal-sys", *(argv if argv is not None else sys.argv[1:])]
         again += [] if "--resume" in again else ["--resume"]
@@ -237,113 +232,18 @@ def _validate(cfg: ExperimentConfig, config: str) -> int:
 
 
 def _eval(cfg: ExperimentConfig, checkpoint_dir: str) -> int:
-    """pass@1, avg@k and pass@k of a checkpoint's policy on the held-out set, with the rollout
-    workers and the reward service; printed and appended to RUN_DIR/eval.jsonl."""
-    ckpt = Path(checkpoint_dir)
-    policy = ckpt / "policy" if (ckpt / "policy").is_dir() else ckpt
-    if not (policy / "config.json").is_file():
-        raise UserError(f"eval: {ckpt} holds no Hugging Face policy (no config.json in {policy})")
-    check_model_dir(policy, "eval --checkpoint")
-    check_run_dir(cfg.run_dir)  # eval appends to run_dir/eval.jsonl: an earlier run is expected
-    rows = load_datasets(cfg)
-    tokenizer = load_tokenizer(policy, "eval --checkpoint")
-    held_out = encode_prompts(cfg, rows["eval"], "eval", tokenizer)[: cfg.eval.num_problems]
-    import asyncio
+    """pass@1, avg@k and pass@k of a saved policy on the held-out set (controller/launch.py)."""
+    from controller.launch import evaluate_checkpoint
 
-    from controller import runtime
-    from controller.evaluation import evaluate_prompts, score_trajectories
-
-    runtime.start_ray(cfg)
-    actors = None
-    try:
-        actors = runtime.create_eval_actors(cfg, str(policy))
-
-        async def go() -> dict[str, float]:
-            await runtime.start_actors(cfg, actors)
-
-            async def generate(i: int, method: str, **kw: Any) -> Any:
-                return await getattr(actors.rollout[i], method).remote(**kw)
-
-            figures, _ = await evaluate_prompts(
-                held_out, k=cfg.eval.k, num_workers=len(actors.rollout), generate=generate,
-                score=lambda ts: score_trajectories(actors.reward.score.remote, ts),
-                max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.eval.temperature,
-                correct_reward=cfg.reward.correct_reward)
-            return figures
-
-        figures = asyncio.run(go())
-    finally:
-        runtime.shutdown(actors)
-    run_dir = make_run_dir(cfg.run_dir, [])
-    with open(run_dir / "eval.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps({"tag": "checkpoint", "checkpoint": str(ckpt), **figures}) + "\n")
-    k = int(figures["k"])
-    print(f"eval {ckpt}: {int(figures['n'])} problems x {k} samples: pass@1 "
-          f"{100 * figures['pass@1']:.1f}%, avg@{k} {100 * figures[f'avg@{k}']:.1f}%, "
-          f"pass@{k} {100 * figures[f'pass@{k}']:.1f}%")
-    return 0
+    return evaluate_checkpoint(cfg, checkpoint_dir)
 
 
 def _run(cfg: ExperimentConfig, overwrite: bool = False) -> int:
-    """Validate everything (run_dir, datasets, model, prompts, algorithm), then write into
-    run_dir and start Ray. A run_dir holding an earlier run needs `--resume` (continue it) or
-    `--overwrite` (delete its outputs, after validation passed); a failed validation writes
-    nothing."""
-    from controller import runtime
+    """Validate, then train (controller/launch.py, the run's composition root): a failed
+    validation writes nothing and starts nothing."""
+    from controller.launch import run
 
-    t_start = time.time()
-    if overwrite and cfg.resume:
-        raise UserError("run: --overwrite and --resume exclude each other")
-    earlier = check_run_dir(cfg.run_dir)
-    if earlier and not (cfg.resume or overwrite):
-        raise UserError(f"run_dir {cfg.run_dir} holds an earlier run "
-                        f"({', '.join(p.name for p in earlier[:4])}); continue it with --resume, "
-                        f"replace it with --overwrite, or choose another run_dir")
-    resume = checkpoint_to_resume(cfg)
-    rows = load_datasets(cfg)
-    try:
-        model_path = runtime.resolve_model(cfg, progress=cfg.logging.progress_bar)
-    except OSError as e:  # e.g. the tiny model's cache directory ($AREAL_SYS_CACHE) not writable
-        raise UserError(f"model.path: cannot prepare {cfg.model.path!r}: {e.strerror or e}: "
-                        f"{e.filename or ''}") from None
-    tokenizer = load_tokenizer(model_path, "model.path")  # resolve_model checked the directory
-    train = encode_prompts(cfg, rows["train"], "train", tokenizer)
-    held_out = encode_prompts(cfg, rows["eval"], "eval", tokenizer)
-
-    from areal_sys.algorithms import build_algorithm
-
-    algo = build_algorithm(cfg.algorithm, max_new_tokens=cfg.rollout.max_new_tokens, rpo=cfg.rpo)
-    run_dir = make_run_dir(cfg.run_dir, earlier if overwrite else [], dump_config(cfg))
-    print(f"algorithm: {algo.summary}")  # which path is active, before anything starts
-    import asyncio
-
-    from controller.controller import Controller
-
-    runtime.start_ray(cfg)
-    actors = None
-    try:
-        actors = runtime.create_actors(cfg, model_path)
-
-        async def go() -> dict[str, Any]:
-            await runtime.start_actors(cfg, actors)
-            controller = Controller(cfg, actors, train, held_out, resume=resume)
-            try:
-                return await controller.run()
-            finally:
-                controller.close()  # metric sinks (W&B, TensorBoard) before Ray shuts down
-
-        results = asyncio.run(go())
-    finally:
-        runtime.shutdown(actors)
-    elapsed = time.time() - t_start
-    results["wall_time_s"] = elapsed
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    if results.get("pass_rate_before") is not None and "pass_rate_after" in results:
-        before, after = results["pass_rate_before"], results["pass_rate_after"]
-        print(f"held-out pass rate: before {100 * before:.1f}% -> after {100 * after:.1f}% "
-              f"({100 * (after - before):+.1f} points)")
-    print(f"done: {results['steps']} steps in {elapsed:.0f} s; outputs in {run_dir}")
-    return 0
+    return run(cfg, overwrite=overwrite)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,39 @@
-"""The episode contract: one sampled response (Trajectory) and the n responses of a prompt (Group).
+"""The episode contract: a training prompt (Prompt), one sampled response (Trajectory) and the n
+responses of a prompt (Group).
 
 Everything downstream of a rollout worker (reward service, buffer, filters, advantage estimators,
 packing, trainer, staleness audit) relies on exactly these fields. Per-token lists all have the
-length of `response_ids`.
+length of `response_ids`. A prompt's task data (`task`, `reference`) stays with its Prompt in the
+controller, which scores the prompt's responses with it: nothing that the engine and the trainer do
+not use travels to them.
+
+Checkpoints store these objects as JSON through `to_dict` / `from_dict` (plain field names, no
+class paths), so renaming a class or module never breaks a saved run.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A training or held-out prompt: its token ids, and the task data its responses are graded
+    with (the grader's name and the reference answer)."""
+
+    uid: str
+    ids: list[int]
+    reference: str
+    task: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"uid": self.uid, "ids": list(self.ids), "reference": self.reference,
+                "task": self.task}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Prompt:
+        return cls(str(d["uid"]), [int(i) for i in d["ids"]], str(d["reference"]), str(d["task"]))
 
 
 @dataclass
@@ -33,8 +59,6 @@ class Trajectory:
     prefix_len: int = 0  # RPO: leading response tokens taken from the experience cache
     num_interrupts: int = 0
     response_text: str = ""
-    reference: str = ""
-    task: str = "synthetic"
     submit_time: float = 0.0  # wall-clock seconds (time.time())
     finish_time: float = 0.0
     worker_id: int = 0
@@ -47,6 +71,17 @@ class Trajectory:
                 f"{n} entries (logprobs {len(self.behav_logprobs)}, versions {len(self.versions)}, "
                 f"mask {len(self.loss_mask)})"
             )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Trajectory:
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"trajectory: unknown fields {sorted(unknown)}")
+        return cls(**d)
 
     @property
     def length(self) -> int:
@@ -77,6 +112,16 @@ class Group:
     prompt_uid: str
     trajectories: list[Trajectory] = field(default_factory=list)
     admit_version: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"group_id": self.group_id, "prompt_uid": self.prompt_uid,
+                "admit_version": self.admit_version,
+                "trajectories": [t.to_dict() for t in self.trajectories]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Group:
+        return cls(int(d["group_id"]), str(d["prompt_uid"]),
+                   [Trajectory.from_dict(t) for t in d["trajectories"]], int(d["admit_version"]))
 
     @property
     def rewards(self) -> list[float]:

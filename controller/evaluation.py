@@ -17,7 +17,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
+
+from areal_sys.metrics import JsonlWriter
+from areal_sys.trajectory import Prompt, Trajectory
+from controller.actors import RolloutPool
 
 
 def summarize(correct: Sequence[Sequence[bool]]) -> dict[str, float]:
@@ -37,30 +42,28 @@ def summarize(correct: Sequence[Sequence[bool]]) -> dict[str, float]:
 
 
 async def evaluate_prompts(
-    prompts: Sequence[Any],
+    prompts: Sequence[Prompt],
     *,
     k: int,
-    num_workers: int,
-    generate: Callable[..., Awaitable[Any]],
-    score: Callable[[list[Any]], Awaitable[None]],
+    rollout: RolloutPool,
+    score: Callable[[list[tuple[Prompt, Trajectory]]], Awaitable[None]],
     max_new_tokens: int,
     temperature: float,
     correct_reward: float,
     progress: bool = True,
-) -> tuple[dict[str, float], list[Any]]:
-    """Sample `k` responses per prompt (`generate(worker_index, **generate_group kwargs)`, spread
-    over the workers), score them in place (`score(trajectories)`), return the figures and the
+) -> tuple[dict[str, float], list[Trajectory]]:
+    """Sample `k` responses per prompt (spread over the rollout workers), score them in place
+    (`score((prompt, trajectory) pairs)`, e.g. `Reward.score`), return the figures and the
     trajectories. A progress bar counts the problems sampled."""
     from tqdm import tqdm
 
     bar = tqdm(total=len(prompts), desc="eval", unit="problem", disable=not progress,
                dynamic_ncols=True)
 
-    async def sample(i: int, p: Any) -> Any:
-        group = await generate(i % num_workers, "generate_group", group_id=-1 - i,
-                               prompt_uid=p.uid, prompt_ids=p.ids, n=k,
-                               max_new_tokens=max_new_tokens, temperature=temperature,
-                               task=p.task, reference=p.reference)
+    async def sample(i: int, p: Prompt) -> list[Trajectory]:
+        group = await rollout.generate_group(p, group_id=-1 - i, n=k, worker=i % len(rollout),
+                                             max_new_tokens=max_new_tokens,
+                                             temperature=temperature)
         bar.update(1)
         return group
 
@@ -68,16 +71,13 @@ async def evaluate_prompts(
         groups = await asyncio.gather(*[sample(i, p) for i, p in enumerate(prompts)])
     finally:
         bar.close()
-    trajs = [t for g in groups for t in g]
-    await score(trajs)
+    await score([(p, t) for p, g in zip(prompts, groups, strict=True) for t in g])
     correct = [[t.reward >= correct_reward for t in g] for g in groups]
-    return summarize(correct), trajs
+    return summarize(correct), [t for g in groups for t in g]
 
 
-async def score_trajectories(score_call: Callable[[list[dict[str, str]]], Awaitable[Any]],
-                             trajs: list[Any]) -> None:
-    """Score `trajs` in place through `score_call(items)` (the reward actor's `score`)."""
-    items = [{"task": t.task, "response": t.response_text, "reference": t.reference}
-             for t in trajs]
-    for t, r in zip(trajs, await score_call(items), strict=True):
-        t.reward, t.reward_ok, t.reward_reason = r.reward, r.ok, r.reason
+def append_eval_line(run_dir: Path, row: dict[str, Any]) -> None:
+    """One evaluation's line in `RUN_DIR/eval.jsonl`."""
+    writer = JsonlWriter(run_dir / "eval.jsonl")
+    writer.write(row)
+    writer.close()

@@ -127,16 +127,15 @@ class Actors:
     placement: Any = None  # controller.placement.Placement: the run's placement groups
 
 
-def create_actors(cfg: ExperimentConfig, model_path: str) -> Actors:
+def create_actors(cfg: ExperimentConfig, model_path: str, *, needs_critic: bool) -> Actors:
+    """The run's actors, on the placement groups reserved for them: rollout workers, trainer
+    ranks, the critic when the algorithm has a value model (`needs_critic`), the reward actor."""
     import ray
 
-    from areal_sys.algorithms import build_algorithm
     from controller.placement import reserve
     from workers.trainer import TrainerWorker
 
     rollout_pins, trainer_pins = cpu_placement(cfg)
-    needs_critic = build_algorithm(
-        cfg.algorithm, max_new_tokens=cfg.rollout.max_new_tokens).needs_critic
     placement = reserve(cfg, needs_critic)  # fails fast (ConfigError) when the cluster is short
 
     rollout = rollout_actors(cfg, model_path, placement, rollout_pins)
@@ -147,13 +146,7 @@ def create_actors(cfg: ExperimentConfig, model_path: str) -> Actors:
             num_cpus=cfg.cluster.trainer_cpus, num_gpus=cfg.cluster.trainer_gpus,
             runtime_env=_env(trainer_pins[r]),
             scheduling_strategy=placement.strategy("trainer", r),
-        ).remote(
-            model_path, trainer_cfg=cfg.trainer.model_dump(), algo_cfg=cfg.algorithm.model_dump(),
-            rank=r, world_size=cfg.trainer.num_workers, master_port=port, dtype=cfg.model.dtype,
-            seed=cfg.seed, temperature=cfg.rollout.temperature,
-            max_new_tokens=cfg.rollout.max_new_tokens, kl_to_initial=cfg.logging.kl_to_initial,
-            rpo_cfg=cfg.rpo.model_dump(),
-        )
+        ).remote(model_path, cfg, rank=r, world_size=cfg.trainer.num_workers, master_port=port)
         for r in range(cfg.trainer.num_workers)
     ]
     critic = None
@@ -165,11 +158,7 @@ def create_actors(cfg: ExperimentConfig, model_path: str) -> Actors:
             num_cpus=cfg.cluster.critic_cpus, num_gpus=cfg.cluster.critic_gpus,
             runtime_env=_env(trainer_pins[0]),
             scheduling_strategy=placement.strategy("critic"),
-        ).remote(
-            model_path, trainer_cfg=cfg.trainer.model_dump(), algo_cfg=cfg.algorithm.model_dump(),
-            max_new_tokens=cfg.rollout.max_new_tokens, master_port=free_port(),
-            dtype=cfg.model.dtype, seed=cfg.seed,
-        )
+        ).remote(model_path, cfg, master_port=free_port())
     reward = reward_actor(cfg, placement)
     shm = "/dev/shm" if Path("/dev/shm").is_dir() else None
     sync_dir = tempfile.mkdtemp(prefix="areal_sys-", dir=shm)
@@ -192,7 +181,7 @@ def rollout_actors(cfg: ExperimentConfig, model_path: str, placement: Any,
         rollout_cls.options(
             num_cpus=cfg.cluster.rollout_cpus, num_gpus=cfg.cluster.rollout_gpus,
             runtime_env=_env(pins[i]), max_concurrency=1000,
-            max_restarts=cfg.controller.max_worker_restarts,  # controller/recovery.py
+            max_restarts=cfg.controller.max_worker_restarts,  # controller/actors.py
             scheduling_strategy=placement.strategy("rollout", i),
         ).remote(
             model_path, worker_id=i, seed=cfg.seed + i, dtype=cfg.model.dtype,

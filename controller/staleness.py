@@ -17,16 +17,6 @@ older than eta versions (see `Buffer.take_batch`).
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-
-
-@dataclass
-class StalenessStats:
-    version: int
-    accepted: int
-    running: int
-    rejected: int
-    admitted_total: int
 
 
 class StalenessManager:
@@ -70,18 +60,10 @@ class StalenessManager:
         self.accepted += 1
         self._notify()
 
-    def on_reject(self, was_accepted: bool = False) -> None:
-        """A group will never train (filtered, or failed): its slot is freed."""
-        if was_accepted:
-            self.accepted -= 1
-        else:
-            self.running -= 1
-        self.rejected += 1
-        self._notify()
-
-    def on_requeue(self) -> None:
-        """A running group is abandoned and will be admitted again (worker death): free the slot."""
+    def on_reject(self) -> None:
+        """A running group will never train (the filter dropped it): its slot is freed."""
         self.running -= 1
+        self.rejected += 1
         self._notify()
 
     def set_version(self, version: int) -> None:
@@ -94,11 +76,6 @@ class StalenessManager:
 
     def _notify(self) -> None:
         self._changed.set()
-
-    def stats(self) -> StalenessStats:
-        return StalenessStats(
-            self.version, self.accepted, self.running, self.rejected, self.admitted_total
-        )
 
     def load_state_dict(self, state: dict[str, int], running: int) -> None:
         """Counters from `state_dict()`; `running` groups are being generated again."""

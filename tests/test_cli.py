@@ -274,3 +274,15 @@ def test_validate_says_when_prompt_lengths_wait_for_a_download(capsys):
                  "data.synthetic_train_size=4"]) == 0
     out = capsys.readouterr().out
     assert "note: prompt lengths not checked: nobody-here/no-such-model is not downloaded" in out
+
+
+def test_a_checkpoint_of_the_pickle_format_is_refused_in_one_line(tmp_path, capsys):
+    """controller.pkl (before checkpoint format 1) is not unpickled: `run --resume` names it and
+    what to do, exit 2, before anything starts."""
+    ckpt = tmp_path / "checkpoints" / "step_1"
+    ckpt.mkdir(parents=True)
+    (ckpt / "controller.pkl").write_bytes(b"\x80\x05N.")
+    (tmp_path / "config.yaml").write_text("{}\n")
+    line = error_in_process(capsys, "run", CONFIG, f"run_dir={tmp_path}", "trainer.total_steps=3",
+                            "--resume")
+    assert "controller.pkl" in line and "--overwrite" in line

@@ -194,13 +194,12 @@ class RolloutWorker:
         max_new_tokens: int,
         temperature: float = 1.0,
         top_p: float = 1.0,
-        task: str = "synthetic",
-        reference: str = "",
         prefix_ids: list[int] | None = None,
         prefix_logprobs: list[float] | None = None,
         prefix_versions: list[int] | None = None,
     ) -> list[Trajectory]:
-        """Sample `n` responses to `prompt_ids` (token ids, used as given) as n requests.
+        """Sample `n` responses to `prompt_ids` (token ids, used as given) as n requests. The
+        prompt's task data stays with the controller, which grades the decoded `response_text`.
 
         RPO: with `prefix_ids` (a cached response's first tokens, with their behaviour log-probs
         and versions) every sample continues prompt + prefix for at most `max_new_tokens` more
@@ -248,8 +247,6 @@ class RolloutWorker:
                 prefix_len=len(prefix),
                 num_interrupts=s.num_interrupts,
                 response_text=tokenizer.decode(prefix + s.tokens, skip_special_tokens=True),
-                reference=reference,
-                task=task,
                 submit_time=submit_time,
                 finish_time=s.finish_time,
                 worker_id=self.worker_id,
@@ -341,9 +338,12 @@ class RolloutWorker:
 
         Returns seconds spent draining in-flight requests (`drain_s`), in the engine's reload
         (`reload_s`), loading incl. prefix-cache reset (`load_s`), overall (`total_s`), the number
-        of requests aborted (`interrupted`, 0 when not interruptible) and the new `version`.
+        of requests aborted (`interrupted`, 0 when not interruptible), the new `version`, and the
+        worker's `stats()` as the call arrived (`tokens_generated`, `busy_s`): the controller's
+        per-step generation figures, without a separate call to every engine.
         """
         engine = self._require_engine()
+        arrived = await self.stats()
         async with self._update_lock:
             t0 = time.perf_counter()
             self._accepting.clear()
@@ -379,6 +379,7 @@ class RolloutWorker:
                 "reload_s": max(r["reload_s"] for r in results),
                 "load_s": t2 - t1,
                 "total_s": t2 - t0,
+                **arrived,
             }
 
     async def tokens_generated(self) -> int:

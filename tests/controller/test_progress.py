@@ -37,77 +37,19 @@ def test_step_line_survives_missing_and_non_finite_values():
         "sync n/a s), 3 groups filtered")
 
 
-class _Remote:
-    """`actor.method.remote(...)` of a fake actor: the method's coroutine."""
-
-    def __init__(self, fn):
-        self.remote = fn
-
-
-class _Actor:
-    def __getattribute__(self, name):
-        attr = object.__getattribute__(self, name)
-        return _Remote(attr) if callable(attr) and not name.startswith("_") else attr
-
-
-class _Rollout(_Actor):
-    def __init__(self):
-        self.version = 0
-
-    async def generate_group(self, *, group_id, prompt_uid, prompt_ids, n, **_):
-        from areal_sys.trajectory import Trajectory
-
-        return [Trajectory(prompt_uid, group_id, list(prompt_ids), [5, 6], [-0.1, -0.2],
-                           [self.version] * 2, [1, 1], response_text=str(i)) for i in range(n)]
-
-    async def update_weights(self, path, version):
-        self.version = version
-        return {"interrupted": 0}
-
-    async def stats(self):
-        return {"tokens_generated": 0, "busy_s": 0.0}
-
-
-class _Trainer(_Actor):
-    async def train_step(self, batch, step):
-        return {"loss": 0.5}
-
-    async def export_weights(self, path):
-        return None
-
-
-class _Reward(_Actor):
-    async def score(self, items):
-        from types import SimpleNamespace
-
-        return [SimpleNamespace(reward=float(item["response"] == "0"), ok=True, reason="")
-                for item in items]
-
-
 def test_the_controller_prints_every_log_every_steps_and_writes_every_step(tmp_path, capsys):
     """The real controller with fake actors: 5 steps, log_every=2 -> lines for steps 2, 4, 5;
     metrics.jsonl still has all 5."""
-    import asyncio
     import json
-    from types import SimpleNamespace
 
-    from areal_sys.config import ExperimentConfig
-    from controller.controller import Controller, Prompt
+    from tests.controller import fakes
 
-    cfg = ExperimentConfig.model_validate({
-        "run_dir": str(tmp_path), "trainer": {"total_steps": 5},
-        "controller": {"batch_size": 2}, "rollout": {"n_samples": 2},
-        "eval": {"before_and_after": False}, "logging": {"progress_bar": False, "log_every": 2}})
-    actors = SimpleNamespace(rollout=[_Rollout()], trainers=[_Trainer()], reward=_Reward(),
-                             critic=None, sync_dir=str(tmp_path))
-    prompts = [Prompt(f"p{i}", [1, 2, 3], "0", "synthetic") for i in range(8)]
-    controller = Controller(cfg, actors, prompts, prompts[:2])
-    try:
-        asyncio.run(controller.run())
-    finally:
-        controller.close()
+    cfg = fakes.config(tmp_path, "trainer.total_steps=5", "controller.batch_size=2",
+                       "rollout.n_samples=2", "logging.log_every=2")
+    fakes.run(cfg, fakes.fake_actors(tmp_path), fakes.prompts(8))
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("step ")]
     assert [ln.split(":")[0] for ln in lines] == ["step 2/5", "step 4/5", "step 5/5"]
-    assert all("reward 0.500" in ln for ln in lines)
-    metrics = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(row)["step"] for row in metrics] == [0, 1, 2, 3, 4]
+    metrics = [json.loads(row) for row in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [0, 1, 2, 3, 4]
+    for ln, m in zip(lines, [metrics[1], metrics[3], metrics[4]], strict=True):
+        assert f"reward {m['reward_mean']:.3f}" in ln

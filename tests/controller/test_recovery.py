@@ -1,11 +1,12 @@
-"""Calls on a rollout worker that Ray is restarting (controller/recovery.py `_once_restarted`)."""
+"""Calls on a rollout worker that Ray is restarting (controller/actors.py `_once_restarted`,
+`RolloutPool`)."""
 
 import asyncio
 
 import pytest
 from ray.exceptions import ActorDiedError, ActorUnavailableError
 
-from controller import recovery
+from controller import actors
 
 
 class FlakyCall:
@@ -29,21 +30,21 @@ def restarting() -> ActorUnavailableError:
 
 def test_a_call_during_the_restart_is_sent_again() -> None:
     call = FlakyCall(restarting(), restarting())
-    assert asyncio.run(recovery._once_restarted(call)) == "ok"
+    assert asyncio.run(actors._once_restarted(call)) == "ok"
     assert call.calls == 3
 
 
 def test_a_dead_actor_fails_at_once() -> None:
     call = FlakyCall(ActorDiedError())
     with pytest.raises(ActorDiedError):
-        asyncio.run(recovery._once_restarted(call))
+        asyncio.run(actors._once_restarted(call))
     assert call.calls == 1
 
 
 def test_an_actor_that_stays_unavailable_fails_after_the_timeout() -> None:
     call = FlakyCall(*[restarting() for _ in range(100)])
     with pytest.raises(ActorUnavailableError):
-        asyncio.run(recovery._once_restarted(call, timeout_s=1.0))
+        asyncio.run(actors._once_restarted(call, timeout_s=1.0))
     # backoff 0.5 s then 1 s: the first wait fits in the 1 s deadline, the second does not
     assert call.calls == 2
 
@@ -80,26 +81,13 @@ class FakeRestartedWorker:
         return {"version": version}
 
 
-class FakeRecoveringController(recovery.Recovery):
-    """Just the state `Recovery` reads, around one fake restarted worker."""
-
-    def __init__(self, tmp_path) -> None:
-        from types import SimpleNamespace
-
-        self.actors = SimpleNamespace(rollout=[FakeRestartedWorker()])
-        self.cfg = SimpleNamespace(trainer=SimpleNamespace(weight_sync="shm_file"))
-        self.run_dir = tmp_path
-        self.version = 3
-        self._init_recovery()
-        self._weights_file = ("w.safetensors", 4)
-
-
 def test_a_call_reaching_a_restarted_unstarted_worker_recovers_it_first(tmp_path) -> None:
     """The weight push reached the restarted actor before any of the death's other calls failed:
     the worker is started, loads the current weights, and the call is sent again."""
-    ctl = FakeRecoveringController(tmp_path)
-    out = asyncio.run(ctl.call_rollout(0, "update_weights", "w.safetensors", 4))
-    worker = ctl.actors.rollout[0]
-    assert out == {"version": 4} and worker.started
+    events = actors.Events(tmp_path / "events.jsonl", lambda: 3)
+    pool = actors.RolloutPool([FakeRestartedWorker()], weight_sync="shm_file", events=events)
+    out = asyncio.run(pool.update_weights("w.safetensors", 4))
+    worker = pool.handles[0]
+    assert out == [{"version": 4}] and worker.started
     assert worker.loaded == [("w.safetensors", 4), ("w.safetensors", 4)]  # recovery, then the call
-    assert ctl.restarts == 1 and ctl._incarnation == [1]
+    assert events.restarts == 1 and pool._incarnation == [1]

@@ -100,7 +100,6 @@ class TestInProcess:
         trajs = engine.run(
             engine.worker.generate_group(
                 group_id=1, prompt_uid="u1", prompt_ids=long_prompt, n=8, max_new_tokens=40,
-                task="math", reference="42",
             )
         )
         assert len(trajs) == 8
@@ -109,7 +108,7 @@ class TestInProcess:
             assert t.versions == [version] * len(t.response_ids)
             assert t.loss_mask == [1] * len(t.response_ids)
             assert 1 <= len(t.response_ids) <= 40 and t.finish_reason in ("stop", "length")
-            assert (t.task, t.reference, t.prompt_ids) == ("math", "42", long_prompt)
+            assert (t.prompt_uid, t.group_id, t.prompt_ids) == ("u1", 1, long_prompt)
             assert t.num_interrupts == 0 and t.worker_id == 0
             assert t.submit_time <= t.finish_time
             diff_new = max(diff_new, max_abs_diff(t.behav_logprobs, hf_logprobs(hf_models["B"], t)))
@@ -228,9 +227,10 @@ class TestInProcess:
         paths = {name: str(p / "model.safetensors") for name, p in tiny_models.items()}
         v1 = engine.load(tiny_models["B"])
         busy_before = engine.run(w.stats())["busy_s"]
-        n, budget = 32, 100
+        n, budget, start = 32, 100, 0
 
         async def scenario() -> tuple[list[Trajectory], dict]:
+            nonlocal start
             start = await w.tokens_generated()
             group = asyncio.create_task(w.generate_group(
                 group_id=21, prompt_uid="u20", prompt_ids=PROMPT, n=n, max_new_tokens=budget,
@@ -241,6 +241,9 @@ class TestInProcess:
 
         trajs, update = engine.run(scenario())
         assert update["interrupted"] >= 1 and any(t.num_interrupts for t in trajs)
+        # the worker's counters as the update arrived: the controller's per-step figures
+        assert start + 3 * n <= update["tokens_generated"] <= engine.run(w.tokens_generated())
+        assert busy_before < update["busy_s"] <= engine.run(w.stats())["busy_s"]
         for t in trajs:
             assert t.prefix_len == keep and t.response_ids[:keep] == prefix["prefix_ids"]
             assert t.versions[:keep] == [v0] * keep  # the cached prefix's own age

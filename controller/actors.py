@@ -1,0 +1,279 @@
+"""Typed clients of the run's actors: every call the controller makes to another process.
+
+- `RolloutPool`: the RolloutWorker engines (workers/rollout.py): `generate_group`,
+  `update_weights`, `stats`, with load-based routing and worker recovery (below).
+- `Reward`: the reward actor's `score`, retried after the actor died and was restarted.
+- `Trainers`: the trainer ranks (workers/trainer.py) and the critic (workers/critic.py):
+  `train`, weight export/broadcast, checkpoint save/load. A dead rank stops the run (`TrainerDied`).
+
+Worker recovery. Ray restarts a dead RolloutWorker or reward actor in place (`max_restarts` =
+`controller.max_worker_restarts`, set in controller/runtime.py), re-running its constructor; the
+actor handle stays valid. Then:
+
+- rollout worker: its engine is started again and loads the weights of the current version from
+  the last exported file (`shm_file` sync; with `collective` sync a restarted engine would be
+  missing from the weight-sync group, so the run stops with the resume command instead), and every
+  call that failed because of the death is sent again to the restarted actor: a re-sent group keeps
+  its number, admit version and deadline; its tokens are generated anew. A call that reaches the
+  restarted actor before its engine was started again (EngineNotStarted, workers/engine_start.py)
+  counts as that death too.
+- reward actor: the scoring call is sent again.
+
+Each death and restart is a line in `RUN_DIR/events.jsonl`. Past the restart limit (Ray gives up
+on the actor) the run stops. A dead trainer rank stops the run at once (`TrainerDied`), with the
+command that resumes it from the last checkpoint.
+
+Handles are Ray actor handles (`handle.method.remote(...)` returns an awaitable ObjectRef); the
+tests drive these clients with fakes of the same shape (tests/controller/fakes.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from areal_sys.algorithms.rpo import PartialPlan
+from areal_sys.metrics import JsonlWriter
+from areal_sys.trajectory import Prompt, Trajectory
+
+
+class TrainerDied(RuntimeError):
+    """A trainer rank (or the critic) died: the run cannot continue without a resume."""
+
+
+def _actor_error() -> type[BaseException]:
+    from ray.exceptions import RayActorError
+
+    return RayActorError
+
+
+def _restarted_unstarted(err: BaseException) -> bool:
+    """A call answered by a worker Ray restarted but the controller has not started again."""
+    from workers.engine_start import EngineNotStarted
+
+    return isinstance(getattr(err, "cause", None), EngineNotStarted)
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
+
+
+async def _once_restarted(call: Callable[[], Any], timeout_s: float = 600.0) -> Any:
+    """`await call()` on an actor Ray is restarting. A call sent while the restart is under way
+    may fail with ActorUnavailableError ("the actor is restarting"), a transient answer: it is
+    sent again, with backoff, for up to `timeout_s`. A dead actor (restart limit reached) fails at
+    once (ActorDiedError), as does any other error."""
+    from ray.exceptions import ActorUnavailableError
+
+    deadline = time.monotonic() + timeout_s
+    delay_s = 0.5
+    while True:
+        try:
+            return await call()
+        except ActorUnavailableError:
+            if time.monotonic() + delay_s > deadline:
+                raise
+            await asyncio.sleep(delay_s)
+            delay_s = min(2 * delay_s, 5.0)
+
+
+class Events:
+    """`RUN_DIR/events.jsonl` (worker deaths, restarts, re-sent groups), each also printed; the
+    file is created by the first event."""
+
+    def __init__(self, path: Path, version: Callable[[], int]) -> None:
+        self.path = path
+        self._writer: JsonlWriter | None = None
+        self._version = version
+        self.restarts = 0  # actor deaths recovered from (rollout and reward)
+
+    def __call__(self, event: str, **fields: Any) -> None:
+        if self._writer is None:
+            self._writer = JsonlWriter(self.path)
+        self._writer.write({"time": time.time(), "event": event, "version": self._version(),
+                            **fields})
+        print(f"[{event}] " + " ".join(f"{k}={v}" for k, v in fields.items()), flush=True)
+
+
+class RolloutPool:
+    """The rollout workers, called by verb; calls survive a worker's death (module doc)."""
+
+    def __init__(self, handles: Sequence[Any], *, weight_sync: str, events: Events) -> None:
+        self.handles = list(handles)
+        self.weight_sync = weight_sync
+        self.events = events
+        self.load = [0] * len(self.handles)  # groups in flight per worker
+        self._incarnation = [0] * len(self.handles)
+        self._recovering: dict[int, asyncio.Future[None]] = {}
+        self._weights_file: tuple[str, int] | None = None  # (path, version) of the last export
+
+    def __len__(self) -> int:
+        return len(self.handles)
+
+    async def generate_group(self, prompt: Prompt, *, group_id: int, n: int, max_new_tokens: int,
+                             temperature: float, top_p: float = 1.0,
+                             plan: PartialPlan | None = None,
+                             worker: int | None = None) -> list[Trajectory]:
+        """`n` responses to `prompt` (continuing `plan`'s prefix, RPO) on `worker`, or on the
+        worker with the fewest groups in flight."""
+        i = min(range(len(self.load)), key=self.load.__getitem__) if worker is None else worker
+        kw: dict[str, Any] = {
+            "group_id": group_id, "prompt_uid": prompt.uid, "prompt_ids": prompt.ids, "n": n,
+            "max_new_tokens": plan.budget if plan is not None else max_new_tokens,
+            "temperature": temperature, "top_p": top_p}
+        if plan is not None:
+            kw.update(prefix_ids=plan.prefix_ids, prefix_logprobs=plan.prefix_logprobs,
+                      prefix_versions=plan.prefix_versions)
+        self.load[i] += 1
+        try:
+            return await self._call(i, lambda w: w.generate_group.remote(**kw), group_id)
+        finally:
+            self.load[i] -= 1
+
+    async def update_weights(self, path: str | None, version: int) -> list[dict[str, float]]:
+        """Every worker loads `version` (from the file at `path`, or the trainer's broadcast when
+        `path` is None); each returns its load figures and generation counters."""
+        if path is not None:
+            self._weights_file = (path, version)  # what a restarted worker loads
+        return list(await asyncio.gather(*[
+            self._call(i, lambda w: w.update_weights.remote(path, version))
+            for i in range(len(self.handles))]))
+
+    async def stats(self) -> dict[str, float]:
+        """Workers' `tokens_generated` and `busy_s` (generation seconds), summed; a dead
+        (restarting) worker counts 0 and a restarted one counts from 0 again."""
+        stats = await asyncio.gather(*[w.stats.remote() for w in self.handles],
+                                     return_exceptions=True)
+        return {k: sum(s[k] for s in stats if isinstance(s, dict))
+                for k in ("tokens_generated", "busy_s")}
+
+    async def _call(self, i: int, call: Callable[[Any], Awaitable[Any]],
+                    group_id: int | None = None) -> Any:
+        """`call(worker i)`, sent again after the worker died and was restarted."""
+        while True:
+            seen = self._incarnation[i]
+            try:
+                return await call(self.handles[i])
+            except Exception as err:
+                # a death, or a call that reached the restarted actor before its recovery
+                # started the engine again (the death's other calls may not have failed yet)
+                if not isinstance(err, _actor_error()) and not _restarted_unstarted(err):
+                    raise
+                if self._incarnation[i] == seen:  # not yet recovered from this death
+                    await self._recover(i, err)
+                if group_id is not None:
+                    self.events("group_resent", worker=i, group_id=group_id)
+
+    async def _recover(self, i: int, err: BaseException) -> None:
+        """One restart per death, however many of the worker's calls failed with it."""
+        job = self._recovering.get(i)
+        if job is None:
+            job = asyncio.ensure_future(self._restart(i, err))
+            self._recovering[i] = job
+            job.add_done_callback(lambda _: self._recovering.pop(i, None))
+        await asyncio.shield(job)
+
+    async def _restart(self, i: int, err: BaseException) -> None:
+        t0 = time.time()
+        self.events.restarts += 1
+        self.events("rollout_worker_died", worker=i, error=_one_line(err),
+                    restarts=self.events.restarts)
+        if self.weight_sync == "collective":
+            raise RuntimeError(
+                f"rollout worker {i} died ({_one_line(err)}); with trainer.weight_sync=collective "
+                "a restarted engine cannot rejoin the weight-sync group: resume the run with "
+                "--resume, or use trainer.weight_sync=shm_file for in-run recovery")
+        worker = self.handles[i]
+        try:
+            await _once_restarted(worker.start.remote)  # idempotent
+            while self._weights_file is not None:  # until no newer export arrived meanwhile
+                path, version = self._weights_file
+                await _once_restarted(lambda p=path, v=version: worker.update_weights.remote(p, v))
+                if self._weights_file == (path, version):
+                    break
+        except _actor_error() as again:
+            raise RuntimeError(f"rollout worker {i} could not be restarted (restart limit "
+                               f"controller.max_worker_restarts reached?): {_one_line(again)}"
+                               ) from None
+        self._incarnation[i] += 1
+        self.events("rollout_worker_restarted", worker=i, seconds=round(time.time() - t0, 2))
+
+
+class Reward:
+    """The reward actor: grades responses with their prompt's task data."""
+
+    def __init__(self, handle: Any, *, max_restarts: int, events: Events) -> None:
+        self.handle = handle
+        self.max_restarts = max_restarts
+        self.events = events
+
+    async def score(self, pairs: Sequence[tuple[Prompt, Trajectory]]) -> None:
+        """Set `reward`, `reward_ok`, `reward_reason` of each trajectory, graded by its prompt's
+        `task` against its `reference`."""
+        items = [{"task": p.task, "response": t.response_text, "reference": p.reference}
+                 for p, t in pairs]
+        for (_, t), r in zip(pairs, await self._score(items), strict=True):
+            t.reward, t.reward_ok, t.reward_reason = r.reward, r.ok, r.reason
+
+    async def _score(self, items: list[dict[str, str]]) -> Any:
+        for attempt in range(self.max_restarts + 1):
+            try:
+                return await self.handle.score.remote(items)
+            except _actor_error() as err:
+                self.events.restarts += 1
+                self.events("reward_worker_died", error=_one_line(err), attempt=attempt)
+        raise RuntimeError("the reward actor kept dying: restart limit reached")
+
+
+class Trainers:
+    """The trainer ranks and, for algorithms with a value model, the critic.
+
+    A batch goes into the object store once (`put`, `ray.put` in a run) and the actors exchange
+    references: the critic's advantages and the reference log-probs never pass through here."""
+
+    def __init__(self, handles: Sequence[Any], critic: Any, *, kl_in_reward: bool,
+                 put: Callable[[Any], Any], events: Events) -> None:
+        self.handles = list(handles)
+        self.critic = critic
+        self.kl_in_reward = kl_in_reward
+        self.put = put
+        self.events = events
+
+    async def train(self, batch: list[Any], step: int) -> dict[str, float]:
+        """One optimiser step on every rank (version v -> v+1); rank 0's figures. With a critic:
+        values and GAE advantages in the critic (on the reference log-probs when the KL is in the
+        reward), then the policy update (on those advantages) and the value update together."""
+        ref = self.put(batch)
+        if self.critic is None:
+            return (await self._call(*[t.train_step.remote(ref, step) for t in self.handles]))[0]
+        ref_logp = self.handles[0].reference_logprobs.remote(ref) if self.kl_in_reward else None
+        adv = self.critic.prepare.remote(ref, ref_logp)
+        *policy, value = await self._call(*[t.train_step.remote(ref, step, adv)
+                                            for t in self.handles], self.critic.update.remote(step))
+        return {**policy[0], **value}
+
+    async def export_weights(self, path: str) -> None:
+        await self._call(*[t.export_weights.remote(path) for t in self.handles])
+
+    async def broadcast_weights(self) -> None:
+        await self._call(*[t.broadcast_weights.remote() for t in self.handles])
+
+    async def save_checkpoint(self, out_dir: Path) -> None:
+        await self._call(*[a.save_checkpoint.remote(str(out_dir)) for a in self._all()])
+
+    async def load_checkpoint(self, ckpt: Path) -> None:
+        await self._call(*[a.load_checkpoint.remote(str(ckpt)) for a in self._all()])
+
+    def _all(self) -> list[Any]:
+        return self.handles + ([self.critic] if self.critic is not None else [])
+
+    async def _call(self, *refs: Any) -> list[Any]:
+        try:
+            return list(await asyncio.gather(*refs))
+        except _actor_error() as err:
+            self.events("trainer_died", error=_one_line(err))
+            raise TrainerDied(f"a trainer worker died ({_one_line(err)})") from None

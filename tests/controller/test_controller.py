@@ -1,0 +1,207 @@
+"""The real controller (controller/controller.py) driven by fake actors (tests/controller/fakes.py):
+admission under the staleness and refill bounds, synchronous vs asynchronous overlap, worker
+deaths, failures, critic orchestration and RPO planning. No Ray, vLLM or DeepSpeed; seconds each."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from areal_sys.metrics import read_jsonl
+from controller import rpo_cache
+from controller.actors import TrainerDied
+from tests.controller import fakes
+
+
+def _run_to_end(cfg, actors, train):
+    ctl = fakes.controller(cfg, actors, train)
+    try:
+        results = asyncio.run(ctl.run())
+    finally:
+        ctl.close()
+    return ctl, results
+
+
+@pytest.mark.parametrize("eta", [0, 1, 3])
+def test_admission_keeps_the_staleness_and_refill_bounds_and_accounts_for_every_group(
+        tmp_path: Path, eta: int) -> None:
+    """Dynamic sampling (half the groups have equal rewards and are dropped): no trained token is
+    older than eta versions; at most R·B groups are dropped per version; every admitted group is
+    trained (exactly once), filtered (exactly once), or still buffered / in flight at the end; and
+    each response was graded with its own prompt's task data."""
+    B, R, n = 3, 1, 2
+    cfg = fakes.config(tmp_path, "trainer.total_steps=8", f"controller.batch_size={B}",
+                       f"controller.max_staleness={eta}", f"rollout.n_samples={n}",
+                       "rollout.num_workers=2", "algorithm.filter=dynamic_sampling",
+                       f"algorithm.max_oversample_rounds={R}")
+    actors = fakes.fake_actors(tmp_path, workers=2, train_ticks=3)
+    ctl, results = _run_to_end(cfg, actors, fakes.prompts(200))
+
+    audit = read_jsonl(tmp_path / "staleness.jsonl")
+    for row in audit:
+        assert row["trainer_version"] - row["min_token_version"] <= eta
+        assert row["trainer_version"] - row["admit_version"] <= eta
+    per_group = Counter(row["group_id"] for row in audit)
+    assert set(per_group.values()) == {n} and len(per_group) == 8 * B
+    filtered = read_jsonl(tmp_path / "filtered.jsonl")
+    dropped = [f["group_id"] for f in filtered]
+    assert len(dropped) == len(set(dropped)) == results["groups_filtered"] > 0
+    assert max(Counter(f["version"] for f in filtered).values()) <= R * B
+    for f in filtered:
+        assert len(set(f["rewards"])) == 1  # the filter drops only groups without signal
+    left = set(ctl.admission.inflight) | {seq for seq, _, _ in
+                                          ctl.admission.buffer.completed_groups()}
+    places = [set(per_group), set(dropped), left]
+    assert sum(map(len, places)) == len(set().union(*places))
+    assert set().union(*places) == set(range(ctl.admission.next_seq))
+    for item in actors.reward_obj.items:  # task data: the prompt's own, from the controller
+        i = int(re.fullmatch(r"ref-p(\d+)", item["reference"]).group(1))
+        assert item["task"] == f"task-p{i % 3}"
+
+
+def test_without_refills_left_a_group_without_signal_is_trained_anyway(tmp_path: Path) -> None:
+    cfg = fakes.config(tmp_path, "trainer.total_steps=4", "controller.batch_size=3",
+                       "rollout.n_samples=2", "algorithm.filter=dynamic_sampling",
+                       "algorithm.max_oversample_rounds=0")
+    _run_to_end(cfg, fakes.fake_actors(tmp_path), fakes.prompts(50))
+    metrics = read_jsonl(tmp_path / "metrics.jsonl")
+    assert not (tmp_path / "filtered.jsonl").read_text()
+    assert sum(m["groups_filter_bypassed"] for m in metrics) > 0
+    assert all(m["groups_filtered"] == 0 for m in metrics)
+
+
+@pytest.mark.parametrize(("eta", "overlaps"), [(0, False), (2, True)])
+def test_generation_overlaps_training_only_when_asynchronous(
+        tmp_path: Path, eta: int, overlaps: bool) -> None:
+    """eta = 0 is synchronous RL: the gate admits exactly the batch of the current version, so no
+    token is generated while the trainer trains (as the fake trainer observes and as
+    `overlap_tokens` reports). With eta > 0 the next batches generate during training."""
+    cfg = fakes.config(tmp_path, "trainer.total_steps=5", "controller.batch_size=2",
+                       f"controller.max_staleness={eta}", "rollout.n_samples=2",
+                       "rollout.num_workers=2")
+    actors = fakes.fake_actors(tmp_path, workers=2, response_tokens=6, train_ticks=20)
+    _run_to_end(cfg, actors, fakes.prompts(40))
+    seen = actors.trainer_objs[0].overlap
+    reported = [m["overlap_tokens"] for m in read_jsonl(tmp_path / "metrics.jsonl")]
+    assert len(seen) == len(reported) == 5
+    if overlaps:
+        assert sum(seen) > 0 and sum(reported) > 0
+    else:
+        assert seen == [0] * 5 and reported == [0] * 5
+        audit = read_jsonl(tmp_path / "staleness.jsonl")
+        assert all(r["trainer_version"] == r["admit_version"] == r["min_token_version"]
+                   for r in audit)
+
+
+def test_a_dead_rollout_worker_is_restarted_and_its_groups_resent(tmp_path: Path) -> None:
+    """Worker 0 dies mid-generation after the first weight push: it is started again, loads the
+    current weights, its groups are sent again; every group still trains exactly once."""
+    cfg = fakes.config(tmp_path, "trainer.total_steps=5", "controller.batch_size=2",
+                       "controller.max_staleness=1", "rollout.n_samples=2",
+                       "rollout.num_workers=2")
+    actors = fakes.fake_actors(tmp_path, workers=2)
+    for r in actors.rollouts:
+        r.kill_on_group = 6  # admitted at version 1 or later: weights were exported by then
+    _run_to_end(cfg, actors, fakes.prompts(40))
+    events = read_jsonl(tmp_path / "events.jsonl")
+    kinds = [e["event"] for e in events]
+    assert kinds.count("rollout_worker_died") == 1
+    assert kinds.count("rollout_worker_restarted") == 1
+    died = next(e for e in events if e["event"] == "rollout_worker_died")
+    resent = [e for e in events if e["event"] == "group_resent"]
+    assert 6 in {e["group_id"] for e in resent}
+    assert all(e["worker"] == died["worker"] for e in resent)
+    restarted = next(e for e in events if e["event"] == "rollout_worker_restarted")
+    worker = actors.rollouts[died["worker"]]
+    assert worker.started and worker.version == 5
+    assert died["version"] >= 1  # so the restart had weights to load: the current ones
+    # the restart's load: the newest exported weights (those of the push under way, if any)
+    path, version = worker.loaded[worker.loaded.index(("died", -1)) + 1]
+    assert path == f"{tmp_path}/weights.safetensors"
+    assert version in (restarted["version"], restarted["version"] + 1)
+    per_group = Counter(r["group_id"] for r in read_jsonl(tmp_path / "staleness.jsonl"))
+    assert set(per_group.values()) == {2} and len(per_group) == 10
+
+
+def test_a_dead_trainer_stops_the_run_with_trainer_died(tmp_path: Path) -> None:
+    cfg = fakes.config(tmp_path, "trainer.total_steps=5", "controller.batch_size=2",
+                       "rollout.n_samples=2")
+    actors = fakes.fake_actors(tmp_path)
+    actors.trainer_objs[0].die_at_step = 2
+    with pytest.raises(TrainerDied):
+        _run_to_end(cfg, actors, fakes.prompts(20))
+    assert [m["step"] for m in read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1]
+    assert [e["event"] for e in read_jsonl(tmp_path / "events.jsonl")] == ["trainer_died"]
+
+
+def test_a_failed_rollout_stops_the_run_with_its_own_error(tmp_path: Path) -> None:
+    cfg = fakes.config(tmp_path, "trainer.total_steps=5", "controller.batch_size=2",
+                       "rollout.n_samples=2")
+    actors = fakes.fake_actors(tmp_path)
+    actors.rollouts[0].error_on_group = 3
+    with pytest.raises(ValueError, match="fake engine error on group 3"):
+        _run_to_end(cfg, actors, fakes.prompts(20))
+
+
+@pytest.mark.parametrize("kl_coef", [0.0, 0.05])
+def test_critic_orchestration(tmp_path: Path, kl_coef: float) -> None:
+    """PPO: per step [reference log-probs ->] critic.prepare -> every rank's train_step on the
+    critic's advantages, with the critic's update; the value figures join the step's metrics."""
+    cfg = fakes.config(tmp_path, "algorithm.name=ppo", f"algorithm.kl_coef={kl_coef}",
+                       "trainer.total_steps=3", "controller.batch_size=2",
+                       "rollout.n_samples=2", "trainer.num_workers=2")
+    actors = fakes.fake_actors(tmp_path, trainers=2, critic=True)
+    ctl, _ = _run_to_end(cfg, actors, fakes.prompts(20))
+    assert ctl.algo.kl_in_reward == (kl_coef > 0)
+    calls = [name for name, _ in actors.activity.calls
+             if not name.startswith("export_weights")]
+    per_step = (["reference_logprobs"] if kl_coef else []) + [
+        "critic.prepare", "train_step[0]", "train_step[1]", "critic.update"]
+    assert calls == per_step * 3
+    for trainer in actors.trainer_objs:
+        for (_, ids, adv), batch in zip(trainer.trained, trainer.batches, strict=True):
+            expected = [[[g.group_id + (-1.0 if kl_coef else 0.0)] * len(t.response_ids)
+                         for t in g.trajectories] for g in batch]
+            assert adv == expected and ids == [g.group_id for g in batch]
+    metrics = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [m["train/value_loss"] for m in metrics] == [0.25] * 3
+
+
+def test_rpo_groups_continue_cached_prefixes_and_update_the_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RPO: a cache-fill pass (one full response per prompt), then every group continues a
+    prefix of its prompt's cached response; after each step each trained group's response
+    replaces its prompt's entry, chosen on the shaped rewards."""
+    shaped_for: list[int] = []
+
+    def spy(algo, group):
+        shaped_for.append(group.group_id)
+        return torch.arange(len(group.trajectories), dtype=torch.float32)  # the last is best
+
+    monkeypatch.setattr(rpo_cache, "_shaped", spy)
+    cfg = fakes.config(tmp_path, "rpo.enabled=true", "rpo.max_regen_tokens=2", "rpo.epsilon=1",
+                       "trainer.total_steps=4", "controller.batch_size=2",
+                       "controller.max_staleness=1", "rollout.n_samples=2")
+    actors = fakes.fake_actors(tmp_path, response_tokens=4)
+    ctl, results = _run_to_end(cfg, actors, fakes.prompts(30))
+    assert results["rpo_cache_fill"]["entries"] == 30
+    fill = [r for r in actors.rollouts[0].requests if r["group_id"] < 0]
+    train = [r for r in actors.rollouts[0].requests if r["group_id"] >= 0]
+    assert len(fill) == 30 and all(r["prefix_ids"] is None for r in fill)
+    for r in train:  # cached 4 tokens, m ~ U{1, 2}: keep 4 - m, generate at most m
+        assert r["prefix_ids"] and set(r["prefix_ids"]) == {5}
+        assert len(r["prefix_ids"]) + r["max_new_tokens"] == 4
+    trained = [g for batch in actors.trainer_objs[0].batches for g in batch]
+    assert sorted(shaped_for) == sorted(g.group_id for g in trained)
+    assert len({g.prompt_uid for g in trained}) == len(trained)  # each prompt trained once
+    prefix_of = {r["group_id"]: len(r["prefix_ids"]) for r in train}
+    for g in trained:  # its entry is a response of the group (the best shaped reward, ε = 1)
+        entry = ctl.admission.rpo.cache.get(g.prompt_uid)
+        assert list(entry.versions) == g.trajectories[-1].versions
+        assert [t.prefix_len for t in g.trajectories] == [prefix_of[g.group_id]] * 2
+    assert any(max(ctl.admission.rpo.cache.get(g.prompt_uid).versions) > 0 for g in trained)
