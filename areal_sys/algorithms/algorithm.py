@@ -27,6 +27,7 @@ from areal_sys.algorithms.registry import (
     get_plugin,
 )
 from areal_sys.algorithms.rpo import length_aware_rewards
+from areal_sys.trajectory import Group
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,10 @@ class Algorithm:
     Controller, per scored group (raw rewards [G]):
       `filter(rewards) -> bool`: False → drop the group before buffering and count the drop;
       refill by admitting more prompts, at most `max_oversample_rounds` extra rounds per step.
-    Trainer, per group, before advantages:
-      `shape_rewards(rewards [G], response_lengths [G])`: RPO's length-aware reward on correct
-      responses (when on), then + the soft overlong penalty (identity when both are off);
+    Trainer and controller, per group, before advantages:
+      `shaped_rewards(group) -> [G]`: the group's rewards after `shape_rewards(rewards [G],
+      response_lengths [G])`: RPO's length-aware reward on correct responses (when on), then +
+      the soft overlong penalty (identity when both are off);
       `train_mask(finish_reasons [G])`: 1.0/0.0 per response, multiply it into that
       response's loss mask (overlong filtering; all ones when off).
     RPO prefixes (`prefix_loss`, responses with `prefix_len` > 0; algorithms/rpo.py): `suffix_only`
@@ -108,6 +110,15 @@ class Algorithm:
         pen = shaping.overlong_penalty(torch.tensor(list(lengths)), max_len=lmax, cache_len=lcache)
         return r + pen
 
+    def shaped_rewards(self, group: Group, bonus: Sequence[float] | None = None) -> torch.Tensor:
+        """R [G] of one group after `shape_rewards`, plus `bonus` per response when given (the
+        summed −β·KL_t of a KL in the reward, under a group estimator)."""
+        rewards = torch.tensor(group.rewards, dtype=torch.float32)
+        r = self.shape_rewards(rewards, [len(t.response_ids) for t in group.trajectories])
+        if bonus is not None:
+            r = r + torch.tensor(list(bonus), dtype=torch.float32)
+        return r
+
     def train_mask(self, finish_reasons: Sequence[str]) -> torch.Tensor:
         """Per response 1.0 (train) or 0.0 (truncated and overlong filtering on)."""
         if not self.overlong_filter:
@@ -147,10 +158,15 @@ def build_algorithm(
 
     `max_new_tokens` (rollout.max_new_tokens) is the default L_max of the soft overlong penalty;
     it is required only when `overlong_penalty` is on and `overlong_max_len` is unset.
+    The modules of `algorithm.plugins` are imported first: a config validated in another process
+    (the driver) reaches a Ray actor without having registered them there.
     """
     from areal_sys.config import AlgorithmConfig, RpoConfig
+    from areal_sys.config.algorithm import import_plugin_modules
 
-    if not isinstance(algo_cfg, AlgorithmConfig):
+    if isinstance(algo_cfg, AlgorithmConfig):
+        import_plugin_modules(algo_cfg.plugins)
+    else:
         algo_cfg = AlgorithmConfig.model_validate(dict(algo_cfg))
     if rpo is not None and not isinstance(rpo, RpoConfig):
         rpo = RpoConfig.model_validate(dict(rpo))
