@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from areal_sys.config import TrainerConfig
+
 CPU_CORES_ENV = "AREAL_SYS_CPU_CORES"  # comma-separated core ids this rank may use (CPU only)
 
 
@@ -46,24 +48,24 @@ def join_process_group(rank: int, world_size: int, master_addr: str, master_port
     return on_gpu
 
 
-def build_engine(model: torch.nn.Module, cfg: dict[str, Any], *, lr: float, dtype: str) -> Any:
-    """`model` under ZeRO stage `cfg["zero_stage"]` with AdamW (`lr`, `cfg`'s betas, eps, weight
+def build_engine(model: torch.nn.Module, cfg: TrainerConfig, *, lr: float, dtype: str) -> Any:
+    """`model` under ZeRO stage `cfg.zero_stage` with AdamW (`lr`, `cfg`'s betas, eps, weight
     decay), gradient clipping and bf16/fp16 by `dtype`. The caller drives accumulation: the number
     of micro-batches varies per step, and `engine.step()` is the boundary."""
     import deepspeed
 
-    if cfg["gradient_checkpointing"]:
+    if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable({"use_reentrant": False})
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=lr, betas=tuple(cfg["adam_betas"]),
-        weight_decay=cfg["weight_decay"], eps=cfg["adam_eps"],
+        model.parameters(), lr=lr, betas=tuple(cfg.adam_betas),
+        weight_decay=cfg.weight_decay, eps=cfg.adam_eps,
     )
     ds_config = {
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,
         "managed_gradient_accumulation": False,
-        "gradient_clipping": cfg["grad_clip"],
-        "zero_optimization": {"stage": cfg["zero_stage"]},
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
         "bf16": {"enabled": dtype == "bfloat16"},
         "fp16": {"enabled": dtype == "float16"},
         "steps_per_print": 2**31 - 1,

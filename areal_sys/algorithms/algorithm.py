@@ -171,52 +171,50 @@ def build_algorithm(
     if rpo is not None and not isinstance(rpo, RpoConfig):
         rpo = RpoConfig.model_validate(dict(rpo))
     rpo_on = rpo is not None and rpo.enabled
-    cfg = algo_cfg.model_dump()
-    est = get_plugin(ESTIMATOR, cfg["estimator"])
+    c = algo_cfg
+    opts = c.model_dump()  # plugins read their options by config field name (registry.bind)
+    est = get_plugin(ESTIMATOR, c.estimator)
     token_level = bool(est.meta.get("token_level"))
     needs_critic = bool(est.meta.get("needs_critic"))
-    kl_on = cfg["kl_coef"] > 0
+    kl_on = c.kl_coef > 0
     lengths = (
-        shaping.resolve_overlong_lengths(
-            cfg["overlong_max_len"], cfg["overlong_cache_len"], max_new_tokens
-        )
-        if cfg["overlong_penalty"]
+        shaping.resolve_overlong_lengths(c.overlong_max_len, c.overlong_cache_len, max_new_tokens)
+        if c.overlong_penalty
         else None
     )
     parts = [
-        f"preset={cfg['name']}",
-        _describe(ESTIMATOR, cfg["estimator"], cfg),
-        _describe(POLICY_LOSS, cfg["loss"], cfg),
-        _describe(AGGREGATION, cfg["aggregation"], cfg),
-        _describe(FILTER, cfg["filter"], cfg),
-        f"kl={cfg['kl_estimator']}(coef={cfg['kl_coef']}, in {cfg['kl_placement']})"
-        if kl_on
-        else "kl=off",
+        f"preset={c.name}",
+        _describe(ESTIMATOR, c.estimator, opts),
+        _describe(POLICY_LOSS, c.loss, opts),
+        _describe(AGGREGATION, c.aggregation, opts),
+        _describe(FILTER, c.filter, opts),
+        f"kl={c.kl_estimator}(coef={c.kl_coef}, in {c.kl_placement})" if kl_on else "kl=off",
         f"overlong_penalty(L_max={lengths[0]}, L_cache={lengths[1]})" if lengths else "",
-        "overlong_filter" if cfg["overlong_filter"] else "",
-        f"critic(value_clip={cfg['value_clip']}, whiten={cfg['whiten_advantages']})"
+        "overlong_filter" if c.overlong_filter else "",
+        f"critic(value_clip={c.value_clip}, whiten={c.whiten_advantages})"
         if needs_critic
         else "",
         f"rpo(loss_mode={rpo.loss_mode}, length_reward={rpo.length_reward})" if rpo_on else "",
     ]
+    estimator = bind(ESTIMATOR, c.estimator, opts)
     return Algorithm(
-        estimator=None if token_level else bind(ESTIMATOR, cfg["estimator"], cfg),
-        token_estimator=bind(ESTIMATOR, cfg["estimator"], cfg) if token_level else None,
-        policy_loss=bind(POLICY_LOSS, cfg["loss"], cfg),
-        aggregate=bind(AGGREGATION, cfg["aggregation"], cfg),
-        filter=bind(FILTER, cfg["filter"], cfg),
+        estimator=None if token_level else estimator,
+        token_estimator=estimator if token_level else None,
+        policy_loss=bind(POLICY_LOSS, c.loss, opts),
+        aggregate=bind(AGGREGATION, c.aggregation, opts),
+        filter=bind(FILTER, c.filter, opts),
         needs_critic=needs_critic,
-        value_loss=functools.partial(value_loss, clip=cfg["value_clip"]) if needs_critic else None,
-        whiten_advantages=cfg["whiten_advantages"],
+        value_loss=functools.partial(value_loss, clip=c.value_clip) if needs_critic else None,
+        whiten_advantages=c.whiten_advantages,
         mask_zero_advantage=bool(est.meta.get("mask_zero_advantage")),
-        kl=bind(KL, cfg["kl_estimator"], cfg) if kl_on else None,
-        kl_coef=cfg["kl_coef"],
-        kl_placement=cfg["kl_placement"],
-        overlong_filter=cfg["overlong_filter"],
+        kl=bind(KL, c.kl_estimator, opts) if kl_on else None,
+        kl_coef=c.kl_coef,
+        kl_placement=c.kl_placement,
+        overlong_filter=c.overlong_filter,
         overlong_lengths=lengths,
-        max_oversample_rounds=cfg["max_oversample_rounds"],
+        max_oversample_rounds=c.max_oversample_rounds,
         summary="; ".join(p for p in parts if p),
-        success_threshold=cfg["success_threshold"],
+        success_threshold=c.success_threshold,
         length_alpha=rpo.length_alpha if rpo_on and rpo.length_reward else None,
         prefix_loss=rpo.loss_mode if rpo_on else "faithful",
     )

@@ -21,9 +21,9 @@ import pytest
 import torch
 
 from areal_sys.algorithms import build_algorithm
-from areal_sys.config import AlgorithmConfig, TrainerConfig
+from areal_sys.config import ExperimentConfig
 from areal_sys.ports import free_port
-from tests.workers.test_trainer import make_groups
+from tests.workers.test_trainer import experiment, make_groups
 
 pytestmark = pytest.mark.slow
 
@@ -35,22 +35,21 @@ SEQUENCE_LEVEL = {
 }
 
 
-def _rank_main(rank: int, world: int, port: int, model: str, cfg: dict, out: str) -> None:
+def _rank_main(
+    rank: int, world: int, port: int, model: str, cfg: ExperimentConfig, out: str
+) -> None:
     """One trainer rank: set up, train one step, export the weights (rank 0 writes `out`)."""
     import os
 
     os.environ["AREAL_SYS_CPU_CORES"] = str(rank % max(1, len(os.sched_getaffinity(0))))
     from workers.trainer import TrainerWorker
 
-    worker = TrainerWorker(
-        model, trainer_cfg=cfg, algo_cfg=AlgorithmConfig().model_dump(), rank=rank,
-        world_size=world, master_port=port,
-    )
+    worker = TrainerWorker(model, cfg, rank=rank, world_size=world, master_port=port)
     worker.setup()
     groups = make_groups(6, 4, seed=11)
     metrics = worker.train_step(groups, step=0)
     worker.export_weights(out + ".safetensors")
-    worker.cfg["lr"] = 0.0
+    worker.train_cfg = worker.train_cfg.model_copy(update={"lr": 0.0})  # the schema needs > 0
     for name, algo in SEQUENCE_LEVEL.items():
         worker.algo = build_algorithm(algo)
         metrics[name] = worker.train_step(groups, step=1)
@@ -60,10 +59,8 @@ def _rank_main(rank: int, world: int, port: int, model: str, cfg: dict, out: str
 
 
 def train_one_step(model: Path, out: Path, *, world: int, zero_stage: int, budget: int) -> Any:
-    cfg = TrainerConfig(
-        lr=1e-2, adam_eps=1.0, zero_stage=zero_stage, max_tokens_per_microbatch=budget,
-        num_workers=world,
-    ).model_dump()
+    cfg = experiment({"lr": 1e-2, "adam_eps": 1.0, "zero_stage": zero_stage,
+                      "max_tokens_per_microbatch": budget, "num_workers": world})
     ctx = multiprocessing.get_context("spawn")
     port = free_port()
     procs = [
