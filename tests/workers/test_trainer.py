@@ -1,7 +1,9 @@
 """TrainerWorker with a real DeepSpeed ZeRO engine (gloo, world size 1, in-process), tiny model.
 
 Reference log-probs come from a plain transformers forward pass (one unpacked sequence at a time)
-of the weights the worker exports, so every check also exercises `export_weights`.
+of the weights the worker exports, so every check also exercises `export_weights`. That the
+number of micro-batches does not change the update (global loss normalisation) is proven in
+test_trainer_dp.py (1 and 3 micro-batches, loss, gradient norm and weights).
 """
 
 from __future__ import annotations
@@ -135,27 +137,6 @@ def test_proximal_logprobs_equal_plain_forward_before_update(
 
 
 @pytest.mark.slow
-def test_micro_batch_accumulation_equals_one_big_batch(worker: TrainerWorker) -> None:
-    """Global loss normalisation: 1 or many micro-batches give the same loss and gradient norm.
-    (lr 0 keeps the weights fixed between the two steps.)"""
-    groups = make_groups(4, 4, seed=3)
-    saved = worker.train_cfg
-    try:
-        results = []
-        for budget in (1024, 40):  # lr 0 (which the schema refuses) keeps the weights fixed
-            worker.train_cfg = saved.model_copy(
-                update={"lr": 0.0, "ppo_minibatches": 1, "max_tokens_per_microbatch": budget})
-            results.append(worker.train_step(groups, step=5))
-    finally:
-        worker.train_cfg = saved
-    one, many = results
-    assert one["num_microbatches"] == 1 and many["num_microbatches"] >= 4
-    assert many["loss"] == pytest.approx(one["loss"], abs=1e-6)
-    assert many["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4)
-    assert math.isfinite(one["grad_norm"]) and one["grad_norm"] > 0
-
-
-@pytest.mark.slow
 def test_train_steps_raise_logprob_of_positive_advantage_responses(worker: TrainerWorker) -> None:
     groups = make_groups(4, 4, seed=4)
     before = worker.compute_logprobs(groups)
@@ -213,8 +194,8 @@ def test_kl_in_loss_against_a_frozen_reference(worker: TrainerWorker) -> None:
                 t.behav_logprobs = lp
         first = worker.train_step(groups, step=6)
         assert abs(first["kl_to_initial"]) < 1e-6 and first["kl_loss"] >= 0.0
-        last = [worker.train_step(groups, step=s) for s in (7, 8)][-1]
-        assert last["kl_to_initial"] > 1e-5 and last["kl_loss"] > 0.0
+        second = worker.train_step(groups, step=7)  # its proximal pass sees the moved weights
+        assert second["kl_to_initial"] > 1e-5 and second["kl_loss"] > 0.0
         assert max_diff(worker.reference_logprobs(groups), initial) < 1e-5
     finally:
         worker.algo, worker.reference = saved
