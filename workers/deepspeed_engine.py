@@ -1,5 +1,5 @@
-"""The DeepSpeed set-up shared by the policy trainer and the critic: joining the process group and
-wrapping a model in a ZeRO engine with a torch AdamW.
+"""The DeepSpeed set-up shared by the policy trainer and the critic: joining the process group,
+wrapping a model in a ZeRO engine with a torch AdamW, and summing metrics over the ranks.
 
 CPU facts (ENVIRONMENT.md): gloo backend; DeepSpeed builds a shared-memory comm op on CPU at
 process-group start (~23 s compile on first use) that only `inference_all_reduce` (tensor-parallel
@@ -99,3 +99,18 @@ def release_engine(engine: Any) -> None:
     engine.destroy()
     if ds_dist.is_initialized():
         ds_dist.destroy_process_group()
+
+
+def reduce_over_ranks(sums: dict[str, float], world_size: int, device: Any) -> dict[str, float]:
+    """Metric numerators summed over the data-parallel ranks (`*_max` keys: their maximum);
+    no communication for one rank."""
+    if world_size == 1:
+        return sums
+    import torch.distributed as dist
+
+    keys = sorted(sums)
+    total = torch.tensor([0.0 if k.endswith("_max") else sums[k] for k in keys], device=device)
+    peak = torch.tensor([sums[k] if k.endswith("_max") else 0.0 for k in keys], device=device)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    return {k: float(peak[j] if k.endswith("_max") else total[j]) for j, k in enumerate(keys)}

@@ -60,7 +60,12 @@ from areal_sys.packing import (
 )
 from areal_sys.trajectory import Group
 from workers.batch import Nested, TrainBatch, lr_at_step, prepare_batch
-from workers.deepspeed_engine import build_engine, join_process_group, release_engine
+from workers.deepspeed_engine import (
+    build_engine,
+    join_process_group,
+    reduce_over_ranks,
+    release_engine,
+)
 from workers.reference import ReferencePolicy, nested_logprobs, packed_logits
 from workers.trainer_weights import WeightsOut
 from workers.weight_sync import TensorMeta
@@ -187,7 +192,7 @@ class TrainerWorker:
             grad_norms.append(float(norm) if norm is not None else pre_step_norm)
         t2 = time.perf_counter()
 
-        s = self._all_reduce(sums)
+        s = reduce_over_ranks(sums, self.world_size, self.engine.device)
         n_tok = max(s["n_loss_tokens"], 1.0)
         metrics = {
             "loss": s["loss"] / len(plans),
@@ -343,20 +348,6 @@ class TrainerWorker:
         if not grads:
             return 0.0
         return float(torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])))
-
-    def _all_reduce(self, sums: dict[str, float]) -> dict[str, float]:
-        """Sum (max for `*_max`) the metric numerators over ranks; no-op for one rank."""
-        if self.world_size == 1:
-            return sums
-        import torch.distributed as dist
-
-        keys = sorted(sums)
-        device = self.engine.device
-        total = torch.tensor([0.0 if k.endswith("_max") else sums[k] for k in keys], device=device)
-        peak = torch.tensor([sums[k] if k.endswith("_max") else 0.0 for k in keys], device=device)
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
-        return {k: float(peak[j] if k.endswith("_max") else total[j]) for j, k in enumerate(keys)}
 
     # --------------------------------------------------------- weights out (trainer_weights.py)
     def export_weights(self, path: str) -> dict[str, float]:
