@@ -2,8 +2,9 @@
 
 `prepare_batch` applies an `Algorithm`'s per-group pieces in the order its docstring fixes:
 
-1. reward shaping: R = `shape_rewards(R, response lengths)` (soft overlong penalty), plus an
-   optional per-response reward bonus (the summed −β·KL_t when the KL sits in the reward);
+1. reward shaping: R = `algo.shaped_rewards(group, bonus)` (RPO's length-aware reward, the soft
+   overlong penalty), plus an optional per-response reward bonus (the summed −β·KL_t when the KL
+   sits in the reward);
 2. loss mask: the rollout's loss mask × `train_mask(finish_reasons)` (overlong filtering);
 3. advantages: a group estimator's A_i broadcast to every token of response i, or, for a
    token-level estimator (GAE), the per-token advantages the critic computed;
@@ -19,7 +20,6 @@ Pure tensor code: no I/O, no distributed calls; shared by the policy trainer and
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -68,17 +68,6 @@ class TrainBatch:
         return [len(p) + len(r) for p, r in zip(self.prompts, self.responses, strict=True)]
 
 
-def shaped_rewards(
-    algo: Algorithm, group: Group, bonus: Sequence[float] | None = None
-) -> torch.Tensor:
-    """R [G] of one group after the soft overlong penalty, plus `bonus` (e.g. summed KL reward)."""
-    rewards = torch.tensor(group.rewards, dtype=torch.float32)
-    r = algo.shape_rewards(rewards, [len(t.response_ids) for t in group.trajectories])
-    if bonus is not None:
-        r = r + torch.tensor(list(bonus), dtype=torch.float32)
-    return r
-
-
 def prepare_batch(
     groups: list[Group],
     algo: Algorithm,
@@ -96,7 +85,7 @@ def prepare_batch(
     b = TrainBatch([], [], [], [], [], [], [], [], [], [])
     for gi, g in enumerate(groups):
         lengths = [len(t.response_ids) for t in g.trajectories]
-        rewards = shaped_rewards(algo, g, reward_bonus[gi] if reward_bonus else None)
+        rewards = algo.shaped_rewards(g, reward_bonus[gi] if reward_bonus else None)
         keep = algo.train_mask([t.finish_reason for t in g.trajectories])
         if advantages is not None:
             per_token = [torch.tensor(a, dtype=torch.float32) for a in advantages[gi]]

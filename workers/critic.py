@@ -34,6 +34,7 @@ import torch
 from areal_sys.algorithms import LossDenominators, build_algorithm
 from areal_sys.algorithms.critic import masked_whiten, outcome_token_rewards
 from areal_sys.attention import attention_implementation
+from areal_sys.config import ExperimentConfig, TrainerConfig
 from areal_sys.packing import (
     PackedMicroBatch,
     ffd_pack,
@@ -53,29 +54,24 @@ from workers.deepspeed_engine import (
 
 log = logging.getLogger(__name__)
 
+MASTER_ADDR = "127.0.0.1"  # a one-rank process group of its own
+
 
 class CriticWorker:
-    """The value model: `setup()`, then per step `prepare(groups)` and `update(step)`."""
+    """The value model: `setup()`, then per step `prepare(groups)` and `update(step)`. Reads the
+    sections `trainer` (critic_lr, schedule, packing, ZeRO), `algorithm`, `rpo`, `model.dtype`,
+    `seed` and `rollout.max_new_tokens` of `cfg`."""
 
-    def __init__(
-        self,
-        model_path: str,
-        *,
-        trainer_cfg: dict,
-        algo_cfg: dict,
-        max_new_tokens: int | None = None,
-        master_addr: str = "127.0.0.1",
-        master_port: int = 29600,
-        dtype: str = "float32",
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, model_path: str, cfg: ExperimentConfig, *, master_port: int) -> None:
         self.model_path = model_path
-        self.cfg = dict(trainer_cfg)
-        self.algo = build_algorithm(algo_cfg, max_new_tokens=max_new_tokens)
+        self.train_cfg: TrainerConfig = cfg.trainer
+        self.algo = build_algorithm(
+            cfg.algorithm, max_new_tokens=cfg.rollout.max_new_tokens, rpo=cfg.rpo
+        )
         if self.algo.value_loss is None:
             raise ValueError("CriticWorker needs an algorithm with a critic (estimator gae)")
-        self.master_addr, self.master_port = master_addr, master_port
-        self.dtype, self.seed = dtype, seed
+        self.master_port = master_port
+        self.dtype, self.seed = cfg.model.dtype, cfg.seed
         self.engine: Any = None
         self._batch: TrainBatch | None = None
         self._old_values: list[torch.Tensor] = []
@@ -86,7 +82,7 @@ class CriticWorker:
         """Join a one-rank process group and build the value model's ZeRO engine."""
         from transformers import AutoModelForTokenClassification
 
-        on_gpu = join_process_group(0, 1, self.master_addr, self.master_port)
+        on_gpu = join_process_group(0, 1, MASTER_ADDR, self.master_port)
         torch.manual_seed(self.seed)
         model = AutoModelForTokenClassification.from_pretrained(
             self.model_path, num_labels=1, dtype=torch.float32,
@@ -96,16 +92,17 @@ class CriticWorker:
         torch.nn.init.zeros_(model.score.weight)
         if model.score.bias is not None:
             torch.nn.init.zeros_(model.score.bias)
-        self.engine = build_engine(model, self.cfg, lr=self.cfg["critic_lr"], dtype=self.dtype)
-        log.info("CriticWorker: lr=%g zero_stage=%d; %s", self.cfg["critic_lr"],
-                 self.cfg["zero_stage"], self.algo.summary)
+        cfg = self.train_cfg
+        self.engine = build_engine(model, cfg, lr=cfg.critic_lr, dtype=self.dtype)
+        log.info("CriticWorker: lr=%g zero_stage=%d; %s", cfg.critic_lr, cfg.zero_stage,
+                 self.algo.summary)
 
     # ------------------------------------------------------------------------------ one step
     def _micro_batches(self, batch: TrainBatch) -> list[PackedMicroBatch]:
         return [
             pack_micro_batch([batch.prompts[i] for i in b], [batch.responses[i] for i in b], b)
             .to(self.engine.device)
-            for b in ffd_pack(batch.lengths, self.cfg["max_tokens_per_microbatch"], batch.names)
+            for b in ffd_pack(batch.lengths, self.train_cfg.max_tokens_per_microbatch, batch.names)
         ]
 
     def _values(self, mb: PackedMicroBatch) -> torch.Tensor:
@@ -173,8 +170,9 @@ class CriticWorker:
             raise RuntimeError("call prepare() before update()")
         assert self.algo.value_loss is not None
         t0 = time.perf_counter()
-        lr = lr_at_step(step, lr=self.cfg["critic_lr"], warmup_steps=self.cfg["warmup_steps"],
-                        total_steps=self.cfg["total_steps"], schedule=self.cfg["lr_schedule"])
+        cfg = self.train_cfg
+        lr = lr_at_step(step, lr=cfg.critic_lr, warmup_steps=cfg.warmup_steps,
+                        total_steps=cfg.total_steps, schedule=cfg.lr_schedule)
         for group in self.engine.optimizer.param_groups:
             group["lr"] = lr
         denom = LossDenominators.from_masks(batch.mask)

@@ -1,5 +1,5 @@
-"""The DeepSpeed set-up shared by the policy trainer and the critic: joining the process group and
-wrapping a model in a ZeRO engine with a torch AdamW.
+"""The DeepSpeed set-up shared by the policy trainer and the critic: joining the process group,
+wrapping a model in a ZeRO engine with a torch AdamW, and summing metrics over the ranks.
 
 CPU facts (ENVIRONMENT.md): gloo backend; DeepSpeed builds a shared-memory comm op on CPU at
 process-group start (~23 s compile on first use) that only `inference_all_reduce` (tensor-parallel
@@ -14,6 +14,8 @@ import os
 from typing import Any
 
 import torch
+
+from areal_sys.config import TrainerConfig
 
 CPU_CORES_ENV = "AREAL_SYS_CPU_CORES"  # comma-separated core ids this rank may use (CPU only)
 
@@ -46,24 +48,24 @@ def join_process_group(rank: int, world_size: int, master_addr: str, master_port
     return on_gpu
 
 
-def build_engine(model: torch.nn.Module, cfg: dict[str, Any], *, lr: float, dtype: str) -> Any:
-    """`model` under ZeRO stage `cfg["zero_stage"]` with AdamW (`lr`, `cfg`'s betas, eps, weight
+def build_engine(model: torch.nn.Module, cfg: TrainerConfig, *, lr: float, dtype: str) -> Any:
+    """`model` under ZeRO stage `cfg.zero_stage` with AdamW (`lr`, `cfg`'s betas, eps, weight
     decay), gradient clipping and bf16/fp16 by `dtype`. The caller drives accumulation: the number
     of micro-batches varies per step, and `engine.step()` is the boundary."""
     import deepspeed
 
-    if cfg["gradient_checkpointing"]:
+    if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable({"use_reentrant": False})
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=lr, betas=tuple(cfg["adam_betas"]),
-        weight_decay=cfg["weight_decay"], eps=cfg["adam_eps"],
+        model.parameters(), lr=lr, betas=tuple(cfg.adam_betas),
+        weight_decay=cfg.weight_decay, eps=cfg.adam_eps,
     )
     ds_config = {
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,
         "managed_gradient_accumulation": False,
-        "gradient_clipping": cfg["grad_clip"],
-        "zero_optimization": {"stage": cfg["zero_stage"]},
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
         "bf16": {"enabled": dtype == "bfloat16"},
         "fp16": {"enabled": dtype == "float16"},
         "steps_per_print": 2**31 - 1,
@@ -97,3 +99,18 @@ def release_engine(engine: Any) -> None:
     engine.destroy()
     if ds_dist.is_initialized():
         ds_dist.destroy_process_group()
+
+
+def reduce_over_ranks(sums: dict[str, float], world_size: int, device: Any) -> dict[str, float]:
+    """Metric numerators summed over the data-parallel ranks (`*_max` keys: their maximum);
+    no communication for one rank."""
+    if world_size == 1:
+        return sums
+    import torch.distributed as dist
+
+    keys = sorted(sums)
+    total = torch.tensor([0.0 if k.endswith("_max") else sums[k] for k in keys], device=device)
+    peak = torch.tensor([sums[k] if k.endswith("_max") else 0.0 for k in keys], device=device)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    return {k: float(peak[j] if k.endswith("_max") else total[j]) for j, k in enumerate(keys)}

@@ -20,9 +20,13 @@ A plain class; the controller wraps it with `ray.remote`. One `train_step(groups
 The trainer never reads an algorithm's name: it calls the `Algorithm`'s pieces and branches only
 on its facts (`needs_reference`, `kl_in_loss`, `kl_in_reward`, token-level or group estimator).
 
-Reference model (workers/reference.py): loaded when the algorithm needs it (KL on) or when
-`kl_to_initial` asks for the metric `kl_to_initial` = mean over loss tokens of k3(π_prox ‖ π_init).
-Cost: one more no-gradient forward over the rank's sequences per step and the model's memory.
+Composed of parts it holds, not mixins: `self.algo` (built once, from `cfg.algorithm`),
+`self.reference` (workers/reference.py: a frozen copy of the initial policy, or None), loaded when
+the algorithm needs it (KL on) or `logging.kl_to_initial` asks for the metric `kl_to_initial` =
+mean over loss tokens of k3(π_prox ‖ π_init), at the cost of one more no-gradient forward over
+the rank's sequences per step and the model's memory; and `self.weights`
+(workers/trainer_weights.py: weight export, broadcast and checkpoint files over the engine). The
+actor's remote methods below are one-line calls into these parts.
 
 Log-probs are log_softmax(logits / temperature) at the response positions, in float32. Only
 response tokens with loss_mask 1 train. Every rank receives the whole batch and derives the same
@@ -43,9 +47,9 @@ from areal_sys.algorithms import LossDenominators, build_algorithm
 from areal_sys.algorithms.kl import kl_k3
 from areal_sys.algorithms.rpo import on_policy_prefix
 from areal_sys.attention import attention_implementation
+from areal_sys.config import ExperimentConfig, TrainerConfig
 from areal_sys.packing import (
     PackedMicroBatch,
-    ffd_pack,
     from_sequences,
     pack_micro_batch,
     packing_stats,
@@ -56,74 +60,85 @@ from areal_sys.packing import (
 )
 from areal_sys.trajectory import Group
 from workers.batch import Nested, TrainBatch, lr_at_step, prepare_batch
-from workers.deepspeed_engine import build_engine, join_process_group, release_engine
-from workers.reference import ReferencePolicy
-from workers.trainer_weights import _DTYPES, WeightsOut
-from workers.weight_sync import SyncGroup
+from workers.deepspeed_engine import (
+    build_engine,
+    join_process_group,
+    reduce_over_ranks,
+    release_engine,
+)
+from workers.reference import ReferencePolicy, nested_logprobs, packed_logits
+from workers.trainer_weights import WeightsOut
+from workers.weight_sync import TensorMeta
 
-__all__ = ["TrainBatch", "TrainerWorker", "lr_at_step", "prepare_batch"]
+__all__ = ["TrainerWorker"]
 
 log = logging.getLogger(__name__)
+
+MASTER_ADDR = "127.0.0.1"  # the ranks' rendezvous (one node)
 
 _SUMS = ("loss", "entropy", "kl_behav", "kl_initial", "kl_loss", "clipped", "behav_weight",
          "capped", "n_loss_tokens", "n_seqs_trained", "response_tokens")
 
 
-class TrainerWorker(ReferencePolicy, WeightsOut):
+class TrainerWorker:
     """One data-parallel trainer rank. Construct cheaply, then `setup()` (joins the process group
-    and builds the engine), `train_step(...)` per policy version, `export_weights(...)` for weight
-    sync, `save_hf(...)` for checkpoints, `shutdown()` at the end.
+    and builds the engine), `train_step(...)` per policy version, `export_weights(...)` or
+    `broadcast_weights()` for weight sync, `save_checkpoint(...)` for checkpoints, `shutdown()`
+    at the end. Reads the sections `trainer`, `algorithm`, `rpo`, `model.dtype`, `seed`,
+    `rollout.temperature` / `max_new_tokens` and `logging.kl_to_initial` of `cfg`.
     """
 
     def __init__(
-        self,
-        model_path: str,
-        *,
-        trainer_cfg: dict,
-        algo_cfg: dict,
-        rank: int = 0,
-        world_size: int = 1,
-        master_addr: str = "127.0.0.1",
-        master_port: int = 29500,
-        dtype: str = "float32",
-        seed: int = 0,
-        temperature: float = 1.0,
-        max_new_tokens: int | None = None,
-        kl_to_initial: bool = False,
-        rpo_cfg: dict | None = None,
+        self, model_path: str, cfg: ExperimentConfig, *, rank: int, world_size: int,
+        master_port: int,
     ) -> None:
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         self.model_path = model_path
-        self.cfg = dict(trainer_cfg)
-        self.algo = build_algorithm(algo_cfg, max_new_tokens=max_new_tokens, rpo=rpo_cfg)
-        self.use_reference = self.algo.needs_reference or kl_to_initial
-        self.rank, self.world_size = rank, world_size
-        self.master_addr, self.master_port = master_addr, master_port
-        self.dtype, self.seed, self.temperature = dtype, seed, temperature
+        self.train_cfg: TrainerConfig = cfg.trainer
+        self.algo = build_algorithm(
+            cfg.algorithm, max_new_tokens=cfg.rollout.max_new_tokens, rpo=cfg.rpo
+        )
+        self.use_reference = self.algo.needs_reference or cfg.logging.kl_to_initial
+        self.rank, self.world_size, self.master_port = rank, world_size, master_port
+        self.dtype, self.seed, self.temperature = cfg.model.dtype, cfg.seed, cfg.rollout.temperature
         self.engine: Any = None
-        self.ref_model: Any = None
-        self._weight_group: SyncGroup | None = None
+        self.reference: ReferencePolicy | None = None
+        self._weights: WeightsOut | None = None
 
     # ----------------------------------------------------------------------------------- setup
     def setup(self) -> None:
         """Join the process group (gloo on CPU, nccl on GPU) and build the ZeRO engine."""
         from transformers import AutoModelForCausalLM
 
-        on_gpu = join_process_group(self.rank, self.world_size, self.master_addr, self.master_port)
+        on_gpu = join_process_group(self.rank, self.world_size, MASTER_ADDR, self.master_port)
         torch.manual_seed(self.seed)
         model = AutoModelForCausalLM.from_pretrained(
             self.model_path, dtype=torch.float32,
             attn_implementation=attention_implementation("cuda" if on_gpu else "cpu"),
         )
-        self.ref_model = self._frozen_copy(model) if self.use_reference else None
-        self.engine = build_engine(model, self.cfg, lr=self.cfg["lr"], dtype=self.dtype)
+        if self.use_reference:
+            self.reference = ReferencePolicy(
+                model, temperature=self.temperature,
+                max_tokens=self.train_cfg.max_tokens_per_microbatch,
+            )
+        cfg = self.train_cfg
+        self.engine = build_engine(model, cfg, lr=cfg.lr, dtype=self.dtype)
+        self._weights = WeightsOut(
+            self.engine, rank=self.rank, world_size=self.world_size, zero_stage=cfg.zero_stage,
+            dtype=self.dtype, model_path=self.model_path,
+        )
         if self.rank == 0:
             log.info(
                 "TrainerWorker: world_size=%d zero_stage=%d dtype=%s backend=%s; %s",
-                self.world_size, self.cfg["zero_stage"], self.dtype,
+                self.world_size, cfg.zero_stage, self.dtype,
                 "nccl" if on_gpu else "gloo", self.algo.summary,
             )
+
+    @property
+    def weights(self) -> WeightsOut:
+        """The weights-out part (exists after `setup()`)."""
+        if self._weights is None:
+            raise RuntimeError("call setup() first")
+        return self._weights
 
     # ------------------------------------------------------------------------------ train step
     def train_step(
@@ -138,17 +153,18 @@ class TrainerWorker(ReferencePolicy, WeightsOut):
             raise RuntimeError("call setup() before train_step()")
         bonus = None
         if self.algo.kl_in_reward and self.algo.estimator is not None:
-            bonus = self._kl_reward_sums(groups)
+            bonus = self._reference().kl_reward_sums(groups, self.algo, self.engine.device)
         batch = prepare_batch(
             groups, self.algo, reward_bonus=bonus,
             advantages=advantages if self.algo.estimator is None else None,
         )
         if not batch.prompts:
             raise ValueError("train_step got no response tokens to train on")
-        lengths, budget = batch.lengths, self.cfg["max_tokens_per_microbatch"]
+        cfg = self.train_cfg
+        lengths, budget = batch.lengths, cfg.max_tokens_per_microbatch
         plans = plan_minibatches(
-            lengths, self.cfg["ppo_minibatches"], budget, self.world_size, batch.names,
-            groups=batch.group_ids if self.cfg["keep_groups_together"] else None,
+            lengths, cfg.ppo_minibatches, budget, self.world_size, batch.names,
+            groups=batch.group_ids if cfg.keep_groups_together else None,
         )
         my_mbs = [[self._pack(batch, idx) for idx in plan[self.rank]] for plan in plans]
         whole = [[mb for plan in plans for mb in plan[r]] for r in range(self.world_size)]
@@ -160,10 +176,8 @@ class TrainerWorker(ReferencePolicy, WeightsOut):
             batch.behav = [on_policy_prefix(b, p, n) if len(p) else b
                            for b, p, n in zip(batch.behav, prox, batch.prefix_lens, strict=True)]
         t1 = time.perf_counter()
-        lr = lr_at_step(
-            step, lr=self.cfg["lr"], warmup_steps=self.cfg["warmup_steps"],
-            total_steps=self.cfg["total_steps"], schedule=self.cfg["lr_schedule"],
-        )
+        lr = lr_at_step(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
+                        total_steps=cfg.total_steps, schedule=cfg.lr_schedule)
         for group in self.engine.optimizer.param_groups:
             group["lr"] = lr
         grad_norms = []
@@ -178,7 +192,7 @@ class TrainerWorker(ReferencePolicy, WeightsOut):
             grad_norms.append(float(norm) if norm is not None else pre_step_norm)
         t2 = time.perf_counter()
 
-        s = self._all_reduce(sums)
+        s = reduce_over_ranks(sums, self.world_size, self.engine.device)
         n_tok = max(s["n_loss_tokens"], 1.0)
         metrics = {
             "loss": s["loss"] / len(plans),
@@ -204,7 +218,7 @@ class TrainerWorker(ReferencePolicy, WeightsOut):
             "train_time_s": t2 - t1,
             "tokens_per_s": sum(lengths) / max(t2 - t0, 1e-9),
         }
-        if self.ref_model is not None:
+        if self.reference is not None:
             metrics["kl_to_initial"] = s["kl_initial"] / n_tok
         if self.algo.kl_in_loss:
             metrics["kl_loss"] = s["kl_loss"] / max(len(plans), 1)
@@ -213,29 +227,25 @@ class TrainerWorker(ReferencePolicy, WeightsOut):
     @torch.no_grad()
     def compute_logprobs(self, groups: list[Group]) -> Nested:
         """Log-probs (at `temperature`) of every response token under the current weights, packed,
-        without gradient: one list per trajectory, nested like `groups`. Every rank computes all
-        of them (ZeRO-3 forwards are collective: call it on every rank)."""
+        without gradient, nested like `groups` (what the tests compare with a plain forward).
+        ZeRO-3 forwards are collective: call it on every rank."""
         self.engine.eval()
-        out = self._all_logprobs(groups, self._logits)
+        out = nested_logprobs(
+            groups, self._logits, max_tokens=self.train_cfg.max_tokens_per_microbatch,
+            temperature=self.temperature, device=self.engine.device,
+        )
         self.engine.train()
         return out
 
-    def _all_logprobs(self, groups: list[Group], logits_fn: Any) -> Nested:
-        trajs = [t for g in groups for t in g.trajectories]
-        out: list[list[float]] = [[] for _ in trajs]
-        live = [i for i, t in enumerate(trajs) if t.response_ids]
-        budget = self.cfg["max_tokens_per_microbatch"]
-        for bin_ in ffd_pack([trajs[i].length for i in live], budget):
-            idx = [live[j] for j in bin_]
-            mb = pack_micro_batch(
-                [trajs[i].prompt_ids for i in idx], [trajs[i].response_ids for i in idx], idx
-            ).to(self.engine.device)
-            logp = response_logprobs(logits_fn(mb), mb.target_ids, self.temperature)
-            rows = to_padded(logp, mb).cpu()
-            for s, i in enumerate(idx):
-                out[i] = rows[s, : len(trajs[i].response_ids)].tolist()
-        flat = iter(out)
-        return [[next(flat) for _ in g.trajectories] for g in groups]
+    def reference_logprobs(self, groups: list[Group]) -> Nested:
+        """Log-probs of every response token under the frozen initial weights, nested like
+        `groups` (for a KL in the reward under a critic; any single rank may answer)."""
+        return self._reference().logprobs(groups, self.engine.device)
+
+    def _reference(self) -> ReferencePolicy:
+        if self.reference is None:
+            raise RuntimeError("no reference model (KL off and kl_to_initial false)")
+        return self.reference
 
     def _pack(self, batch: TrainBatch, idx: list[int]) -> PackedMicroBatch:
         if not idx:  # rank has fewer sequences than micro-batches: a zero-loss dummy pass
@@ -248,18 +258,7 @@ class TrainerWorker(ReferencePolicy, WeightsOut):
 
     def _logits(self, mb: PackedMicroBatch) -> torch.Tensor:
         """Logits [N, V] at the positions predicting the micro-batch's response tokens."""
-        return self._forward(self.engine, mb)
-
-    @staticmethod
-    def _forward(model: Any, mb: PackedMicroBatch) -> torch.Tensor:
-        out = model(
-            input_ids=mb.input_ids,
-            position_ids=mb.position_ids,
-            attention_mask=None,  # with use_cache=False: block-diagonal mask from position_ids
-            use_cache=False,
-            logits_to_keep=mb.logit_index,
-        )
-        return out.logits[0]
+        return packed_logits(self.engine, mb)
 
     def _rows(self, values: list[torch.Tensor], mb: PackedMicroBatch) -> torch.Tensor:
         return from_sequences([values[i] for i in mb.seq_indices]).to(self.engine.device)
@@ -285,8 +284,8 @@ class TrainerWorker(ReferencePolicy, WeightsOut):
                 prox[i] = logp_rows[s, : len(batch.responses[i])].cpu()
             mask = self._rows(batch.mask, mb)
             keep = mask.bool()
-            if self.ref_model is not None:
-                ref_logits = self._ref_logits(mb)
+            if self.reference is not None:
+                ref_logits = self.reference.logits(mb)
                 ref_rows = to_padded(
                     response_logprobs(ref_logits, mb.target_ids, self.temperature), mb
                 )
@@ -343,29 +342,54 @@ class TrainerWorker(ReferencePolicy, WeightsOut):
         """Gradient 2-norm before the step, for the one engine that does not report it (ZeRO
         stage 0 in fp32). That engine all-reduces in step(), so with several ranks this is the
         local norm. NaN for the other engines (they report the global norm after the step)."""
-        if self.cfg["zero_stage"] != 0 or self.dtype != "float32":
+        if self.train_cfg.zero_stage != 0 or self.dtype != "float32":
             return float("nan")
         grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
         if not grads:
             return 0.0
         return float(torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])))
 
-    def _all_reduce(self, sums: dict[str, float]) -> dict[str, float]:
-        """Sum (max for `*_max`) the metric numerators over ranks; no-op for one rank."""
-        if self.world_size == 1:
-            return sums
-        import torch.distributed as dist
+    # --------------------------------------------------------- weights out (trainer_weights.py)
+    def export_weights(self, path: str) -> dict[str, float]:
+        """`shm_file` sync: rank 0 writes the full weights to `path` (every rank calls it)."""
+        return self.weights.export(path)
 
-        keys = sorted(sums)
-        device = self.engine.device
-        total = torch.tensor([0.0 if k.endswith("_max") else sums[k] for k in keys], device=device)
-        peak = torch.tensor([sums[k] if k.endswith("_max") else 0.0 for k in keys], device=device)
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
-        return {k: float(peak[j] if k.endswith("_max") else total[j]) for j, k in enumerate(keys)}
+    def weight_sync_endpoint(self) -> tuple[str, int]:
+        """Where rank 0 hosts the `collective` group's store: (this node's address, a free port)."""
+        return WeightsOut.endpoint()
+
+    def weight_meta(self) -> list[TensorMeta] | None:
+        """(name, shape, dtype) of every exported weight on rank 0 (collective under ZeRO-3)."""
+        return self.weights.meta()
+
+    def init_weight_group(
+        self, host: str, port: int, world_size: int, meta: list[TensorMeta],
+        bucket_bytes: int, backend: str, timeout_s: float = 1800.0,
+    ) -> bool:
+        """Rank 0 joins the `collective` weight-sync group with every rollout engine."""
+        self.weights.join_group(host, port, world_size, meta, bucket_bytes, backend, timeout_s)
+        return True
+
+    def broadcast_weights(self) -> dict[str, float]:
+        """`collective` sync: gather and broadcast the full weights (every rank calls it)."""
+        return self.weights.broadcast()
+
+    def save_hf(self, out_dir: str) -> None:
+        """HF-format model + tokenizer in `out_dir` (rank 0 writes; every rank calls it)."""
+        self.weights.save_hf(out_dir)
+
+    def save_checkpoint(self, out_dir: str) -> None:
+        """DeepSpeed state in `out_dir/trainer/`, HF policy in `out_dir/policy/` (every rank)."""
+        self.weights.save_checkpoint(out_dir)
+
+    def load_checkpoint(self, ckpt_dir: str) -> None:
+        """Restore weights and optimiser state (every rank). The reference policy stays the
+        initial one; the learning rate is a function of the step."""
+        self.weights.load_checkpoint(ckpt_dir)
 
     def shutdown(self) -> None:
         """Release the engine and leave the process group (a later setup() may join anew)."""
         if self.engine is not None:
             release_engine(self.engine)
             self.engine = None
+            self._weights = None

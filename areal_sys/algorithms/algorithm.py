@@ -27,6 +27,7 @@ from areal_sys.algorithms.registry import (
     get_plugin,
 )
 from areal_sys.algorithms.rpo import length_aware_rewards
+from areal_sys.trajectory import Group
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,10 @@ class Algorithm:
     Controller, per scored group (raw rewards [G]):
       `filter(rewards) -> bool`: False → drop the group before buffering and count the drop;
       refill by admitting more prompts, at most `max_oversample_rounds` extra rounds per step.
-    Trainer, per group, before advantages:
-      `shape_rewards(rewards [G], response_lengths [G])`: RPO's length-aware reward on correct
-      responses (when on), then + the soft overlong penalty (identity when both are off);
+    Trainer and controller, per group, before advantages:
+      `shaped_rewards(group) -> [G]`: the group's rewards after `shape_rewards(rewards [G],
+      response_lengths [G])`: RPO's length-aware reward on correct responses (when on), then +
+      the soft overlong penalty (identity when both are off);
       `train_mask(finish_reasons [G])`: 1.0/0.0 per response, multiply it into that
       response's loss mask (overlong filtering; all ones when off).
     RPO prefixes (`prefix_loss`, responses with `prefix_len` > 0; algorithms/rpo.py): `suffix_only`
@@ -108,6 +110,15 @@ class Algorithm:
         pen = shaping.overlong_penalty(torch.tensor(list(lengths)), max_len=lmax, cache_len=lcache)
         return r + pen
 
+    def shaped_rewards(self, group: Group, bonus: Sequence[float] | None = None) -> torch.Tensor:
+        """R [G] of one group after `shape_rewards`, plus `bonus` per response when given (the
+        summed −β·KL_t of a KL in the reward, under a group estimator)."""
+        rewards = torch.tensor(group.rewards, dtype=torch.float32)
+        r = self.shape_rewards(rewards, [len(t.response_ids) for t in group.trajectories])
+        if bonus is not None:
+            r = r + torch.tensor(list(bonus), dtype=torch.float32)
+        return r
+
     def train_mask(self, finish_reasons: Sequence[str]) -> torch.Tensor:
         """Per response 1.0 (train) or 0.0 (truncated and overlong filtering on)."""
         if not self.overlong_filter:
@@ -147,60 +158,63 @@ def build_algorithm(
 
     `max_new_tokens` (rollout.max_new_tokens) is the default L_max of the soft overlong penalty;
     it is required only when `overlong_penalty` is on and `overlong_max_len` is unset.
+    The modules of `algorithm.plugins` are imported first: a config validated in another process
+    (the driver) reaches a Ray actor without having registered them there.
     """
     from areal_sys.config import AlgorithmConfig, RpoConfig
+    from areal_sys.config.algorithm import import_plugin_modules
 
-    if not isinstance(algo_cfg, AlgorithmConfig):
+    if isinstance(algo_cfg, AlgorithmConfig):
+        import_plugin_modules(algo_cfg.plugins)
+    else:
         algo_cfg = AlgorithmConfig.model_validate(dict(algo_cfg))
     if rpo is not None and not isinstance(rpo, RpoConfig):
         rpo = RpoConfig.model_validate(dict(rpo))
     rpo_on = rpo is not None and rpo.enabled
-    cfg = algo_cfg.model_dump()
-    est = get_plugin(ESTIMATOR, cfg["estimator"])
+    c = algo_cfg
+    opts = c.model_dump()  # plugins read their options by config field name (registry.bind)
+    est = get_plugin(ESTIMATOR, c.estimator)
     token_level = bool(est.meta.get("token_level"))
     needs_critic = bool(est.meta.get("needs_critic"))
-    kl_on = cfg["kl_coef"] > 0
+    kl_on = c.kl_coef > 0
     lengths = (
-        shaping.resolve_overlong_lengths(
-            cfg["overlong_max_len"], cfg["overlong_cache_len"], max_new_tokens
-        )
-        if cfg["overlong_penalty"]
+        shaping.resolve_overlong_lengths(c.overlong_max_len, c.overlong_cache_len, max_new_tokens)
+        if c.overlong_penalty
         else None
     )
     parts = [
-        f"preset={cfg['name']}",
-        _describe(ESTIMATOR, cfg["estimator"], cfg),
-        _describe(POLICY_LOSS, cfg["loss"], cfg),
-        _describe(AGGREGATION, cfg["aggregation"], cfg),
-        _describe(FILTER, cfg["filter"], cfg),
-        f"kl={cfg['kl_estimator']}(coef={cfg['kl_coef']}, in {cfg['kl_placement']})"
-        if kl_on
-        else "kl=off",
+        f"preset={c.name}",
+        _describe(ESTIMATOR, c.estimator, opts),
+        _describe(POLICY_LOSS, c.loss, opts),
+        _describe(AGGREGATION, c.aggregation, opts),
+        _describe(FILTER, c.filter, opts),
+        f"kl={c.kl_estimator}(coef={c.kl_coef}, in {c.kl_placement})" if kl_on else "kl=off",
         f"overlong_penalty(L_max={lengths[0]}, L_cache={lengths[1]})" if lengths else "",
-        "overlong_filter" if cfg["overlong_filter"] else "",
-        f"critic(value_clip={cfg['value_clip']}, whiten={cfg['whiten_advantages']})"
+        "overlong_filter" if c.overlong_filter else "",
+        f"critic(value_clip={c.value_clip}, whiten={c.whiten_advantages})"
         if needs_critic
         else "",
         f"rpo(loss_mode={rpo.loss_mode}, length_reward={rpo.length_reward})" if rpo_on else "",
     ]
+    estimator = bind(ESTIMATOR, c.estimator, opts)
     return Algorithm(
-        estimator=None if token_level else bind(ESTIMATOR, cfg["estimator"], cfg),
-        token_estimator=bind(ESTIMATOR, cfg["estimator"], cfg) if token_level else None,
-        policy_loss=bind(POLICY_LOSS, cfg["loss"], cfg),
-        aggregate=bind(AGGREGATION, cfg["aggregation"], cfg),
-        filter=bind(FILTER, cfg["filter"], cfg),
+        estimator=None if token_level else estimator,
+        token_estimator=estimator if token_level else None,
+        policy_loss=bind(POLICY_LOSS, c.loss, opts),
+        aggregate=bind(AGGREGATION, c.aggregation, opts),
+        filter=bind(FILTER, c.filter, opts),
         needs_critic=needs_critic,
-        value_loss=functools.partial(value_loss, clip=cfg["value_clip"]) if needs_critic else None,
-        whiten_advantages=cfg["whiten_advantages"],
+        value_loss=functools.partial(value_loss, clip=c.value_clip) if needs_critic else None,
+        whiten_advantages=c.whiten_advantages,
         mask_zero_advantage=bool(est.meta.get("mask_zero_advantage")),
-        kl=bind(KL, cfg["kl_estimator"], cfg) if kl_on else None,
-        kl_coef=cfg["kl_coef"],
-        kl_placement=cfg["kl_placement"],
-        overlong_filter=cfg["overlong_filter"],
+        kl=bind(KL, c.kl_estimator, opts) if kl_on else None,
+        kl_coef=c.kl_coef,
+        kl_placement=c.kl_placement,
+        overlong_filter=c.overlong_filter,
         overlong_lengths=lengths,
-        max_oversample_rounds=cfg["max_oversample_rounds"],
+        max_oversample_rounds=c.max_oversample_rounds,
         summary="; ".join(p for p in parts if p),
-        success_threshold=cfg["success_threshold"],
+        success_threshold=c.success_threshold,
         length_alpha=rpo.length_alpha if rpo_on and rpo.length_reward else None,
         prefix_loss=rpo.loss_mode if rpo_on else "faithful",
     )

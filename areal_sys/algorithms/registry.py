@@ -14,7 +14,9 @@ Five kinds of plugin, all pure tensor functions (no config objects, no I/O, no d
 A plugin registers under a name together with `options`: a mapping from its keyword arguments to
 the `AlgorithmConfig` fields that set them. `build_algorithm` binds those options from the config,
 so the trainer and controller call plugins without knowing any algorithm by name, and a new
-estimator, loss or filter is one decorated function (plus its name in the config's choices).
+estimator, loss or filter is one decorated function. The config checks piece names against these
+registries when it validates; a user's own plugin module is listed in `algorithm.plugins`, which
+the config imports before that check (and `build_algorithm` again in every process).
 """
 
 from __future__ import annotations
@@ -92,7 +94,8 @@ def get_plugin(kind: str, name: str) -> Plugin:
     load_builtin_plugins()
     registry = REGISTRIES[kind]
     if name not in registry:
-        raise KeyError(f"unknown {kind} {name!r}; registered: {sorted(registry)}")
+        names = ", ".join(repr(n) for n in sorted(registry))
+        raise KeyError(f"unknown {kind} {name!r}; registered: {names}")
     return registry[name]
 
 

@@ -1,15 +1,16 @@
 """Experiment configuration: a pydantic v2 schema, YAML loading and dotted command-line overrides.
 
 base.py (the Section base and ConfigError), schema.py (the sections and ExperimentConfig),
-reward.py (the reward service's section) and loading.py (YAML, overrides, one-line errors).
+algorithm.py (the algorithm and rpo sections), reward.py (the reward service's section) and
+loading.py (YAML, overrides, one-line errors).
 """
 
+from areal_sys.config.algorithm import AlgorithmConfig, RpoConfig
 from areal_sys.config.base import ConfigError, Section
 from areal_sys.config.loading import apply_overrides, dump_config, load_config
 from areal_sys.config.reward import RewardConfig
 from areal_sys.config.schema import (
     TINY_MODEL,
-    AlgorithmConfig,
     ClusterConfig,
     ControllerConfig,
     DataConfig,
@@ -18,7 +19,6 @@ from areal_sys.config.schema import (
     LoggingConfig,
     ModelConfig,
     RolloutConfig,
-    RpoConfig,
     TrainerConfig,
 )
 

@@ -11,7 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, Strict, ValidationInfo, field_validator, model_validator
 
-from areal_sys.algorithms.presets import PRESETS, PresetName, preset_values
+from areal_sys.algorithms.presets import PRESETS
+from areal_sys.config.algorithm import AlgorithmConfig, RpoConfig
 from areal_sys.config.base import Section
 from areal_sys.config.reward import RewardConfig
 
@@ -134,147 +135,6 @@ class TrainerConfig(Section):
     keep_last: int = Field(2, ge=1, description="complete checkpoints kept on disk")
 
 
-class AlgorithmConfig(Section):
-    """The RL algorithm: a named preset (`name`) whose pieces any explicit key overrides.
-
-    Validation starts from the preset's values (areal_sys/algorithms/presets.py) and lets every
-    key given in YAML or on the command line win, so `cfg.algorithm` is fully resolved and the
-    trainer reads the pieces, never the name. Presets apply when the section is built, not on
-    later attribute assignment. `areal-sys algorithms` lists presets and pieces.
-    """
-
-    name: PresetName = Field(
-        "grpo", description="preset: " + ", ".join(PRESETS) + " (see `areal-sys algorithms`)"
-    )
-    # advantages
-    estimator: Literal["grpo", "dr_grpo", "rloo", "reinforce", "raft", "gae"] = Field(
-        "grpo", description="advantage estimator (gae is token-level and needs a critic)"
-    )
-    adv_std: Literal["unbiased", "population"] = Field(
-        "unbiased", description="grpo: std convention (unbiased: divide by G-1, as verl/TRL)"
-    )
-    adv_eps: float = Field(1e-6, gt=0, description="grpo: added to the std")
-    success_threshold: float = Field(
-        0.5, description="a response is correct when its reward >= this (RAFT weights, filters)"
-    )
-    gae_gamma: float = Field(1.0, ge=0, le=1, description="gae: discount gamma")
-    gae_lambda: float = Field(1.0, ge=0, le=1, description="gae: lambda")
-    whiten_advantages: bool = Field(
-        True, description="gae: whiten advantages over the batch's loss tokens"
-    )
-    value_clip: float | None = Field(
-        0.5, gt=0, description="critic: value-loss clip range around the old values (None: off)"
-    )
-    # policy loss
-    loss: Literal["decoupled_ppo", "ppo_clip", "raft_sft", "raft_pp"] = Field(
-        "decoupled_ppo", description="per-token policy loss"
-    )
-    clip_low: float = Field(0.2, ge=0, lt=1, description="ratio clip below: 1 - clip_low")
-    clip_high: float = Field(0.2, ge=0, description="ratio clip above: 1 + clip_high (DAPO 0.28)")
-    dual_clip: float | None = Field(
-        None, gt=1.0, description="dual clip c for A < 0: loss <= c*|A| (None: off; usual 3)"
-    )
-    behav_weight_cap: float | None = Field(
-        5.0, gt=1.0, description="decoupled PPO: cap on pi_prox/pi_behav (None: never cap)"
-    )
-    behav_cap_mode: Literal["mask", "clamp"] = Field(
-        "mask", description="tokens over the cap: mask them out, or clamp the weight to the cap"
-    )
-    aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "dr_grpo"] = (
-        Field("token-mean", description="per-token losses -> scalar over the global batch")
-    )
-    # group filter
-    filter: Literal[
-        "none", "dynamic_sampling", "reject_all_same", "remove_all_wrong", "remove_all_correct"
-    ] = Field("none", description="drop scored groups before buffering (counted)")
-    max_oversample_rounds: int = Field(
-        4, ge=0, description="extra admission rounds per step to refill filtered-out groups"
-    )
-    # KL to a frozen reference policy (off by default)
-    kl_coef: float = Field(0.0, ge=0, description="beta; 0 turns KL (and the reference) off")
-    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="per-token KL estimator")
-    kl_placement: Literal["reward", "loss"] = Field(
-        "loss", description="add beta*KL to the loss, or -beta*KL to the per-token reward"
-    )
-    # overlong responses (DAPO)
-    overlong_filter: bool = Field(
-        False, description="mask truncated responses (finish_reason 'length') out of the loss"
-    )
-    overlong_penalty: bool = Field(False, description="soft overlong punishment on the reward")
-    overlong_max_len: int | None = Field(
-        None, ge=1, description="L_max in response tokens (None: rollout.max_new_tokens)"
-    )
-    overlong_cache_len: int | None = Field(
-        None, ge=1, description="L_cache: punishment ramps over the last L_cache tokens "
-        "(None: L_max // 5)"
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _start_from_preset(cls, data: Any) -> Any:
-        """Preset values first, explicit keys on top. An unknown name is left to the `name`
-        field's own check, which reports `algorithm.name` and the choices."""
-        if not isinstance(data, dict):
-            return data
-        name = data.get("name", cls.model_fields["name"].default)
-        if not isinstance(name, str) or name not in PRESETS:
-            return data
-        return {**preset_values(name), **data}
-
-    @model_validator(mode="after")
-    def _check(self) -> AlgorithmConfig:
-        if (
-            self.overlong_max_len is not None
-            and self.overlong_cache_len is not None
-            and self.overlong_cache_len > self.overlong_max_len
-        ):
-            raise ValueError("overlong_cache_len must not exceed overlong_max_len")
-        return self
-
-
-class RpoConfig(Section):
-    """RPO: each rollout keeps a prefix of a cached response and generates only the suffix.
-
-    The truncation m ~ U{1..L}: L = `max_regen_tokens` (fixed) or `regen_fraction` × the cached
-    length (set at most one; neither: fraction 0.5). m >= the cached length: a full rollout.
-    """
-
-    enabled: bool = False
-    max_regen_tokens: int | None = Field(None, ge=1, description="L fixed (the paper: 300)")
-    regen_fraction: float | None = Field(
-        None, gt=0, le=1, description="L = fraction x cached length (default 0.5 if neither is set)"
-    )
-    loss_mode: Literal["faithful", "suffix_only", "decoupled"] = Field(
-        "faithful", description="faithful: prefix in the loss as on-policy tokens (the paper); "
-        "suffix_only: prefix masked; decoupled: prefix weighted by its cached behaviour logprobs",
-    )
-    epsilon: float = Field(
-        0.5, ge=0, le=1, description="cache update: P(store the group's best response)"
-    )
-    length_reward: bool = Field(True, description="length-aware reward for correct responses")
-    length_alpha: float = Field(0.01, gt=0, description="slope of the length-aware reward")
-    cache_fill: Literal["pass", "lazy"] = Field(
-        "pass", description="pass: one full response per train prompt before training; "
-        "lazy: a prompt's first visit is a full rollout",
-    )
-    max_cache_entries: int = Field(
-        1_000_000, ge=1, description="bound on cached prompts (least recently used evicted)"
-    )
-
-    @model_validator(mode="after")
-    def _one_limit(self) -> RpoConfig:
-        if self.max_regen_tokens is not None and self.regen_fraction is not None:
-            raise ValueError("set rpo.max_regen_tokens or rpo.regen_fraction, not both")
-        return self
-
-    def regen_limit(self, cached_len: int) -> int:
-        """L for a cached response of `cached_len` tokens (at least 1)."""
-        if self.max_regen_tokens is not None:
-            return self.max_regen_tokens
-        fraction = 0.5 if self.regen_fraction is None else self.regen_fraction
-        return max(1, round(fraction * cached_len))
-
-
 class ControllerConfig(Section):
     batch_size: int = Field(16, ge=1, description="groups (prompts) per training step, B")
     max_staleness: int = Field(
@@ -367,12 +227,34 @@ class ExperimentConfig(Section):
     rollout: RolloutConfig = RolloutConfig()
     reward: RewardConfig = RewardConfig()
     trainer: TrainerConfig = TrainerConfig()
-    algorithm: AlgorithmConfig = AlgorithmConfig()
+    # built on use, not at import: validating an algorithm section imports the plugin registry
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     rpo: RpoConfig = RpoConfig()
     controller: ControllerConfig = ControllerConfig()
     cluster: ClusterConfig = ClusterConfig()
     logging: LoggingConfig = LoggingConfig()
     eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_rewards(cls, data: Any) -> Any:
+        """The preset's reward values (DAPO's +1/-1) as defaults of the reward section: a
+        `reward.correct_reward` / `wrong_reward` the config gives explicitly wins."""
+        if not isinstance(data, dict):
+            return data
+        algo = data.get("algorithm", {})
+        name = algo.name if isinstance(algo, AlgorithmConfig) else (
+            algo.get("name", AlgorithmConfig.model_fields["name"].default)
+            if isinstance(algo, dict) else None)
+        preset = PRESETS.get(name) if isinstance(name, str) else None
+        reward = data.get("reward", {})
+        if preset is None or not preset.rewards:
+            return data
+        if isinstance(reward, RewardConfig):
+            reward = reward.model_dump(exclude_unset=True)
+        if not isinstance(reward, dict):
+            return data  # the reward field's own check reports it
+        return {**data, "reward": {**preset.rewards, **reward}}
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentConfig:
@@ -390,7 +272,7 @@ class ExperimentConfig(Section):
                 f"{', '.join(self.reward.grader_names())} (add plugins in reward.graders)"
             )
         if self.rpo.enabled:
-            if self.algorithm.estimator == "gae":
+            if self.algorithm.needs_critic:
                 raise ValueError("rpo: needs a group estimator (grpo, dr_grpo, rloo, reinforce, "
                                  "raft); PPO with a critic is not supported")
             if self.rpo.loss_mode == "decoupled" and self.algorithm.loss != "decoupled_ppo":

@@ -1,20 +1,78 @@
 """Presets: each resolves to registered pieces, explicit keys win, and the Algorithm it builds
 carries the right facts for the trainer and controller."""
 
-import typing
+import importlib
 
 import pytest
 import torch
 
 from areal_sys.algorithms import build_algorithm
-from areal_sys.algorithms.presets import PRESETS, PresetName, preset_values
+from areal_sys.algorithms.presets import PRESETS, preset_values
 from areal_sys.algorithms.registry import AGGREGATION, ESTIMATOR, FILTER, POLICY_LOSS, get_plugin
-from areal_sys.config import AlgorithmConfig
+from areal_sys.config import AlgorithmConfig, ExperimentConfig
 
 
-def test_preset_names_match_the_config_choices() -> None:
-    assert set(typing.get_args(PresetName)) == set(PRESETS)
+def test_one_module_per_preset_with_its_paper() -> None:
+    """Every preset is the module of its name; its docstring names the method's paper."""
     assert AlgorithmConfig().name == "grpo"
+    for name, preset in PRESETS.items():
+        module = importlib.import_module(f"areal_sys.algorithms.presets.{name}")
+        assert module.PRESET is preset and preset.name == name
+        assert "arXiv:" in (module.__doc__ or "") or "1992" in (module.__doc__ or ""), name
+        assert "\n" not in preset.description and preset.description
+
+
+# The constants ALGORITHMS.md gives for each method: clip range (1 - low, 1 + high), dual clip,
+# KL, overlong shaping, the pieces, and the rewards (+-1 where the method defines them).
+PPO_CLIP = {"clip_low": 0.2, "clip_high": 0.2, "dual_clip": None}
+DOCUMENTED = {
+    "grpo": ({"estimator": "grpo", "loss": "decoupled_ppo", "aggregation": "token-mean",
+              "filter": "none", **PPO_CLIP, "kl_coef": 0.0, "overlong_penalty": False}, {}),
+    "dr_grpo": ({"estimator": "dr_grpo", "aggregation": "dr_grpo", **PPO_CLIP, "kl_coef": 0.0},
+                {}),
+    "dapo": ({"estimator": "grpo", "aggregation": "token-mean", "filter": "dynamic_sampling",
+              "clip_low": 0.2, "clip_high": 0.28, "dual_clip": None, "kl_coef": 0.0,
+              "overlong_penalty": True}, {"correct_reward": 1.0, "wrong_reward": -1.0}),
+    "ppo": ({"estimator": "gae", "loss": "decoupled_ppo", **PPO_CLIP, "value_clip": 0.5,
+             "whiten_advantages": True, "gae_gamma": 1.0, "kl_placement": "reward"}, {}),
+    "raft": ({"estimator": "raft", "loss": "raft_sft", "filter": "remove_all_wrong",
+              "kl_coef": 0.0}, {}),
+    "raft_pp": ({"estimator": "raft", "loss": "raft_pp", "filter": "remove_all_wrong",
+                 "clip_low": 0.2, "clip_high": 0.2}, {}),
+    "reinforce": ({"estimator": "reinforce", "filter": "none", **PPO_CLIP}, {}),
+    "reinforce_rej": ({"estimator": "reinforce", "filter": "reject_all_same", **PPO_CLIP},
+                      {"correct_reward": 1.0, "wrong_reward": -1.0}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_module_constants_match_the_documented_method(name: str) -> None:
+    algo_values, rewards = DOCUMENTED[name]
+    preset = PRESETS[name]
+    assert {k: preset.values[k] for k in algo_values} == algo_values
+    assert preset.rewards == rewards
+    module = importlib.import_module(f"areal_sys.algorithms.presets.{name}")
+    for const, field in (("CLIP", "clip_low"), ("CLIP", "clip_high"), ("CLIP_LOW", "clip_low"),
+                         ("CLIP_HIGH", "clip_high"), ("VALUE_CLIP", "value_clip")):
+        if hasattr(module, const):  # a named constant is the value the preset uses
+            assert getattr(module, const) == preset.values[field], (name, const)
+    if hasattr(module, "CORRECT_REWARD"):
+        assert (module.CORRECT_REWARD, module.WRONG_REWARD) == (
+            rewards["correct_reward"], rewards["wrong_reward"])
+
+
+def test_preset_rewards_are_defaults_of_the_reward_section() -> None:
+    """DAPO's +-1 reach reward.* unless the config sets them; other presets leave 1/0."""
+    dapo = ExperimentConfig.model_validate({"algorithm": {"name": "dapo"}})
+    assert (dapo.reward.correct_reward, dapo.reward.wrong_reward) == (1.0, -1.0)
+    mine = ExperimentConfig.model_validate(
+        {"algorithm": {"name": "dapo"}, "reward": {"wrong_reward": 0.0}})
+    assert (mine.reward.correct_reward, mine.reward.wrong_reward) == (1.0, 0.0)
+    grpo = ExperimentConfig.model_validate({"algorithm": {"name": "grpo"}})
+    assert (grpo.reward.correct_reward, grpo.reward.wrong_reward) == (1.0, 0.0)
+    built = ExperimentConfig(algorithm=AlgorithmConfig(name="reinforce_rej"))
+    assert built.reward.wrong_reward == -1.0
+    assert ExperimentConfig.model_validate(dapo.model_dump()) == dapo  # the dump round-trips
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -31,22 +89,9 @@ def test_every_preset_resolves_to_registered_pieces(name: str) -> None:
     assert PRESETS[name].description
 
 
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        ("grpo", {"estimator": "grpo", "loss": "decoupled_ppo", "aggregation": "token-mean",
-                  "filter": "none", "kl_coef": 0.0}),
-        ("dr_grpo", {"estimator": "dr_grpo", "aggregation": "dr_grpo"}),
-        ("dapo", {"clip_low": 0.2, "clip_high": 0.28, "filter": "dynamic_sampling",
-                  "aggregation": "token-mean", "overlong_penalty": True, "kl_coef": 0.0}),
-        ("ppo", {"estimator": "gae", "loss": "decoupled_ppo"}),
-        ("raft", {"estimator": "raft", "loss": "raft_sft", "filter": "remove_all_wrong"}),
-        ("raft_pp", {"estimator": "raft", "loss": "raft_pp"}),
-        ("reinforce", {"estimator": "reinforce", "filter": "none"}),
-        ("reinforce_rej", {"estimator": "reinforce", "filter": "reject_all_same"}),
-    ],
-)
-def test_preset_recipes(name: str, expected: dict) -> None:
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_recipes_resolve_in_the_config(name: str) -> None:
+    expected = DOCUMENTED[name][0]
     cfg = AlgorithmConfig(name=name)
     assert {k: getattr(cfg, k) for k in expected} == expected
 
@@ -70,7 +115,7 @@ def test_resolved_config_round_trips() -> None:
 def test_unknown_preset_lists_the_choices() -> None:
     with pytest.raises(KeyError, match="presets"):
         preset_values("nope")
-    with pytest.raises(ValueError, match="dapo"):
+    with pytest.raises(ValueError, match="unknown preset 'nope'; presets: 'grpo', 'dr_grpo'"):
         AlgorithmConfig.model_validate({"name": "nope"})
 
 

@@ -7,9 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from areal_sys.config import AlgorithmConfig, TrainerConfig
 from areal_sys.ports import free_port
-from tests.workers.test_trainer import make_groups
+from tests.workers.test_trainer import experiment, make_groups
 
 pytestmark = pytest.mark.slow
 
@@ -19,10 +18,8 @@ def test_critic_advantages_and_value_updates(tmp_path) -> None:
     from workers.critic import CriticWorker
 
     path = save_random_tiny_model(tmp_path / "model", seed=0)
-    cfg = TrainerConfig(critic_lr=1e-3, max_tokens_per_microbatch=128).model_dump()
-    critic = CriticWorker(str(path), trainer_cfg=cfg,
-                          algo_cfg=AlgorithmConfig(name="ppo").model_dump(),
-                          master_port=free_port())
+    cfg = experiment({"critic_lr": 1e-3, "max_tokens_per_microbatch": 128}, {"name": "ppo"})
+    critic = CriticWorker(str(path), cfg, master_port=free_port())
     critic.setup()
     try:
         groups = make_groups(3, 4, seed=5)

@@ -1,5 +1,7 @@
 """Data parallelism: N TrainerWorker ranks (real DeepSpeed, gloo, one process each) must compute
 the same update as one rank on the same global batch, at any micro-batch split and ZeRO stage.
+The rank processes of one world size run its configurations one after the other (three process
+starts instead of six).
 
 Every configuration trains one step from the same weights on the same groups and rank 0 writes the
 updated full weights. Adam's first step is nearly sign(g)·lr, which would hide a gradient scaled by
@@ -21,9 +23,9 @@ import pytest
 import torch
 
 from areal_sys.algorithms import build_algorithm
-from areal_sys.config import AlgorithmConfig, TrainerConfig
+from areal_sys.config import ExperimentConfig
 from areal_sys.ports import free_port
-from tests.workers.test_trainer import make_groups
+from tests.workers.test_trainer import experiment, make_groups
 
 pytestmark = pytest.mark.slow
 
@@ -35,66 +37,75 @@ SEQUENCE_LEVEL = {
 }
 
 
-def _rank_main(rank: int, world: int, port: int, model: str, cfg: dict, out: str) -> None:
-    """One trainer rank: set up, train one step, export the weights (rank 0 writes `out`)."""
+def _rank_main(
+    rank: int, world: int, ports: list[int], model: str, runs: list[tuple[str, ExperimentConfig]],
+    root: str,
+) -> None:
+    """One trainer rank that runs each configuration of `runs` in turn, each from the initial
+    weights: set up, train one step, export the weights (rank 0 writes `root/name.*`), then the
+    sequence-level aggregations at lr 0, and shut down (a later setup joins a new group). One
+    process for several configurations saves a process start (imports) per configuration."""
     import os
 
     os.environ["AREAL_SYS_CPU_CORES"] = str(rank % max(1, len(os.sched_getaffinity(0))))
     from workers.trainer import TrainerWorker
 
-    worker = TrainerWorker(
-        model, trainer_cfg=cfg, algo_cfg=AlgorithmConfig().model_dump(), rank=rank,
-        world_size=world, master_port=port,
-    )
-    worker.setup()
-    groups = make_groups(6, 4, seed=11)
-    metrics = worker.train_step(groups, step=0)
-    worker.export_weights(out + ".safetensors")
-    worker.cfg["lr"] = 0.0
-    for name, algo in SEQUENCE_LEVEL.items():
-        worker.algo = build_algorithm(algo)
-        metrics[name] = worker.train_step(groups, step=1)
-    if rank == 0:
-        torch.save(metrics, out + ".metrics")
-    worker.shutdown()
+    for (name, cfg), port in zip(runs, ports, strict=True):
+        out = f"{root}/{name}"
+        worker = TrainerWorker(model, cfg, rank=rank, world_size=world, master_port=port)
+        worker.setup()
+        groups = make_groups(6, 4, seed=11)
+        metrics = worker.train_step(groups, step=0)
+        worker.export_weights(out + ".safetensors")
+        worker.train_cfg = worker.train_cfg.model_copy(update={"lr": 0.0})  # the schema needs > 0
+        for agg, algo in SEQUENCE_LEVEL.items():
+            worker.algo = build_algorithm(algo)
+            metrics[agg] = worker.train_step(groups, step=1)
+        if rank == 0:
+            torch.save(metrics, out + ".metrics")
+        worker.shutdown()
 
 
-def train_one_step(model: Path, out: Path, *, world: int, zero_stage: int, budget: int) -> Any:
-    cfg = TrainerConfig(
-        lr=1e-2, adam_eps=1.0, zero_stage=zero_stage, max_tokens_per_microbatch=budget,
-        num_workers=world,
-    ).model_dump()
+def train_one_step(model: Path, root: Path, world: int, settings: dict[str, dict]) -> None:
+    """Every setting of one world size, in `world` spawned rank processes."""
+    runs = [
+        (name, experiment({"lr": 1e-2, "adam_eps": 1.0, "zero_stage": kw["zero_stage"],
+                           "max_tokens_per_microbatch": kw["budget"], "num_workers": world}))
+        for name, kw in settings.items()
+    ]
+    ports = [free_port() for _ in runs]
     ctx = multiprocessing.get_context("spawn")
-    port = free_port()
     procs = [
-        ctx.Process(target=_rank_main, args=(r, world, port, str(model), cfg, str(out)))
+        ctx.Process(target=_rank_main, args=(r, world, ports, str(model), runs, str(root)))
         for r in range(world)
     ]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(timeout=300)
+        p.join(timeout=600)
     assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
-    from safetensors.torch import load_file
-
-    return load_file(f"{out}.safetensors"), torch.load(f"{out}.metrics")
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
     from areal_sys.models.tiny import save_random_tiny_model
 
     root = tmp_path_factory.mktemp("dp")
     model = save_random_tiny_model(root / "model", seed=0)
-    settings = {
-        "1rank_1mb": dict(world=1, zero_stage=1, budget=4096),
-        "1rank_3mb": dict(world=1, zero_stage=1, budget=160),
-        "2rank_zero1": dict(world=2, zero_stage=1, budget=160),
-        "2rank_zero3": dict(world=2, zero_stage=3, budget=160),
+    by_world = {
+        1: {"1rank_1mb": dict(zero_stage=1, budget=4096),
+            "1rank_3mb": dict(zero_stage=1, budget=160)},
+        2: {"2rank_zero1": dict(zero_stage=1, budget=160),
+            "2rank_zero3": dict(zero_stage=3, budget=160)},
     }
-    out = {name: train_one_step(model, root / name, **kw) for name, kw in settings.items()}
-    from safetensors.torch import load_file
-
+    out: dict[str, Any] = {}
+    for world, settings in by_world.items():
+        train_one_step(model, root, world, settings)
+        for name in settings:
+            out[name] = (load_file(f"{root}/{name}.safetensors"),
+                          torch.load(f"{root}/{name}.metrics"))
     out["initial"] = (load_file(str(model / "model.safetensors")), {})
     return out
 

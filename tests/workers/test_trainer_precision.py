@@ -10,9 +10,8 @@ import math
 
 import pytest
 
-from areal_sys.config import AlgorithmConfig, TrainerConfig
 from areal_sys.ports import free_port
-from tests.workers.test_trainer import make_groups
+from tests.workers.test_trainer import experiment, make_groups
 from workers.batch import lr_at_step
 from workers.trainer import TrainerWorker
 
@@ -27,12 +26,11 @@ def test_bf16_trains_with_warmup_and_cosine_schedule(
     from areal_sys.models.tiny import save_random_tiny_model
 
     path = save_random_tiny_model(tmp_path_factory.mktemp("bf16_model"), seed=0)
-    cfg = TrainerConfig(
-        lr=1e-3, zero_stage=zero_stage, max_tokens_per_microbatch=256, warmup_steps=2,
-        lr_schedule="cosine", total_steps=6, ppo_minibatches=2,
-    ).model_dump()
-    w = TrainerWorker(str(path), trainer_cfg=cfg, algo_cfg=AlgorithmConfig().model_dump(),
-                      dtype="bfloat16", master_port=free_port())
+    cfg = experiment({
+        "lr": 1e-3, "zero_stage": zero_stage, "max_tokens_per_microbatch": 256,
+        "warmup_steps": 2, "lr_schedule": "cosine", "total_steps": 6, "ppo_minibatches": 2,
+    }, dtype="bfloat16")
+    w = TrainerWorker(str(path), cfg, rank=0, world_size=1, master_port=free_port())
     w.setup()
     try:
         groups = make_groups(4, 4, seed=5)
