@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from areal_sys.config import ConfigError, ExperimentConfig, load_config
-from areal_sys.preflight import (
+from controller.preflight import (  # light: the run's checks import their tools when they run
     RUN_OUTPUTS,
     UserError,
     check_run_dir,

@@ -60,14 +60,12 @@ def build_model(kind: str, root: Path) -> Path:
 
 
 async def time_backends(model_dir: Path, repeats: int, bucket_mb: int) -> list[dict[str, Any]]:
-    from areal_sys.config import AlgorithmConfig, TrainerConfig
+    from areal_sys.config import ExperimentConfig
     from workers.rollout import RolloutWorker
     from workers.trainer import TrainerWorker
 
-    trainer = TrainerWorker(
-        str(model_dir), trainer_cfg=TrainerConfig(max_tokens_per_microbatch=40960).model_dump(),
-        algo_cfg=AlgorithmConfig().model_dump(), master_port=free_port(),
-    )
+    cfg = ExperimentConfig.model_validate({"trainer": {"max_tokens_per_microbatch": 40960}})
+    trainer = TrainerWorker(str(model_dir), cfg, rank=0, world_size=1, master_port=free_port())
     trainer.setup()
     engine = RolloutWorker(str(model_dir), kv_cache_gib=1.0, max_model_len=512)
     await engine.start()

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from areal_sys.config import ExperimentConfig, dump_config
-from areal_sys.preflight import (
+from controller import runtime
+from controller.preflight import (
     UserError,
     check_model_dir,
     check_run_dir,
@@ -26,7 +27,6 @@ from areal_sys.preflight import (
     load_tokenizer,
     make_run_dir,
 )
-from controller import runtime
 
 
 def run(cfg: ExperimentConfig, overwrite: bool = False) -> int:

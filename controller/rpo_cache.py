@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
-
-import torch
 
 from areal_sys.algorithms import Algorithm
 from areal_sys.algorithms.rpo import RpoPlanner
@@ -54,13 +51,4 @@ def update(rpo: RpoPlanner, algo: Algorithm, batch: list[Group]) -> None:
     """ε-greedy cache update from every trained group, on its shaped rewards."""
     for g in batch:
         rpo.update(g.prompt_uid, [(t.response_ids, t.behav_logprobs, t.versions)
-                                  for t in g.trajectories], _shaped(algo, g).tolist())
-
-
-def _shaped(algo: Any, group: Group) -> torch.Tensor:
-    """`algo.shaped_rewards(group)` (the algorithm owns reward shaping). Until that method is
-    merged, the same values from its `shape_rewards` (soft overlong penalty)."""
-    if hasattr(algo, "shaped_rewards"):
-        return algo.shaped_rewards(group)
-    return algo.shape_rewards(torch.tensor(group.rewards, dtype=torch.float32),
-                              [len(t.response_ids) for t in group.trajectories])
+                                  for t in g.trajectories], algo.shaped_rewards(g).tolist())

@@ -65,7 +65,13 @@ def test_algorithms_lists_presets_and_pieces(capsys):
 
 
 def test_import_is_light():
-    code = ("import sys, areal_sys, areal_sys.config, areal_sys.trajectory, areal_sys.cli; "
+    heavy = "('ray', 'vllm', 'deepspeed', 'torch', 'controller', 'reward_service', 'workers')"
+    code = ("import sys, areal_sys, areal_sys.config, areal_sys.trajectory; "
+            f"print(sorted(m for m in {heavy} if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert res.stdout.strip() == "[]", res.stderr
+    # the command line is the application's face: it reaches the run's checks, no engine
+    code = ("import sys, areal_sys.cli; "
             "print(sorted(m for m in ('ray', 'vllm', 'deepspeed', 'torch') if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert res.stdout.strip() == "[]", res.stderr
@@ -145,7 +151,7 @@ def test_an_earlier_run_is_never_written_into(tmp_path):
 
 
 def test_overwrite_removes_only_the_earlier_runs_outputs(tmp_path, capsys):
-    from areal_sys.preflight import RUN_OUTPUTS, check_run_dir, make_run_dir
+    from controller.preflight import RUN_OUTPUTS, check_run_dir, make_run_dir
 
     earlier_run(tmp_path)
     earlier = check_run_dir(str(tmp_path))

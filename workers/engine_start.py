@@ -26,7 +26,7 @@ MAX_CONFIG_BYTES = 16 << 20  # a config.json is a few KiB
 class EngineNotStarted(RuntimeError):
     """A call reached a rollout worker whose engine is not running: a fresh actor that Ray has
     just restarted after a death, before the controller's recovery called `start()` again. The
-    controller treats it as that death (controller/recovery.py)."""
+    controller treats it as that death (controller/actors.py)."""
 
 
 class EngineStartError(RuntimeError):

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from areal_sys.algorithms.algorithm import Algorithm
 from areal_sys.metrics import read_jsonl
-from controller import rpo_cache
 from controller.actors import TrainerDied
 from tests.controller import fakes
 
@@ -179,11 +179,11 @@ def test_rpo_groups_continue_cached_prefixes_and_update_the_cache(
     replaces its prompt's entry, chosen on the shaped rewards."""
     shaped_for: list[int] = []
 
-    def spy(algo, group):
+    def spy(algo, group, bonus=None):
         shaped_for.append(group.group_id)
         return torch.arange(len(group.trajectories), dtype=torch.float32)  # the last is best
 
-    monkeypatch.setattr(rpo_cache, "_shaped", spy)
+    monkeypatch.setattr(Algorithm, "shaped_rewards", spy)
     cfg = fakes.config(tmp_path, "rpo.enabled=true", "rpo.max_regen_tokens=2", "rpo.epsilon=1",
                        "trainer.total_steps=4", "controller.batch_size=2",
                        "controller.max_staleness=1", "rollout.n_samples=2")

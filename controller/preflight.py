@@ -54,7 +54,7 @@ def load_datasets(cfg: ExperimentConfig) -> dict[str, list[Any]]:
 def encode_prompts(cfg: ExperimentConfig, rows: list[Any], split: str, tokenizer: Any) -> list[Any]:
     """Token ids of every prompt; a prompt longer than the engine's room is a one-line error."""
     from areal_sys.data.loading import render_prompt
-    from controller.controller import Prompt
+    from areal_sys.trajectory import Prompt
 
     room = cfg.rollout.max_model_len - cfg.rollout.max_new_tokens
     limit = min(cfg.data.max_prompt_tokens, room)
