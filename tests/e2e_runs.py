@@ -85,7 +85,7 @@ def async_run(run_dir: Path) -> dict[str, Any]:
             f"controller.batch_size={Async.BATCH}", f"rollout.n_samples={Async.N}",
             f"controller.max_staleness={Async.ETA}", "eval.before_and_after=false",
             "trainer.num_workers=2", "trainer.weight_sync=collective", "cluster.num_cpus=4",
-            f"reward.url={url}",
+            f"reward.url={url}", "algorithm.max_oversample_rounds=1",
         )
         # items the run hung up on while a grader process had them finish after the run ends:
         # read the counters once nothing is queued or being graded
@@ -168,7 +168,8 @@ def _resume_command(run_dir: Path, *extra: str) -> list[str]:
         f"controller.batch_size={Resume.BATCH}", f"rollout.n_samples={Resume.N}",
         "controller.max_staleness=1", "trainer.save_every=2", "trainer.keep_last=1",
         f"data.synthetic_train_size={Resume.PROMPTS}", "eval.before_and_after=false",
-        "eval.every=3", f"eval.num_problems={Resume.EVAL_N}", *extra,
+        "eval.every=3", f"eval.num_problems={Resume.EVAL_N}",
+        "algorithm.max_oversample_rounds=1", *extra,
     )
 
 
@@ -301,7 +302,7 @@ def ray_job_run(tmp: Path) -> dict[str, Any]:
         f"controller.batch_size={RayJob.BATCH}", f"rollout.n_samples={RayJob.N}",
         f"controller.max_staleness={RayJob.ETA}", f"data.synthetic_train_size={RayJob.PROMPTS}",
         f"trainer.save_every={RayJob.STEPS}", "eval.num_problems=8",
-        "data.synthetic_eval_size=32",
+        "data.synthetic_eval_size=32", "algorithm.max_oversample_rounds=1",
     )
     with ray_head(tmp / "ray_start.log") as address:
         submit = subprocess.run(

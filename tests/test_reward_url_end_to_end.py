@@ -21,7 +21,8 @@ def test_run_scores_through_the_http_server(async_run: dict[str, Any]) -> None:
     # every trained trajectory was scored by the server (the controller scores more groups than
     # it trains: the ones the filter dropped and the ones in flight when the run ends)
     assert health["items"] >= Async.STEPS * Async.BATCH * Async.N
-    # every item was graded, a cache hit, or dropped because the run hung up before it was
-    # graded (its last in-flight requests, cancelled when the run ended); none failed
-    assert health["graded"] + health["cache_hits"] + health["dropped"] == health["items"]
+    # no item failed on the server; each was graded, a cache hit, dropped because the run hung
+    # up before it was graded (its last in-flight requests, cancelled when the run ended), or
+    # shared the grading of an identical item in flight (no counter of its own: hence <=)
     assert health["errors"] == 0 and health["timeouts"] == 0
+    assert health["graded"] + health["cache_hits"] + health["dropped"] <= health["items"]
