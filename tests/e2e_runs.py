@@ -14,9 +14,12 @@ property it can prove, and tests/conftest.py holds each as a session fixture.
 - `ray_job_run`: RPO + DAPO submitted with `ray job submit` to a Ray head started for it. Read
   by test_ray_job.py and test_rpo_end_to_end.py.
 
-Each function launches, checks the exit status and returns what its tests read afterwards; the
-tests read the run's files (metrics.jsonl, staleness.jsonl, filtered.jsonl, events.jsonl, the
-checkpoints).
+The runs with a filter allow one extra admission round per step (`algorithm.max_oversample_rounds
+=1`): the briefly trained tiny model answers few problems, so most groups are dropped, and the
+bound keeps the generation short while its bypass (a rejected group trained anyway, counted) runs
+for real. Each function launches, checks the exit status and returns what its tests read
+afterwards; the tests read the run's files (metrics.jsonl, staleness.jsonl, filtered.jsonl,
+events.jsonl, the checkpoints).
 """
 
 from __future__ import annotations
