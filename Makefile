@@ -32,10 +32,12 @@ test: venv
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -ra tests
 
-# The fast tier: everything not marked slow (no vLLM engine, trainer or end-to-end run).
+# The fast tier, the inner loop (about a minute): no Ray, vLLM or DeepSpeed (`slow`: engines,
+# trainers, the end-to-end launches) and no real servers, sandboxes or model builds
+# (`integration`). The markers are listed in pyproject.toml.
 test-fast: venv
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -ra -m "not slow" tests
+	$(BIN)/python -m pytest -q -ra -m "not slow and not integration" tests
 
 lint: venv
 	$(BIN)/ruff check .

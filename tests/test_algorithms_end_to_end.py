@@ -1,16 +1,22 @@
-"""Every algorithm preset runs 3 asynchronous steps (eta 1) of the real pipeline on CPU: vLLM
-rollout worker, Ray actors, reward service, DeepSpeed trainer (and, for PPO, the critic).
+"""One real run per algorithm family (not per preset) through the whole pipeline on CPU: vLLM
+rollout worker, Ray actors, reward service, DeepSpeed trainer (and, for PPO, the critic). Each
+family rides on a launch another end-to-end file needs anyway (tests/e2e_runs.py):
 
-One short run per preset (configs/tiny/<name>.yaml, B = 4 groups of 4, tiny model briefly
-warm-started); the assertions read the run's files: metrics.jsonl, the staleness audit and
-filtered.jsonl. About 70 s per preset on 2 cores.
+- group-relative (GRPO, Dr.GRPO, DAPO): DAPO in `async_run`, the one that exercises most: the
+  dynamic-sampling filter, rewards +-1 and the soft overlong punishment;
+- critic (PPO): `recovery_run`, whose critic trains every step across a rollout worker's death;
+- sample selection (RAFT, RAFT++, Reinforce-Rej): RAFT++ in `resume_run`: the remove-all-wrong
+  filter, RAFT weights (only correct responses train) through the ratio loss, across a resume.
+
+The presets not launched here (GRPO, Dr.GRPO, REINFORCE, Reinforce-Rej, RAFT) differ from these
+only in pieces the unit tests in tests/algorithms cover; tests/test_configs.py validates each
+preset's config and builds its algorithm. The assertions read the run's files: metrics.jsonl, the
+staleness audit and filtered.jsonl.
 """
 
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -19,82 +25,81 @@ import pytest
 import torch
 
 from areal_sys.algorithms import build_algorithm
-from areal_sys.algorithms.presets import PRESETS
 from areal_sys.config import load_config
 from areal_sys.metrics import read_jsonl
+from tests.e2e_runs import Async, Recovery, Resume
 
-ROOT = Path(__file__).resolve().parent.parent
-STEPS, BATCH, N, ETA = 3, 4, 4, 1
 EVERY_ALGORITHM = ("train/entropy", "train/kl_to_initial", "train/clip_frac",
                    "train/behav_weight_mean", "train/behav_weight_max", "train/filtered_frac",
                    "train/response_len_mean", "groups_filtered", "filtered_frac")
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
-@pytest.fixture(scope="module", params=sorted(PRESETS))
-def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    name = request.param
-    run_dir = tmp_path_factory.mktemp(f"algo_{name}")
-    args = [
-        sys.executable, "-m", "areal_sys.cli", "run", f"configs/tiny/{name}.yaml",
-        f"run_dir={run_dir}", f"trainer.total_steps={STEPS}", f"controller.batch_size={BATCH}",
-        f"rollout.n_samples={N}", f"controller.max_staleness={ETA}",
-        "eval.before_and_after=false", "logging.progress_bar=false", "model.tiny_sft_steps=40",
-    ]
-    res = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, res.stderr[-4000:]
-    cfg = load_config(run_dir / "config.yaml")
-    return name, cfg, run_dir
-
-
-def test_steps_metrics_and_staleness_bound(run: Any) -> None:
-    name, cfg, run_dir = run
+def _check_steps_and_staleness(run_dir: Path, *, steps: int, batch: int, eta: int) -> None:
+    """Every step logged once with every algorithm's metrics, B groups trained per step, each
+    once, and the staleness bound on every trained trajectory."""
     metrics = read_jsonl(run_dir / "metrics.jsonl")
-    assert [m["step"] for m in metrics] == list(range(STEPS))
+    assert [m["step"] for m in metrics] == list(range(steps))
     for m in metrics:
         for key in EVERY_ALGORITHM:
-            assert key in m and math.isfinite(m[key]), (name, key)
-        assert m["staleness_max"] <= ETA
+            assert key in m and math.isfinite(m[key]), key
+        assert m["staleness_max"] <= eta
     audit = read_jsonl(run_dir / "staleness.jsonl")
-    assert len({a["group_id"] for a in audit}) == STEPS * BATCH  # B groups per step, each once
+    assert len({a["group_id"] for a in audit}) == steps * batch
     for a in audit:
-        assert a["trainer_version"] - a["min_token_version"] <= ETA
-    if name in ("dapo", "reinforce_rej"):
-        assert {a["reward"] for a in audit} <= {1.0, -1.0}
+        assert a["trainer_version"] - a["min_token_version"] <= eta
 
 
-def test_filtered_groups_are_recorded_and_never_trained(run: Any) -> None:
-    name, cfg, run_dir = run
+def _check_filtered_never_trained(run_dir: Path) -> list[dict[str, Any]]:
+    """Every group the filter dropped is in filtered.jsonl, is one the algorithm's filter rejects,
+    and was never trained; a rejected group trained anyway was counted as bypassed (the refill
+    bound). Returns the filtered records."""
+    cfg = load_config(run_dir / "config.yaml")
     algo = build_algorithm(cfg.algorithm, max_new_tokens=cfg.rollout.max_new_tokens)
     metrics = read_jsonl(run_dir / "metrics.jsonl")
-    filtered = read_jsonl(run_dir / "filtered.jsonl") if (run_dir / "filtered.jsonl").exists() \
-        else []
+    path = run_dir / "filtered.jsonl"
+    filtered = read_jsonl(path) if path.exists() else []
     assert len(filtered) >= sum(m["groups_filtered"] for m in metrics)  # drops after the last
-    for f in filtered:
-        assert not algo.filter(torch.tensor(f["rewards"]))
+    assert all(not algo.filter(torch.tensor(f["rewards"])) for f in filtered)
     trained = defaultdict(list)
     for a in read_jsonl(run_dir / "staleness.jsonl"):
         trained[a["group_id"]].append(a["reward"])
     assert not {f["group_id"] for f in filtered} & set(trained)
     bypassed = sum(m["groups_filter_bypassed"] for m in metrics)
-    rejected_but_trained = sum(not algo.filter(torch.tensor(r)) for r in trained.values())
-    assert rejected_but_trained <= bypassed
-    if cfg.algorithm.filter == "none":
-        assert filtered == [] and all(m["groups_filtered"] == 0 for m in metrics)
+    assert sum(not algo.filter(torch.tensor(r)) for r in trained.values()) <= bypassed
+    return filtered
 
 
-def test_algorithm_specific_signals(run: Any) -> None:
-    name, cfg, run_dir = run
+def test_group_relative_dapo(async_run: dict[str, Any]) -> None:
+    run_dir = async_run["run_dir"]
+    _check_steps_and_staleness(run_dir, steps=Async.STEPS, batch=Async.BATCH, eta=Async.ETA)
+    cfg = load_config(run_dir / "config.yaml")
+    assert cfg.algorithm.filter == "dynamic_sampling" and cfg.algorithm.overlong_penalty
+    audit = read_jsonl(run_dir / "staleness.jsonl")
+    assert {a["reward"] for a in audit} <= {1.0, -1.0}  # the audit keeps raw rewards
+    _check_filtered_never_trained(run_dir)
+    assert all("train/value_loss" not in m for m in read_jsonl(run_dir / "metrics.jsonl"))
+
+
+def test_critic_ppo(recovery_run: dict[str, Any]) -> None:
+    run_dir = recovery_run["run_dir"]
+    _check_steps_and_staleness(run_dir, steps=Recovery.STEPS, batch=Recovery.BATCH, eta=1)
+    for m in read_jsonl(run_dir / "metrics.jsonl"):  # the critic trains every step
+        assert math.isfinite(m["train/value_loss"]) and "train/critic_grad_norm" in m
+    assert _check_filtered_never_trained(run_dir) == []  # PPO has no filter
+    assert all(m["groups_filtered"] == 0 for m in read_jsonl(run_dir / "metrics.jsonl"))
+
+
+def test_sample_selection_raft_pp(resume_run: dict[str, Any]) -> None:
+    run_dir = resume_run["run_dir"]
+    _check_steps_and_staleness(run_dir, steps=Resume.STEPS, batch=Resume.BATCH, eta=1)
     metrics = read_jsonl(run_dir / "metrics.jsonl")
     audit = read_jsonl(run_dir / "staleness.jsonl")
-    if name == "ppo":  # the critic trains every step
-        for m in metrics:
-            assert math.isfinite(m["train/value_loss"]) and "train/critic_grad_norm" in m
-    else:
-        assert all("train/value_loss" not in m for m in metrics)
-    if name in ("raft", "raft_pp"):  # only correct responses train: loss tokens = their tokens
-        for m in metrics:
-            correct = sum(a["response_len"] for a in audit
-                          if a["step"] == m["step"] and a["reward"] >= 0.5)
-            assert m["train/n_loss_tokens"] == correct
+    for m in metrics:  # only correct responses train: loss tokens = their tokens
+        correct = sum(a["response_len"] for a in audit
+                      if a["step"] == m["step"] and a["reward"] >= 0.5)
+        assert m["train/n_loss_tokens"] == correct
+    filtered = _check_filtered_never_trained(run_dir)
+    assert all(max(f["rewards"]) < 0.5 for f in filtered)  # only all-wrong groups are dropped
+    assert all("train/value_loss" not in m for m in metrics)

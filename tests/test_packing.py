@@ -105,6 +105,7 @@ def tiny_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     return model.eval()
 
 
+@pytest.mark.integration
 def test_packed_gradients_equal_unpacked(tiny_model) -> None:
     rng = random.Random(1)
     vocab = tiny_model.config.vocab_size
@@ -129,6 +130,7 @@ def test_packed_gradients_equal_unpacked(tiny_model) -> None:
     assert max(float((a - b).abs().max()) for a, b in zip(packed, unpacked, strict=True)) < 1e-4
 
 
+@pytest.mark.integration
 def test_packed_logprobs_equal_unpacked(tiny_model) -> None:
     rng = random.Random(0)
     vocab = tiny_model.config.vocab_size

@@ -67,6 +67,7 @@ def test_busy_fractions_of_hand_made_spans():
     assert busy == pytest.approx(EXPECTED_BUSY)
 
 
+@pytest.mark.integration
 def test_report_writes_every_figure(tmp_path):
     run = make_run(tmp_path / "run")
     report = write_report(run)
@@ -77,6 +78,7 @@ def test_report_writes_every_figure(tmp_path):
     assert report.busy == pytest.approx(EXPECTED_BUSY)
 
 
+@pytest.mark.integration
 def test_report_command_prints_busy_fractions(tmp_path, capsys):
     run = make_run(tmp_path / "run")
     assert main(["report", str(run)]) == 0
@@ -85,6 +87,7 @@ def test_report_command_prints_busy_fractions(tmp_path, capsys):
     assert "rollout0      80.0%" in out and "sync           5.0%" in out
 
 
+@pytest.mark.integration
 def test_report_skips_what_a_run_did_not_write(tmp_path, capsys):
     run = make_run(tmp_path / "run", timeline=False, evaluation=False)
     assert main(["report", str(run)]) == 0
@@ -190,6 +193,7 @@ def test_clean_spans_keeps_only_finite_ordered_spans():
     assert bad == 7
 
 
+@pytest.mark.integration
 def test_rows_lacking_a_figures_fields_are_left_out_and_counted(tmp_path):
     run = make_run(tmp_path / "run")
     with (run / "metrics.jsonl").open("a") as f:
@@ -206,6 +210,7 @@ def test_rows_lacking_a_figures_fields_are_left_out_and_counted(tmp_path):
     assert report.busy == pytest.approx(EXPECTED_BUSY)  # the damaged span changes nothing
 
 
+@pytest.mark.integration
 def test_a_figure_is_written_through_a_rename_not_through_a_symlink(tmp_path):
     run = make_run(tmp_path / "run")
     (run / "report").mkdir()
@@ -218,6 +223,7 @@ def test_a_figure_is_written_through_a_rename_not_through_a_symlink(tmp_path):
     assert not png.is_symlink() and png.read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.integration
 def test_text_from_run_files_is_never_parsed_as_mathematics(tmp_path):
     run = make_run(tmp_path / "run")
     (run / "eval.jsonl").write_text('{"tag": "$\\\\frac{$", "version": 0, "pass_rate": 0.5}\n')

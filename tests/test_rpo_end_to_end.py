@@ -1,47 +1,31 @@
-"""RPO + GRPO and RPO + DAPO each run 3 asynchronous steps (eta 1) of the real pipeline on CPU:
-the cache-fill pass, partial rollouts continuing cached prefixes in the vLLM rollout worker, Ray
-actors, the reward service, the DeepSpeed trainer, ε-greedy cache updates and the cache saved
-with the step-3 checkpoint. The assertions read the run's files.
+"""RPO + DAPO through the real pipeline on CPU, submitted as a Ray job (tests/e2e_runs.py
+`ray_job_run`, 3 asynchronous steps, eta 1): the cache-fill pass, partial rollouts continuing
+cached prefixes in the vLLM rollout worker, Ray actors, the reward service, the DeepSpeed trainer,
+epsilon-greedy cache updates and the cache saved with the step-3 checkpoint. RPO + DAPO covers
+RPO + GRPO (the same planning, cache and loss; DAPO adds its filter and rewards +-1); the planning
+itself is controller logic the fake-actor harness in tests/controller checks. The assertions read
+the run's files.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from areal_sys.algorithms.rpo import ExperienceCache
 from areal_sys.metrics import read_jsonl
+from tests.e2e_runs import RayJob
 
-ROOT = Path(__file__).resolve().parent.parent
-STEPS, BATCH, N, ETA, PROMPTS = 3, 4, 4, 1, 24
+STEPS, BATCH, ETA, PROMPTS = RayJob.STEPS, RayJob.BATCH, RayJob.ETA, RayJob.PROMPTS
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", params=["rpo_grpo", "rpo_dapo"])
-def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    name = request.param
-    run_dir = tmp_path_factory.mktemp(name)
-    args = [
-        sys.executable, "-m", "areal_sys.cli", "run", f"configs/tiny/{name}.yaml",
-        f"run_dir={run_dir}", f"trainer.total_steps={STEPS}", f"controller.batch_size={BATCH}",
-        f"rollout.n_samples={N}", f"controller.max_staleness={ETA}",
-        f"data.synthetic_train_size={PROMPTS}", f"trainer.save_every={STEPS}",
-        "eval.before_and_after=false", "logging.progress_bar=false", "model.tiny_sft_steps=40",
-    ]
-    res = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, res.stderr[-4000:]
-    return name, run_dir
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
-def test_partial_rollouts_from_the_filled_cache(run: Any) -> None:
-    name, run_dir = run
+def test_partial_rollouts_from_the_filled_cache(ray_job_run: dict[str, Any]) -> None:
+    run_dir = ray_job_run["run_dir"]
     results = json.loads((run_dir / "results.json").read_text())
     assert results["rpo_cache_fill"]["entries"] == PROMPTS  # one full response per train prompt
     metrics = read_jsonl(run_dir / "metrics.jsonl")
@@ -67,12 +51,11 @@ def test_partial_rollouts_from_the_filled_cache(run: Any) -> None:
             assert 0 <= a["prefix_min_version"] <= a["trainer_version"]
         else:
             assert a["prefix_min_version"] is None
-    if name == "rpo_dapo":
-        assert {a["reward"] for a in audit} <= {1.0, -1.0}  # the audit keeps raw rewards
+    assert {a["reward"] for a in audit} <= {1.0, -1.0}  # the audit keeps raw rewards
 
 
-def test_cache_saved_with_the_checkpoint(run: Any) -> None:
-    _, run_dir = run
+def test_cache_saved_with_the_checkpoint(ray_job_run: dict[str, Any]) -> None:
+    run_dir = ray_job_run["run_dir"]
     cache = ExperienceCache.load(run_dir / "checkpoints" / f"step_{STEPS}" / "rpo_cache.npz")
     assert len(cache) == PROMPTS and cache.num_tokens > 0
     trained = {a["prompt_uid"] for a in read_jsonl(run_dir / "staleness.jsonl")}

@@ -13,6 +13,8 @@ from areal_sys.data.synthetic import make_problems
 from areal_sys.models import tiny
 from areal_sys.models.tiny import ensure_tiny_model, sampled_pass_rate, tiny_model_key
 
+pytestmark = pytest.mark.integration  # builds and trains tiny models: out of `make test-fast`
+
 STEPS = 4  # enough to exercise the supervised phase, far too few to learn the task
 
 

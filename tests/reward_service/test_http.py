@@ -26,6 +26,8 @@ import pytest
 from areal_sys.ports import free_port
 from reward_service.client import HttpRewardClient
 
+pytestmark = pytest.mark.integration  # real processes: kept out of `make test-fast`
+
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "s3cr3t-the-model-must-never-see-this"
 ITEM_TIMEOUT_S = 4.0

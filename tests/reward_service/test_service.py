@@ -16,6 +16,8 @@ from areal_sys.data.synthetic import make_problems
 from reward_service.service import RewardResult, RewardService
 from tests.reward_service.fake_graders import FAKE_GRADERS, FAKE_MODULE
 
+pytestmark = pytest.mark.integration  # real processes: kept out of `make test-fast`
+
 TIMEOUT_S = 1.5
 WRONG = -1.0
 

@@ -36,6 +36,7 @@ def _outlier_staleness(run: Path) -> None:
     (run / "staleness.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+@pytest.mark.integration
 def test_an_outlier_staleness_is_one_bar_through_the_cli(tmp_path):
     run = make_run(tmp_path / "run")
     _outlier_staleness(run)
@@ -45,6 +46,7 @@ def test_an_outlier_staleness_is_one_bar_through_the_cli(tmp_path):
     assert (run / "report" / "staleness.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("damage", "needle"), [
     (lambda run: (run / "report").write_text("not a directory"),
      "report: exists and is not a directory"),
@@ -63,6 +65,7 @@ def test_a_damaged_run_is_one_line_and_exit_2_through_the_cli(tmp_path, damage, 
     assert needle in one_error_line(res.stderr)
 
 
+@pytest.mark.integration
 def test_a_file_given_as_run_dir_is_one_line_through_the_cli(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 0}\n')
@@ -106,6 +109,7 @@ def test_an_unreadable_file_is_one_line(tmp_path, capsys, monkeypatch):
     assert "metrics.jsonl: cannot read it (Permission denied)" in line
 
 
+@pytest.mark.integration
 def test_a_run_dir_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypatch):
     run = make_run(tmp_path / "run")
 
@@ -117,6 +121,7 @@ def test_a_run_dir_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypa
     assert "report: Permission denied" in one_error_line(capsys.readouterr().err)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("source", "content", "why"), [
     ("staleness.jsonl", b"[1, 2]\n", "line 1 is not a JSON object but a list"),
     ("staleness.jsonl", b'"s"\n{}\n', "line 1 is not a JSON object but a str"),
@@ -135,6 +140,7 @@ def test_a_damaged_optional_file_skips_its_figure(tmp_path, source, content, why
     assert skipped.startswith(f"{figure}: {run / source}: line 1 ") and why in skipped
 
 
+@pytest.mark.integration
 def test_a_fifo_in_place_of_a_file_does_not_hang(tmp_path):
     run = make_run(tmp_path / "run")
     (run / "eval.jsonl").unlink()
@@ -159,6 +165,7 @@ def test_rows_missing_every_key_skip_each_figure_with_a_reason(tmp_path, capsys)
     assert "0 figures" in captured.out
 
 
+@pytest.mark.integration
 def test_nan_infinities_and_huge_numbers_never_raise(tmp_path):
     run = make_run(tmp_path / "run")
     (run / "metrics.jsonl").write_text(
@@ -177,6 +184,7 @@ def test_nan_infinities_and_huge_numbers_never_raise(tmp_path):
     assert report.busy == {}
 
 
+@pytest.mark.integration
 def test_a_worker_per_span_draws_a_bounded_chart(tmp_path):
     run = make_run(tmp_path / "run")
     rows = [{"worker": f"rollout{i}" + "x" * 500, "kind": "generate", "start": i, "end": i + 1}

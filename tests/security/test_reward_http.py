@@ -27,6 +27,8 @@ from reward_service.client import HttpRewardClient
 from tests.reward_service.fake_graders import FAKE_MODULE
 from tests.reward_service.test_http import ROOT, start_server, stop_server
 
+pytestmark = pytest.mark.integration  # real processes: kept out of `make test-fast`
+
 TOKEN = "t0k3n-for-tests-only"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 STORM = 40

@@ -26,6 +26,8 @@ from areal_sys.ports import free_port
 from tests.reward_service.fake_graders import FAKE_MODULE
 from tests.reward_service.test_http import ROOT, SECRET, start_server, stop_server
 
+pytestmark = pytest.mark.integration  # real processes: kept out of `make test-fast`
+
 GRADERS = ["code", "fake_secret", "fake_slow", "format", "math", "synthetic"]
 
 

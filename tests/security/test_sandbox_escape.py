@@ -28,6 +28,8 @@ import pytest
 from reward_service import sandbox
 from reward_service.sandbox import SandboxLimits, run_python
 
+pytestmark = pytest.mark.integration  # real processes: kept out of `make test-fast`
+
 ROOT = Path(__file__).resolve().parents[2]
 LIMITS = SandboxLimits(wall_s=5.0, cpu_s=5)
 

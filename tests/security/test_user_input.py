@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration  # the CLI in a subprocess: out of `make test-fast`
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

