@@ -202,7 +202,7 @@ def resume_run(run_dir: Path) -> dict[str, Any]:
     checkpoint (held open by the fault-injection pause) the driver and every process it started
     get SIGKILL, as in a machine crash; `--resume` then continues from step 2 and finishes."""
     from controller import checkpoint
-    from controller.resume import FAULT_PAUSE_ENV
+    from controller.checkpoint import FAULT_PAUSE_ENV
 
     shm_before = shm_names()
     env = {**os.environ, FAULT_PAUSE_ENV: str(Resume.CRASH_AT)}

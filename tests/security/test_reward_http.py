@@ -223,7 +223,7 @@ def test_a_disconnect_storm(server: Server, tmp_path: Path) -> None:
 
 
 def test_200_concurrent_slow_requests_and_a_fast_health(server: Server) -> None:
-    async def go() -> tuple[list[httpx.Response], list[float]]:
+    async def go() -> list[httpx.Response]:
         limits = httpx.Limits(max_connections=250)
         async with httpx.AsyncClient(base_url=server.url, headers=AUTH, timeout=120,
                                      limits=limits) as c:
@@ -231,17 +231,14 @@ def test_200_concurrent_slow_requests_and_a_fast_health(server: Server) -> None:
                 c.post("/score", json=item("fake_slow", f"slow{i}", "0.05")))
                 for i in range(200)]
             await asyncio.sleep(1.0)
-            waits = []
-            for _ in range(5):
-                t0 = time.monotonic()
+            for _ in range(5):  # answered while slow requests still wait: not queued behind them
                 resp = await c.get("/health")
-                waits.append(time.monotonic() - t0)
                 assert resp.status_code == 200 and resp.json()["queued_requests"] > 0
+                assert not all(s.done() for s in slow)
                 await asyncio.sleep(0.3)
-            return await asyncio.gather(*slow), waits
+            return await asyncio.gather(*slow)
 
-    answers, waits = asyncio.run(go())
-    assert max(waits) < 1.0, waits
+    answers = asyncio.run(go())
     assert all(r.status_code == 200 and r.json()["ok"] for r in answers)
 
 
