@@ -14,6 +14,7 @@ def areal_sys(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.integration  # builds the tiny model on a fresh machine
 def test_validate_accepts_the_demo():
     res = areal_sys("validate", "configs/local_tiny.yaml", "trainer.total_steps=5")
     assert res.returncode == 0, res.stderr

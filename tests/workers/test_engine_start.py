@@ -45,6 +45,7 @@ KV_CAUSE = ("ValueError: To serve at least one request with the models's max seq
             "(0.01 GiB KV cache is needed")
 
 
+@pytest.mark.slow  # imports vLLM
 def test_the_installed_vllm_supports_the_head_sizes_we_name():
     backend = pytest.importorskip("vllm.v1.attention.backends.cpu_attn").CPUAttentionBackend
     assert tuple(backend.get_supported_head_sizes()) == CPU_ATTENTION_HEAD_SIZES
