@@ -106,22 +106,31 @@ class Trajectory:
 
 @dataclass
 class Group:
-    """The n trajectories sampled for one prompt; the unit of admission, scoring and buffering."""
+    """The n trajectories sampled for one prompt; the unit of admission, scoring and buffering.
+
+    `filter_bypassed`: the algorithm's filter rejected the group, but the step's refill budget was
+    spent, so it fills a place in the batch anyway (controller/admission.py). The trainer gives it
+    advantage 0 and loss mask 0 (workers/batch.py): it is in the batch, never in the gradient.
+    """
 
     group_id: int
     prompt_uid: str
     trajectories: list[Trajectory] = field(default_factory=list)
     admit_version: int = 0
+    filter_bypassed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"group_id": self.group_id, "prompt_uid": self.prompt_uid,
-                "admit_version": self.admit_version,
+                "admit_version": self.admit_version, "filter_bypassed": self.filter_bypassed,
                 "trajectories": [t.to_dict() for t in self.trajectories]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Group:
+        """The inverse of `to_dict`; a checkpoint written before `filter_bypassed` existed reads
+        as not bypassed."""
         return cls(int(d["group_id"]), str(d["prompt_uid"]),
-                   [Trajectory.from_dict(t) for t in d["trajectories"]], int(d["admit_version"]))
+                   [Trajectory.from_dict(t) for t in d["trajectories"]], int(d["admit_version"]),
+                   bool(d.get("filter_bypassed", False)))
 
     @property
     def rewards(self) -> list[float]:

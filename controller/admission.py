@@ -12,10 +12,18 @@ Filtering and dynamic sampling: each scored group goes through `Algorithm.filter
 never reaches the buffer; it leaves the gate's `running` count (`on_reject`), so the gate admits
 another prompt in its place and dropped groups never count toward a batch. Refills are bounded per
 step: at most `max_oversample_rounds` extra rounds of B admissions, i.e. at most R·B dropped groups
-while the trainer is at one version. Past that bound a group the filter would drop is trained
-anyway (counted as `groups_filter_bypassed`): the batch is always B groups, no step ever waits on a
-filter, and the staleness accounting is unchanged. Every dropped group is written to
-`filtered.jsonl`, so every admitted prompt is either in the staleness audit (trained) or there.
+while the trainer is at one version. Past that bound a group the filter would drop still fills
+its place in the batch, marked `Group.filter_bypassed` (counted as `groups_filter_bypassed`): the
+batch is always B groups, no step ever waits on a filter, and the staleness accounting is
+unchanged. A rejected group is never trained with a nonzero advantage: the trainer gives a marked
+group advantage 0 AND loss mask 0 (workers/batch.py), so it leaves the gradient and the loss
+denominators, and the step equals training on the batch's kept groups alone (the marked group
+costs its forward passes). Advantage 0 with the mask kept would still count its tokens in the
+denominators: under `token-mean` it would scale the kept groups' gradient by N_kept/(N_kept +
+N_bypassed), a data-dependent shrink of the step (the dilution dynamic sampling exists to avoid),
+and with a KL in the loss the group would still get the KL's gradient. Every dropped group is
+written to `filtered.jsonl`, so every admitted prompt is either in the staleness audit (trained
+or bypassed) or there.
 
 RPO planning (`rpo.enabled`, algorithms/rpo.py): `plan(prompt)` is the prefix of the prompt's
 cached response that its group continues (None: a full rollout).
@@ -108,8 +116,9 @@ class Admission:
         self.counts["scored"] += 1
         if self.algo.filter(torch.tensor(group.rewards, dtype=torch.float32)):
             return True
-        if self.refills_left <= 0:  # the step's refill bound is reached: train it anyway
+        if self.refills_left <= 0:  # the refill bound is reached: in the batch, not the gradient
             self.counts["bypassed"] += 1
+            group.filter_bypassed = True
             return True
         self.refills_left -= 1
         self.counts["filtered"] += 1

@@ -16,9 +16,9 @@ property it can prove, and tests/conftest.py holds each as a session fixture.
 
 The runs with a filter allow one extra admission round per step (`algorithm.max_oversample_rounds
 =1`): the briefly trained tiny model answers few problems, so most groups are dropped, and the
-bound keeps the generation short while its bypass (a rejected group trained anyway, counted) runs
-for real. Each function launches, checks the exit status and returns what its tests read
-afterwards; the tests read the run's files (metrics.jsonl, staleness.jsonl, filtered.jsonl,
+bound keeps the generation short while its bypass (a rejected group in the batch at advantage 0,
+counted) runs for real. Each function launches, checks the exit status and returns what its tests
+read afterwards; the tests read the run's files (metrics.jsonl, staleness.jsonl, filtered.jsonl,
 events.jsonl, the checkpoints).
 """
 

@@ -53,8 +53,8 @@ def _check_steps_and_staleness(run_dir: Path, *, steps: int, batch: int, eta: in
 
 def _check_filtered_never_trained(run_dir: Path) -> list[dict[str, Any]]:
     """Every group the filter dropped is in filtered.jsonl, is one the algorithm's filter rejects,
-    and was never trained; a rejected group trained anyway was counted as bypassed (the refill
-    bound). Returns the filtered records."""
+    and was never trained; a rejected group in a batch anyway (at advantage 0 and mask 0) was
+    counted as bypassed (the refill bound). Returns the filtered records."""
     cfg = load_config(run_dir / "config.yaml")
     algo = build_algorithm(cfg.algorithm, max_new_tokens=cfg.rollout.max_new_tokens)
     metrics = read_jsonl(run_dir / "metrics.jsonl")

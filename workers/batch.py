@@ -11,7 +11,10 @@
 4. RAFT-style weights (`mask_zero_advantage`): responses whose weight is exactly 0 leave the loss
    (mask 0), so they drop out of the loss denominators too;
 5. RPO prefixes under `suffix_only`: the cached prefix tokens leave the loss (mask 0). The other
-   modes change the prefix's behaviour log-probs in the trainer (`on_policy_prefix`).
+   modes change the prefix's behaviour log-probs in the trainer (`on_policy_prefix`);
+6. a group the filter rejected that fills a batch place after the refill budget ran out
+   (`Group.filter_bypassed`, controller/admission.py): advantage 0 and mask 0 on every token, so
+   it contributes neither gradient nor loss-denominator tokens.
 
 Empty responses still count in their group's statistics but get no entry (nothing to train).
 Pure tensor code: no I/O, no distributed calls; shared by the policy trainer and the critic.
@@ -55,7 +58,8 @@ class TrainBatch:
     prompts: list[list[int]]
     responses: list[list[int]]
     behav: list[torch.Tensor]  # [R_i] engine log-probs
-    mask: list[torch.Tensor]  # [R_i] float 0/1 (rollout mask × overlong filter × RAFT weight)
+    mask: list[torch.Tensor]  # [R_i] float 0/1 (rollout × overlong filter × RAFT weight × not
+    # filter-bypassed)
     adv: list[torch.Tensor]  # [R_i]
     rewards: list[float]  # shaped reward of each entry's response (R_i after shaping)
     names: list[str]
@@ -95,6 +99,9 @@ def prepare_batch(
             if algo.mask_zero_advantage:
                 keep = keep * (adv != 0).float()
             per_token = broadcast_to_tokens(adv, lengths)
+        if g.filter_bypassed:  # rejected by the filter: in the batch, never in the gradient
+            per_token = [torch.zeros_like(a) for a in per_token]
+            keep = torch.zeros_like(keep)
         for k, (t, a) in enumerate(zip(g.trajectories, per_token, strict=True)):
             if not t.response_ids:
                 continue

@@ -36,7 +36,9 @@ class Algorithm:
 
     Controller, per scored group (raw rewards [G]):
       `filter(rewards) -> bool`: False → drop the group before buffering and count the drop;
-      refill by admitting more prompts, at most `max_oversample_rounds` extra rounds per step.
+      refill by admitting more prompts, at most `max_oversample_rounds` extra rounds per step;
+      past that the group fills the batch marked `filter_bypassed` and trains with advantage 0 and
+      loss mask 0 (workers/batch.py, controller/admission.py).
     Trainer and controller, per group, before advantages:
       `shaped_rewards(group) -> [G]`: the group's rewards after `shape_rewards(rewards [G],
       response_lengths [G])`: RPO's length-aware reward on correct responses (when on), then +

@@ -9,7 +9,8 @@ ObjectRef arguments. So the controller's real clients (controller/actors.py) run
 - `FakeRollout`: generates `response_tokens` tokens per sample, one per turn of the event loop,
   each carrying the loaded weight version; `kill()` makes it die as a Ray actor does (in-flight
   calls fail with ActorDiedError; the restarted actor answers EngineNotStarted until `start()`).
-- `FakeReward`: reward 1 for the response "1", else 0; records every item it graded.
+- `FakeReward`: reward 1 (`correct_reward`) for the response "1", else 0 (`wrong_reward`); records
+  every item it graded.
 - `FakeTrainer` / `FakeCritic`: record their calls in a shared `calls` log and return at once
   (after `train_ticks` turns of the loop, during which generation may go on).
 """
@@ -139,12 +140,14 @@ class FakeRollout:
 
 
 class FakeReward:
-    def __init__(self) -> None:
+    def __init__(self, correct_reward: float = 1.0, wrong_reward: float = 0.0) -> None:
         self.items: list[dict[str, str]] = []
+        self.correct_reward, self.wrong_reward = correct_reward, wrong_reward
 
     async def score(self, items: list[dict[str, str]]) -> list[SimpleNamespace]:
         self.items += items
-        return [SimpleNamespace(reward=float(it["response"] == "1"), ok=True, reason="")
+        return [SimpleNamespace(reward=self.correct_reward if it["response"] == "1"
+                                else self.wrong_reward, ok=True, reason="")
                 for it in items]
 
 

@@ -126,8 +126,11 @@ def test_groups_and_prompts_round_trip_through_the_json_state(tmp_path: Path) ->
     t = Trajectory("p1", 7, [1, 2], [3, 4, 5], [-0.1, -0.2, -0.3], [2, 2, 3], [1, 1, 1],
                    finish_reason="length", reward=1.0, prefix_len=1, num_interrupts=1,
                    response_text="x", submit_time=1.5, finish_time=2.5, worker_id=1)
-    state = {"version": 3, "next_seq": 9, "buffered": [(7, 4, Group(7, "p1", [t], 2))],
+    state = {"version": 3, "next_seq": 9,
+             "buffered": [(7, 4, Group(7, "p1", [t], 2)),
+                          (6, 4, Group(6, "p0", [t], 1, filter_bypassed=True))],
              "inflight": [(8, Prompt("p2", [5, 6], "42", "math"), 3, 4)], "files": {}}
     tmp = checkpoint.begin(tmp_path, 3)
     back = checkpoint.load_state(checkpoint.commit(tmp, state))
     assert back == state
+    assert [g.filter_bypassed for _, _, g in back["buffered"]] == [False, True]

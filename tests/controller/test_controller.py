@@ -64,7 +64,7 @@ def test_admission_keeps_the_staleness_and_refill_bounds_and_accounts_for_every_
         assert item["task"] == f"task-p{i % 3}"
 
 
-def test_without_refills_left_a_group_without_signal_is_trained_anyway(tmp_path: Path) -> None:
+def test_without_refills_left_a_group_without_signal_fills_the_batch_anyway(tmp_path: Path) -> None:
     cfg = fakes.config(tmp_path, "trainer.total_steps=4", "controller.batch_size=3",
                        "rollout.n_samples=2", "algorithm.filter=dynamic_sampling",
                        "algorithm.max_oversample_rounds=0")
@@ -73,6 +73,37 @@ def test_without_refills_left_a_group_without_signal_is_trained_anyway(tmp_path:
     assert not (tmp_path / "filtered.jsonl").read_text()
     assert sum(m["groups_filter_bypassed"] for m in metrics) > 0
     assert all(m["groups_filtered"] == 0 for m in metrics)
+
+
+def test_a_bypassed_group_reaches_the_trainer_marked_and_trains_at_zero_advantage(
+        tmp_path: Path) -> None:
+    """Reinforce-Rej (A_i = R_i, rewards ±1) with no refill budget: every group the filter rejects
+    is bypassed into the batch. Each reaches the trainer marked `filter_bypassed` (and no kept
+    group is), so an all-wrong group, which would train at A = −1 on every token, gets A = 0 and
+    mask 0 in the trainer's batch; a kept mixed group still trains at A = R_i = ±1."""
+    from workers.batch import prepare_batch
+
+    cfg = fakes.config(tmp_path, "trainer.total_steps=4", "controller.batch_size=3",
+                       "rollout.n_samples=2", "algorithm.name=reinforce_rej",
+                       "algorithm.max_oversample_rounds=0")
+    assert (cfg.reward.correct_reward, cfg.reward.wrong_reward) == (1.0, -1.0)
+    actors = fakes.fake_actors(tmp_path)
+    actors.reward_obj = fakes.FakeReward(correct_reward=1.0, wrong_reward=-1.0)
+    ctl, _ = _run_to_end(cfg, actors, fakes.prompts(50))
+    groups = [g for batch in actors.trainer_objs[0].batches for g in batch]
+    assert len(groups) == 4 * 3
+    for g in groups:
+        assert g.filter_bypassed == (not ctl.algo.filter(torch.tensor(g.rewards)))
+    all_wrong = [g for g in groups if g.rewards == [-1.0, -1.0]]
+    mixed = [g for g in groups if sorted(g.rewards) == [-1.0, 1.0]]
+    assert all_wrong and mixed  # the fake rollout's answers (seeded) give both kinds
+    batch = prepare_batch(all_wrong + mixed, ctl.algo)
+    for (gi, k), adv, mask in zip(batch.positions, batch.adv, batch.mask, strict=True):
+        if gi < len(all_wrong):
+            assert adv.tolist() == [0.0] * 4 and mask.tolist() == [0.0] * 4
+        else:
+            assert adv.tolist() == [mixed[gi - len(all_wrong)].rewards[k]] * 4
+            assert mask.tolist() == [1.0] * 4
 
 
 @pytest.mark.parametrize(("eta", "overlaps"), [(0, False), (2, True)])

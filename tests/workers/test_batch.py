@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from areal_sys.algorithms import build_algorithm, grpo_advantages
+from areal_sys.algorithms import LossDenominators, build_algorithm, grpo_advantages
 from areal_sys.trajectory import Group, Trajectory
 from tests.workers.test_trainer import make_groups
 from workers.batch import lr_at_step, nest, prepare_batch
@@ -35,13 +35,14 @@ def test_prepare_batch_broadcasts_group_advantages_and_skips_empty_responses() -
     assert batch.positions[6] == (1, 2)
 
 
-def _group(rewards: list[float], lengths: list[int], reasons: list[str]) -> Group:
+def _group(rewards: list[float], lengths: list[int], reasons: list[str], *,
+           group_id: int = 0, filter_bypassed: bool = False) -> Group:
     trajs = [
-        Trajectory("p", 0, [3, 4], [5] * n, [-1.0] * n, [0] * n, [1] * n, finish_reason=f,
-                   reward=r)
+        Trajectory("p", group_id, [3, 4], [5] * n, [-1.0] * n, [0] * n, [1] * n,
+                   finish_reason=f, reward=r)
         for r, n, f in zip(rewards, lengths, reasons, strict=True)
     ]
-    return Group(0, "p", trajs)
+    return Group(group_id, "p", trajs, filter_bypassed=filter_bypassed)
 
 
 def test_raft_weights_mask_out_wrong_responses() -> None:
@@ -75,3 +76,21 @@ def test_reward_bonus_enters_before_the_estimator() -> None:
     g = _group([1.0, 0.0], [3, 3], ["stop"] * 2)
     batch = prepare_batch([g], build_algorithm({"name": "reinforce"}), reward_bonus=[[-0.25, 0.0]])
     assert [float(a[0]) for a in batch.adv] == pytest.approx([0.75, 0.0])
+
+
+def test_a_filter_bypassed_group_gets_zero_advantage_and_leaves_the_denominators() -> None:
+    """Reinforce-Rej (A_i = R_i, rewards ±1): the mixed group [+1, −1] trains at A = [1, −1]; the
+    all-wrong group [−1, −1] the filter rejected but the spent refill budget put in the batch
+    would train at A = −1 on every token; marked, it gets A = 0 and mask 0, so the token-mean
+    denominator is the mixed group's 2 + 3 = 5 tokens, not 5 + 4 + 4 = 13."""
+    algo = build_algorithm({"name": "reinforce_rej"})
+    mixed = _group([1.0, -1.0], [2, 3], ["stop"] * 2)
+    wrong = [-1.0, -1.0], [4, 4], ["stop"] * 2
+    unmarked = prepare_batch([mixed, _group(*wrong, group_id=1)], algo)
+    assert [a.tolist() for a in unmarked.adv] == [[1, 1], [-1, -1, -1], [-1] * 4, [-1] * 4]
+    batch = prepare_batch([mixed, _group(*wrong, group_id=1, filter_bypassed=True)], algo)
+    assert [a.tolist() for a in batch.adv] == [[1, 1], [-1, -1, -1], [0] * 4, [0] * 4]
+    assert [m.tolist() for m in batch.mask] == [[1, 1], [1, 1, 1], [0] * 4, [0] * 4]
+    assert batch.group_ids == [0, 0, 1, 1]  # still in the batch: B groups, audited as trained
+    denom = LossDenominators.from_masks(batch.mask)
+    assert (denom.n_tokens, denom.n_seqs) == (5.0, 2.0)
