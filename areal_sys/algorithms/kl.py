@@ -6,7 +6,8 @@ sampled tokens (`Algorithm.needs_reference`). With r = logπ_ref − logπ_θ pe
 
 - `k1` = −r = logπ_θ − logπ_ref       (unbiased, can be negative)
 - `k2` = ½·r²                          (low variance, biased)
-- `k3` = e^r − r − 1 = π_ref/π_θ − log(π_ref/π_θ) − 1   (unbiased, always ≥ 0; default)
+- `k3` = e^r − r − 1 = π_ref/π_θ − log(π_ref/π_θ) − 1   (unbiased, always ≥ 0; default),
+  clamped to [−10, 10] as AReaL and verl do (unclamped it is 142.4 at r = 5, 2.9e8 at r = 20)
 
 Placement (`kl_placement`):
 - `loss`: add β·KL_t to the per-token policy loss before aggregation (`kl_loss_term`, the GRPO
@@ -25,8 +26,12 @@ import torch
 from areal_sys.algorithms.registry import KL, register
 
 KLFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-# |log-ratio| bound inside k3: keeps e^r finite when one token's probabilities are far apart.
+# |log-ratio| bound inside k3: keeps e^r (and its gradient) finite when one token's
+# probabilities are far apart; the value clamp alone would give 0·inf = nan in the backward pass.
 _LOG_RATIO_CLAMP = 20.0
+# bound on the k3 value, as AReaL and verl clamp it: one token far from the reference cannot
+# dominate the loss (tokens at the bound get no KL gradient).
+_K3_CLAMP = 10.0
 
 
 @register(KL, "k1")
@@ -43,14 +48,16 @@ def kl_k2(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
 
 @register(KL, "k3")
 def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    """k3 = π_ref/π_θ − log(π_ref/π_θ) − 1 (≥ 0; log-ratio clamped to ±20).
+    """k3 = π_ref/π_θ − log(π_ref/π_θ) − 1, clamped to [−10, 10] (AReaL, verl); r = logπ_ref −
+    logπ_θ is first clamped to ±20 against overflow.
 
-    Sanity: π_θ = 0.5, π_ref = 0.25 → 0.5 − ln 0.5 − 1 = 0.19315.
+    Sanity: π_θ = 0.5, π_ref = 0.25 → 0.5 − ln 0.5 − 1 = 0.19315; r = −5 → e^−5 + 4 = 4.0067
+    (under the bound); r = 5 → e^5 − 6 = 142.41 → 10.
     """
     r = (ref_logprobs.detach().float() - logprobs.float()).clamp(
         -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP
     )
-    return torch.exp(r) - r - 1.0
+    return (torch.exp(r) - r - 1.0).clamp(-_K3_CLAMP, _K3_CLAMP)
 
 
 def kl_loss_term(

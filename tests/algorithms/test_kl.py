@@ -29,6 +29,20 @@ def test_estimators_vanish_when_policies_agree_and_k3_is_nonnegative() -> None:
     assert torch.isfinite(kl_k3(torch.tensor([0.0]), torch.tensor([-1e4]))).all()  # clamped
 
 
+def test_k3_is_clamped_to_ten_as_in_areal_and_verl() -> None:
+    """r = logπ_ref − logπ_θ. r = −5: e^−5 + 5 − 1 = 4.0067, under the bound, unchanged;
+    r = +5: e^5 − 5 − 1 = 142.41 → 10; r = 30 (log-ratio clamp 20, then 2.9e8) → 10."""
+    logp = torch.zeros(3, requires_grad=True)
+    ref = torch.tensor([-5.0, 5.0, 30.0])
+    kl = kl_k3(logp, ref)
+    assert kl.tolist() == pytest.approx([math.exp(-5) + 4, 10.0, 10.0], abs=1e-5)
+    assert math.exp(-5) + 4 == pytest.approx(4.0067, abs=1e-4)
+    assert math.exp(5) - 6 == pytest.approx(142.41, abs=1e-2)  # what the clamp replaces
+    kl.sum().backward()
+    # d/dlogπ_θ (e^r − r − 1) = 1 − e^r at r = −5; clamped tokens: no gradient, never nan
+    assert logp.grad.tolist() == pytest.approx([1 - math.exp(-5), 0.0, 0.0], abs=1e-6)
+
+
 def test_k3_gradient_flows_to_the_policy_only() -> None:
     logp, ref = LOGP.clone().requires_grad_(), REF.clone().requires_grad_()
     kl_k3(logp, ref).sum().backward()
