@@ -11,7 +11,9 @@ With ℓ the per-token loss and M the mask (ALGORITHMS.md, "Aggregation"):
 - `seq-mean-token-mean`: Σ_i (Σ_t M·ℓ / |o_i|) / B           (original GRPO)
 - `seq-mean-token-sum`:  Σ_i Σ_t M·ℓ / B
 - `dr_grpo`:             Σ M·ℓ / (B · L_max)
-N_tok = Σ M, B = sequences with at least one loss token, |o_i| = Σ_t M_i, L_max = longest response.
+N_tok = Σ M, B = sequences with at least one loss token, |o_i| = Σ_t M_i, L_max = the constant
+generation budget (`rollout.max_new_tokens`, as in Dr.GRPO's own code), never the longest response
+of the minibatch: a constant keeps the loss scale independent of which responses a minibatch holds.
 Sanity: per-token losses [1,1] and [2,2,2,2] → 1.667, 1.5, 5, 1.25 (B=2, L_max=4).
 """
 
@@ -22,27 +24,25 @@ from dataclasses import dataclass
 
 import torch
 
-from areal_sys.algorithms.registry import AGGREGATION, register
+from areal_sys.algorithms.registry import AGGREGATION, GENERATION_BUDGET, register
 
 
 @dataclass(frozen=True)
 class LossDenominators:
-    """Global denominators of one (mini)batch: loss tokens, trained sequences, longest response."""
+    """Global denominators of one (mini)batch: loss tokens and trained sequences."""
 
     n_tokens: float  # Σ M over the minibatch
     n_seqs: float  # sequences with at least one loss token (B)
-    max_len: float  # L_max: the longest response in the minibatch, in tokens
 
     @classmethod
     def from_masks(cls, masks: Iterable[torch.Tensor]) -> LossDenominators:
         """From every sequence's response loss mask (1-D, one per sequence) of the minibatch."""
-        n_tokens = n_seqs = max_len = 0
+        n_tokens = n_seqs = 0
         for m in masks:
             k = int(m.sum().item())
             n_tokens += k
             n_seqs += int(k > 0)
-            max_len = max(max_len, int(m.numel()))
-        return cls(float(n_tokens), float(n_seqs), float(max_len))
+        return cls(float(n_tokens), float(n_seqs))
 
 
 def _masked_sum(loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -72,7 +72,12 @@ def seq_mean_token_sum(
     return _masked_sum(loss, mask).sum() / max(denom.n_seqs, 1.0)
 
 
-@register(AGGREGATION, "dr_grpo")
-def dr_grpo(loss: torch.Tensor, mask: torch.Tensor, denom: LossDenominators) -> torch.Tensor:
-    """Σ M·ℓ / (B · L_max): a constant normaliser, so no length bias (Dr.GRPO)."""
-    return _masked_sum(loss, mask).sum() / max(denom.n_seqs * denom.max_len, 1.0)
+@register(AGGREGATION, "dr_grpo", options={"max_len": GENERATION_BUDGET})
+def dr_grpo(
+    loss: torch.Tensor, mask: torch.Tensor, denom: LossDenominators, *, max_len: int
+) -> torch.Tensor:
+    """Σ M·ℓ / (B · L_max), L_max = `max_len` the generation budget: a constant normaliser, so no
+    length bias (Dr.GRPO). `build_algorithm` binds `max_len` to `rollout.max_new_tokens`."""
+    if max_len < 1:
+        raise ValueError(f"dr_grpo: the generation budget max_len must be >= 1, got {max_len}")
+    return _masked_sum(loss, mask).sum() / max(denom.n_seqs * max_len, 1.0)

@@ -21,6 +21,7 @@ from areal_sys.algorithms.registry import (
     AGGREGATION,
     ESTIMATOR,
     FILTER,
+    GENERATION_BUDGET,
     KL,
     POLICY_LOSS,
     bind,
@@ -158,8 +159,9 @@ def build_algorithm(
     fields: it is validated, so a preset fills the rest) names. `rpo`: an `RpoConfig` (or its
     `model_dump()`); when enabled it sets the length-aware reward and the prefix loss mode.
 
-    `max_new_tokens` (rollout.max_new_tokens) is the default L_max of the soft overlong penalty;
-    it is required only when `overlong_penalty` is on and `overlong_max_len` is unset.
+    `max_new_tokens` (rollout.max_new_tokens) is the default L_max of the soft overlong penalty
+    and the constant L_max of the `dr_grpo` aggregation (any piece whose options name
+    `GENERATION_BUDGET`); it is required only by those.
     The modules of `algorithm.plugins` are imported first: a config validated in another process
     (the driver) reaches a Ray actor without having registered them there.
     """
@@ -175,6 +177,13 @@ def build_algorithm(
     rpo_on = rpo is not None and rpo.enabled
     c = algo_cfg
     opts = c.model_dump()  # plugins read their options by config field name (registry.bind)
+    if max_new_tokens is not None:
+        opts[GENERATION_BUDGET] = max_new_tokens
+    for kind, name in ((ESTIMATOR, c.estimator), (POLICY_LOSS, c.loss),
+                       (AGGREGATION, c.aggregation), (FILTER, c.filter)):
+        if max_new_tokens is None and GENERATION_BUDGET in get_plugin(kind, name).options.values():
+            raise ValueError(f"{kind} {name!r} needs the generation budget: "
+                             "build_algorithm(..., max_new_tokens=rollout.max_new_tokens)")
     est = get_plugin(ESTIMATOR, c.estimator)
     token_level = bool(est.meta.get("token_level"))
     needs_critic = bool(est.meta.get("needs_critic"))

@@ -12,7 +12,8 @@ Five kinds of plugin, all pure tensor functions (no config objects, no I/O, no d
 - kl: (logprobs, reference logprobs) → per-token KL estimate.
 
 A plugin registers under a name together with `options`: a mapping from its keyword arguments to
-the `AlgorithmConfig` fields that set them. `build_algorithm` binds those options from the config,
+the `AlgorithmConfig` fields that set them, or to `GENERATION_BUDGET` (`rollout.max_new_tokens`,
+which `build_algorithm` receives beside the config). `build_algorithm` binds those options,
 so the trainer and controller call plugins without knowing any algorithm by name, and a new
 estimator, loss or filter is one decorated function. The config checks piece names against these
 registries when it validates; a user's own plugin module is listed in `algorithm.plugins`, which
@@ -32,6 +33,9 @@ POLICY_LOSS = "policy_loss"
 AGGREGATION = "aggregation"
 FILTER = "filter"
 KL = "kl"
+# The option source that is not an AlgorithmConfig field: the run's generation budget in tokens
+# (rollout.max_new_tokens), given to build_algorithm(..., max_new_tokens=...).
+GENERATION_BUDGET = "max_new_tokens"
 
 # Modules whose import registers the built-in plugins (loaded on first look-up).
 BUILTIN_MODULES = ("advantages", "critic", "losses", "aggregation", "filters", "kl")

@@ -59,7 +59,7 @@ def _rank_main(
         worker.export_weights(out + ".safetensors")
         worker.train_cfg = worker.train_cfg.model_copy(update={"lr": 0.0})  # the schema needs > 0
         for agg, algo in SEQUENCE_LEVEL.items():
-            worker.algo = build_algorithm(algo)
+            worker.algo = build_algorithm(algo, max_new_tokens=cfg.rollout.max_new_tokens)
             metrics[agg] = worker.train_step(groups, step=1)
         if rank == 0:
             torch.save(metrics, out + ".metrics")

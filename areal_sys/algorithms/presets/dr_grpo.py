@@ -3,10 +3,9 @@ Perspective", arXiv:2503.20783 (2025).
 
 GRPO without its two length and difficulty biases: A_i = R_i − mean R (estimator `dr_grpo`, no
 division by the group's std), and the loss summed over tokens and divided by B·L_max (aggregation
-`dr_grpo`), never by a response's own length. Clip 0.2, no KL, as in the paper. Departure: the
-aggregation takes L_max as the longest response of the minibatch (aggregation.py,
-`LossDenominators.max_len`), where the paper's code and ALGORITHMS.md use the constant generation
-budget (`rollout.max_new_tokens`); the two differ by a per-minibatch scale of the loss.
+`dr_grpo`), never by a response's own length. L_max is the constant generation budget
+(`rollout.max_new_tokens`, bound by `build_algorithm`), as in the paper's code, so the loss scale
+does not depend on which responses a minibatch holds. Clip 0.2, no KL, as in the paper.
 """
 
 from areal_sys.algorithms.presets.base import NO_KL, NO_OVERLONG, Preset, ppo_clip
