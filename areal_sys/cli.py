@@ -225,6 +225,8 @@ def _validate(cfg: ExperimentConfig, config: str) -> int:
           f"{len(rows['train'])} train and {len(rows['eval'])} eval prompts)")
     if note:
         print(f"note: {note}")
+    if warning := cfg.algorithm.reward_warning(cfg.reward.correct_reward, cfg.reward.wrong_reward):
+        print(f"warning: {warning}")
     if earlier and not cfg.resume:
         print(f"note: run_dir {cfg.run_dir} holds an earlier run; `areal-sys run` needs "
               f"--resume or --overwrite")

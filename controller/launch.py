@@ -61,6 +61,8 @@ def run(cfg: ExperimentConfig, overwrite: bool = False) -> int:
     algo = build_algorithm(cfg.algorithm, max_new_tokens=cfg.rollout.max_new_tokens, rpo=cfg.rpo)
     run_dir = make_run_dir(cfg.run_dir, earlier if overwrite else [], dump_config(cfg))
     print(f"algorithm: {algo.summary}")  # which path is active, before anything starts
+    if warning := cfg.algorithm.reward_warning(cfg.reward.correct_reward, cfg.reward.wrong_reward):
+        print(f"warning: {warning}")
     import ray
 
     from controller.controller import Controller

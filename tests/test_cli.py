@@ -283,6 +283,22 @@ def test_validate_says_when_prompt_lengths_wait_for_a_download(capsys):
     assert "note: prompt lengths not checked: nobody-here/no-such-model is not downloaded" in out
 
 
+def test_validate_warns_when_a_presets_advantages_degenerate_under_the_rewards(capsys):
+    """Reinforce-Rej under 0/1 rewards: wrong responses get A = R = 0, so it is RAFT++ on mixed
+    groups; one warning line. Its own +1/-1 rewards (the preset's default) give none."""
+    from areal_sys.cli import main
+
+    common = [CONFIG, "model.path=nobody-here/no-such-model", "data.synthetic_train_size=4",
+              "algorithm.name=reinforce_rej"]
+    assert main(["validate", *common, "reward.wrong_reward=0"]) == 0
+    warnings = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1
+    assert "reinforce_rej: under rewards 1/0 the wrong responses" in warnings[0]
+    assert "RAFT++ on mixed groups" in warnings[0] and "1/-1" in warnings[0]
+    assert main(["validate", *common]) == 0
+    assert "warning:" not in capsys.readouterr().out
+
+
 def test_a_checkpoint_of_the_pickle_format_is_refused_in_one_line(tmp_path, capsys):
     """controller.pkl (before checkpoint format 1) is not unpickled: `run --resume` names it and
     what to do, exit 2, before anything starts."""

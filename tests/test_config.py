@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from areal_sys.config import ConfigError, load_config
+from areal_sys.config import AlgorithmConfig, ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -229,3 +229,25 @@ def test_a_dumped_config_loads_back_equal(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(dump_config(cfg))
     assert load_config(path) == cfg
+
+
+@pytest.mark.parametrize(
+    ("name", "rewards", "warns"),
+    [
+        ("reinforce_rej", (1.0, 0.0), "wrong responses of a mixed group get advantage 0"),
+        ("reinforce_rej", (0.0, -1.0), "correct responses of a mixed group get advantage 0"),
+        ("reinforce_rej", (1.0, -1.0), None),  # its own rewards: A = ±1
+        ("dapo", (1.0, 0.0), None),  # GRPO advantages [0.707, -0.707] either way
+        ("reinforce", (1.0, 0.0), None),  # no reward values of its own: nothing to compare
+        ("ppo", (1.0, 0.0), None),
+    ],
+)
+def test_reward_warning_names_a_degenerate_preset(
+        name: str, rewards: tuple[float, float], warns: str | None) -> None:
+    """Reinforce-Rej, A_i = R_i: under its ±1 a mixed group trains at [+1, −1]; under 0/1 at
+    [1, 0], so only the correct response trains (RAFT++ on mixed groups)."""
+    warning = AlgorithmConfig(name=name).reward_warning(*rewards)
+    if warns is None:
+        assert warning is None
+    else:
+        assert warning is not None and warns in warning and "\n" not in warning

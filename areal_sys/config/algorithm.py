@@ -166,6 +166,45 @@ class AlgorithmConfig(Section):
             raise ValueError("overlong_cache_len must not exceed overlong_max_len")
         return self
 
+    def reward_warning(self, correct_reward: float, wrong_reward: float) -> str | None:
+        """One line when the preset's advantages degenerate under the configured rewards
+        (`reward.correct_reward` / `wrong_reward`), else None: `areal-sys validate` and `run`
+        print it at start-up.
+
+        Only a preset with reward values of its own (DAPO, Reinforce-Rej: +1/−1) is checked: the
+        estimator is applied to a mixed group [correct, wrong] under the preset's rewards and under
+        the configured ones, and a kind of response whose advantage is nonzero under the former
+        but 0 under the latter carries no gradient. Reinforce-Rej (A_i = R_i) under 0/1 rewards:
+        wrong responses get A = 0, so only the correct ones of a mixed group train, which is
+        RAFT++. GRPO's normalised advantages (DAPO) are the same under both. A token-level
+        estimator (GAE) is not checked.
+        """
+        import torch
+
+        from areal_sys.algorithms.registry import bind, get_plugin
+
+        preset = PRESETS[self.name]
+        if preset.correct_reward is None and preset.wrong_reward is None:
+            return None
+        if get_plugin(PIECES["estimator"], self.estimator).meta.get("token_level"):
+            return None
+        estimator = bind(PIECES["estimator"], self.estimator, self.model_dump())
+        theirs = (1.0 if preset.correct_reward is None else preset.correct_reward,
+                  0.0 if preset.wrong_reward is None else preset.wrong_reward)
+        ours = (correct_reward, wrong_reward)
+        adv_theirs, adv_ours = (estimator(torch.tensor(r, dtype=torch.float32)).tolist()
+                                for r in (theirs, ours))
+        lost = tuple(kind for kind, a, b in zip(("correct", "wrong"), adv_ours, adv_theirs,
+                                                strict=True) if a == 0 and b != 0)
+        if not lost:
+            return None
+        effect = {("wrong",): "only its correct ones train (RAFT++ on mixed groups)",
+                  ("correct",): "only its wrong ones train"}.get(lost, "it trains nothing")
+        return (f"algorithm {self.name}: under rewards {correct_reward:g}/{wrong_reward:g} the "
+                f"{' and '.join(lost)} responses of a mixed group get advantage 0, so {effect}; "
+                f"the preset's "
+                f"rewards are {theirs[0]:g}/{theirs[1]:g} (reward.correct_reward/wrong_reward)")
+
     @property
     def needs_critic(self) -> bool:
         """Whether the estimator needs a value model (GAE), as its registration says."""

@@ -40,7 +40,8 @@ DOCUMENTED = {
     "raft_pp": ({"estimator": "raft", "loss": "raft_pp", "filter": "remove_all_wrong",
                  "clip_low": 0.2, "clip_high": 0.2}, {}),
     "reinforce": ({"estimator": "reinforce", "filter": "none", **PPO_CLIP}, {}),
-    "reinforce_rej": ({"estimator": "reinforce", "filter": "reject_all_same", **PPO_CLIP},
+    "reinforce_rej": ({"estimator": "reinforce", "filter": "reject_all_same", "clip_low": 0.2,
+                       "clip_high": 0.2, "dual_clip": 3.0},
                       {"correct_reward": 1.0, "wrong_reward": -1.0}),
 }
 
@@ -53,7 +54,8 @@ def test_preset_module_constants_match_the_documented_method(name: str) -> None:
     assert preset.rewards == rewards
     module = importlib.import_module(f"areal_sys.algorithms.presets.{name}")
     for const, field in (("CLIP", "clip_low"), ("CLIP", "clip_high"), ("CLIP_LOW", "clip_low"),
-                         ("CLIP_HIGH", "clip_high"), ("VALUE_CLIP", "value_clip")):
+                         ("CLIP_HIGH", "clip_high"), ("VALUE_CLIP", "value_clip"),
+                         ("DUAL_CLIP", "dual_clip")):
         if hasattr(module, const):  # a named constant is the value the preset uses
             assert getattr(module, const) == preset.values[field], (name, const)
     if hasattr(module, "CORRECT_REWARD"):
@@ -149,6 +151,17 @@ def test_reinforce_rej_drops_uniform_groups() -> None:
     assert not algo.filter(torch.tensor([1.0, 1.0, 1.0]))
     assert not algo.filter(torch.tensor([-1.0, -1.0, -1.0]))
     assert algo.filter(torch.tensor([1.0, -1.0, -1.0]))
+
+
+def test_reinforce_rej_dual_clips_negative_advantages_at_three() -> None:
+    """π_b = π_prox = 0.1, π_θ = 0.5, A = −1: u = 5, the PPO term −min(5·(−1), 1.2·(−1)) = 5 is
+    capped at c·|A| = 3 (Minimal-RL's dual clip); plain Reinforce keeps 5."""
+    old, new, neg = torch.log(torch.tensor([0.1])), torch.log(torch.tensor([0.5])), -torch.ones(1)
+    rej, _ = build_algorithm({"name": "reinforce_rej"}).policy_loss(
+        new, old, old, neg, torch.ones(1))
+    plain, _ = build_algorithm({"name": "reinforce"}).policy_loss(new, old, old, neg, torch.ones(1))
+    assert rej.item() == pytest.approx(3.0, abs=1e-5)
+    assert plain.item() == pytest.approx(5.0, abs=1e-5)
 
 
 def test_dapo_overlong_penalty_resolves_lengths() -> None:
