@@ -22,10 +22,12 @@ the config imports before that check (and `build_algorithm` again in every proce
 
 from __future__ import annotations
 
+import ast
 import functools
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 ESTIMATOR = "estimator"
@@ -85,6 +87,39 @@ def load_builtin_plugins() -> None:
     """Import the modules that register the built-in plugins (cheap after the first call)."""
     for module in BUILTIN_MODULES:
         importlib.import_module(f"areal_sys.algorithms.{module}")
+
+
+@functools.cache
+def builtin_names() -> dict[str, frozenset[str]]:
+    """The names the built-in modules register, per kind, read from their source
+    (`@register(KIND, "name", ...)`) without importing them: a config's piece names are checked
+    before anything heavy loads, so a typo costs no torch import (tests check that this agrees
+    with the imported registry)."""
+    kinds = {"ESTIMATOR": ESTIMATOR, "POLICY_LOSS": POLICY_LOSS, "AGGREGATION": AGGREGATION,
+             "FILTER": FILTER, "KL": KL}
+    found: dict[str, set[str]] = {kind: set() for kind in REGISTRIES}
+    here = Path(__file__).parent
+    for module in BUILTIN_MODULES:
+        tree = ast.parse((here / f"{module}.py").read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            for deco in node.decorator_list:
+                if (isinstance(deco, ast.Call) and isinstance(deco.func, ast.Name)
+                        and deco.func.id == "register" and len(deco.args) >= 2
+                        and isinstance(deco.args[0], ast.Name) and deco.args[0].id in kinds
+                        and isinstance(deco.args[1], ast.Constant)):
+                    found[kinds[deco.args[0].id]].add(str(deco.args[1].value))
+    return {kind: frozenset(names) for kind, names in found.items()}
+
+
+def check_name(kind: str, name: str) -> None:
+    """A KeyError listing the registered names unless `name` is a built-in or registered plugin
+    of `kind`; imports nothing (user plugin modules are imported by the config first)."""
+    known = builtin_names()[kind] | REGISTRIES[kind].keys()
+    if name not in known:
+        names = ", ".join(repr(n) for n in sorted(known))
+        raise KeyError(f"unknown {kind} {name!r}; registered: {names}")
 
 
 def plugins(kind: str) -> dict[str, Plugin]:

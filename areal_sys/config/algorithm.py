@@ -4,8 +4,8 @@ Piece names (`estimator`, `loss`, `aggregation`, `filter`, `kl_estimator`) are c
 plugin registry (areal_sys/algorithms/registry.py) when the section is validated, not against a
 list written here: a plugin the user registers with `@register` in a module listed in
 `algorithm.plugins` is selectable like a built-in, and an unknown name fails in one line that lists
-the registered ones. Checking the registry imports torch (the built-in plugins are tensor code),
-so validating an `algorithm` section does; importing this module does not.
+the registered ones. The built-in names are read from the plugin modules' source, so validating
+an `algorithm` section imports no torch (a user's plugin module may).
 """
 
 from __future__ import annotations
@@ -147,10 +147,10 @@ class AlgorithmConfig(Section):
     @field_validator(*PIECES)
     @classmethod
     def _registered(cls, name: str, info: ValidationInfo) -> str:
-        from areal_sys.algorithms.registry import get_plugin
+        from areal_sys.algorithms.registry import check_name
 
         try:
-            get_plugin(PIECES[str(info.field_name)], name)
+            check_name(PIECES[str(info.field_name)], name)
         except KeyError as e:
             raise ValueError(f"{e.args[0]} (a piece of your own: @register it in a module "
                              "listed in algorithm.plugins)") from None

@@ -18,7 +18,7 @@ from areal_sys.algorithms import (
     build_algorithm,
     register,
 )
-from areal_sys.algorithms.registry import get_plugin, plugins
+from areal_sys.algorithms.registry import builtin_names, get_plugin, plugins
 from areal_sys.config import AlgorithmConfig
 
 CONFIG_FIELD = {
@@ -155,3 +155,29 @@ def test_a_new_plugin_is_one_decorated_function() -> None:
         assert keep(torch.tensor([1.0, 1.0, 0.0])) and not keep(torch.tensor([1.0, 0.0]))
     finally:
         del REGISTRIES[FILTER]["_test_at_least_two_correct"]
+
+
+def test_builtin_names_read_from_source_are_the_registered_builtins() -> None:
+    """Config validation reads the built-in names from the modules' source (no torch import);
+    they must be exactly what importing those modules registers."""
+    import subprocess
+
+    code = ("from areal_sys.algorithms.registry import REGISTRIES, builtin_names, "
+            "load_builtin_plugins; names = builtin_names(); load_builtin_plugins(); "
+            "print({k: sorted(v) for k, v in names.items()} == "
+            "{k: sorted(r) for k, r in REGISTRIES.items()})")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert res.stdout.strip() == "True", res.stderr
+    assert set(REGISTRIES) == set(builtin_names())
+
+
+def test_validating_an_algorithm_imports_no_torch() -> None:
+    import subprocess
+
+    code = ("import sys; from areal_sys.config import AlgorithmConfig; "
+            "AlgorithmConfig.model_validate({'name': 'dapo', 'estimator': 'rloo'}); "
+            "print('torch' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert res.stdout.strip() == "False", res.stderr
