@@ -99,7 +99,7 @@ def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint_dir: str) -> int:
     """pass@1, avg@k and pass@k of a checkpoint's policy on the held-out set, with the rollout
     workers and the reward service; printed and appended to RUN_DIR/eval.jsonl."""
     from controller.actors import Events, Reward, RolloutPool
-    from controller.evaluation import evaluate_prompts
+    from controller.evaluation import append_eval_line, evaluate_prompts
 
     ckpt = Path(checkpoint_dir)
     policy = ckpt / "policy" if (ckpt / "policy").is_dir() else ckpt
@@ -131,9 +131,8 @@ def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint_dir: str) -> int:
         figures = asyncio.run(go())
     finally:
         runtime.shutdown(actors)
-    run_dir = make_run_dir(cfg.run_dir, [])
-    with open(run_dir / "eval.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps({"tag": "checkpoint", "checkpoint": str(ckpt), **figures}) + "\n")
+    append_eval_line(make_run_dir(cfg.run_dir, []),
+                     {"tag": "checkpoint", "checkpoint": str(ckpt), **figures})
     k = int(figures["k"])
     print(f"eval {ckpt}: {int(figures['n'])} problems x {k} samples: pass@1 "
           f"{100 * figures['pass@1']:.1f}%, avg@{k} {100 * figures[f'avg@{k}']:.1f}%, "
