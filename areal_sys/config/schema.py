@@ -33,6 +33,10 @@ class ModelConfig(Section):
     tiny_sft_steps: int | None = Field(
         None, ge=0, description="supervised warm-start steps of the tiny model (None: built-in)"
     )
+    tiny_seed: int | None = Field(
+        None, ge=0, le=2**31 - 1, description="seed of the tiny model's warm start (None: the "
+        "run's seed); benchmarks fix it so that their seeds vary only data order, sampling and RL",
+    )
 
     @field_validator("path")
     @classmethod
@@ -67,6 +71,12 @@ class DataConfig(Section):
     prompt_template: str = Field(
         "{prompt}", description="format string applied to the prompt; 'chat' uses the tokenizer's "
         "chat template"
+    )
+    synthetic_task: Literal["first_decision", "chain_tail", "chain_uniform"] = Field(
+        "first_decision", description="the built-in task: 'first_decision' (chains of 1-15 steps; "
+        "RL learns to write the chain instead of guessing) or a long-chain task of 12-16 "
+        "fixed-width steps whose demonstrator slips in the last 2 steps ('chain_tail') or at "
+        "every step ('chain_uniform'); each has its own warm-started tiny model",
     )
     synthetic_train_size: int = Field(4096, ge=1, description="problems in the synthetic train set")
     synthetic_eval_size: int = Field(256, ge=1, description="problems in the synthetic eval set")
