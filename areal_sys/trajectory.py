@@ -26,14 +26,16 @@ class Prompt:
     ids: list[int]
     reference: str
     task: str
+    text: str = ""  # the prompt as the dataset gave it (before any template)
 
     def to_dict(self) -> dict[str, Any]:
         return {"uid": self.uid, "ids": list(self.ids), "reference": self.reference,
-                "task": self.task}
+                "task": self.task, "text": self.text}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Prompt:
-        return cls(str(d["uid"]), [int(i) for i in d["ids"]], str(d["reference"]), str(d["task"]))
+        return cls(str(d["uid"]), [int(i) for i in d["ids"]], str(d["reference"]), str(d["task"]),
+                   str(d.get("text", "")))
 
 
 @dataclass

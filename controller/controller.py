@@ -33,7 +33,7 @@ from areal_sys.trajectory import Prompt, Trajectory
 from controller import checkpoint, records, rpo_cache
 from controller.actors import Events, Reward, RolloutPool, Trainers
 from controller.admission import Admission, Admitted
-from controller.evaluation import append_eval_line, evaluate_prompts
+from controller.evaluation import append_eval_line, evaluate_prompts, step_checker
 from controller.progress import log_due, progress_bar, step_line
 
 __all__ = ["Controller", "Prompt"]
@@ -188,11 +188,11 @@ class Controller:
             score=lambda pairs: self._score(pairs, version=self.version),
             max_new_tokens=self.cfg.rollout.max_new_tokens,
             temperature=self.cfg.eval.temperature, correct_reward=self.cfg.reward.correct_reward,
-            progress=self.cfg.logging.progress_bar)
+            progress=self.cfg.logging.progress_bar, step_errors=step_checker(self.cfg))
         self.timeline.trajectories(trajs, "eval", version=self.version)
         append_eval_line(self.run_dir, {"tag": tag, "version": self.version, **figures})
-        self.metrics.log({f"eval/{k}": v for k, v in figures.items() if k not in ("k", "n")},
-                         step=self.version)
+        self.metrics.log({f"eval/{k}": v for k, v in figures.items()
+                          if k not in ("k", "n") and not isinstance(v, list)}, step=self.version)
         return figures["pass_rate"]
 
     def close(self) -> None:

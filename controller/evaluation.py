@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from areal_sys.config import ExperimentConfig
 from areal_sys.metrics import JsonlWriter
 from areal_sys.trajectory import Prompt, Trajectory
 from controller.actors import RolloutPool
@@ -51,10 +52,13 @@ async def evaluate_prompts(
     temperature: float,
     correct_reward: float,
     progress: bool = True,
-) -> tuple[dict[str, float], list[Trajectory]]:
+    step_errors: Callable[[str, str], list[bool]] | None = None,
+) -> tuple[dict[str, Any], list[Trajectory]]:
     """Sample `k` responses per prompt (spread over the rollout workers), score them in place
     (`score((prompt, trajectory) pairs)`, e.g. `Reward.score`), return the figures and the
-    trajectories. A progress bar counts the problems sampled."""
+    trajectories. A progress bar counts the problems sampled. With `step_errors` (prompt text,
+    response text -> per-step errors, see `step_checker`) the figures also hold the error rate
+    by step position, from the start and from the end."""
     from tqdm import tqdm
 
     bar = tqdm(total=len(prompts), desc="eval", unit="problem", disable=not progress,
@@ -73,7 +77,23 @@ async def evaluate_prompts(
         bar.close()
     await score([(p, t) for p, g in zip(prompts, groups, strict=True) for t in g])
     correct = [[t.reward >= correct_reward for t in g] for g in groups]
-    return summarize(correct), [t for g in groups for t in g]
+    figures: dict[str, Any] = summarize(correct)
+    if step_errors is not None:
+        from areal_sys.data.chain import error_by_position
+
+        figures |= error_by_position([step_errors(p.text, t.response_text)
+                                      for p, g in zip(prompts, groups, strict=True) for t in g])
+    return figures, [t for g in groups for t in g]
+
+
+def step_checker(cfg: ExperimentConfig) -> Callable[[str, str], list[bool]] | None:
+    """The per-step error reader of the run's held-out task: the long-chain tasks' when the
+    eval set is the built-in one of such a task, else None (no positions to read)."""
+    from areal_sys.data.chain import CHAIN_TASKS, step_errors
+
+    if cfg.data.eval == "synthetic" and cfg.data.synthetic_task in CHAIN_TASKS:
+        return step_errors
+    return None
 
 
 def append_eval_line(run_dir: Path, row: dict[str, Any]) -> None:

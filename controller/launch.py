@@ -99,7 +99,7 @@ def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint_dir: str) -> int:
     """pass@1, avg@k and pass@k of a checkpoint's policy on the held-out set, with the rollout
     workers and the reward service; printed and appended to RUN_DIR/eval.jsonl."""
     from controller.actors import Events, Reward, RolloutPool
-    from controller.evaluation import append_eval_line, evaluate_prompts
+    from controller.evaluation import append_eval_line, evaluate_prompts, step_checker
 
     ckpt = Path(checkpoint_dir)
     policy = ckpt / "policy" if (ckpt / "policy").is_dir() else ckpt
@@ -116,7 +116,7 @@ def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint_dir: str) -> int:
     try:
         actors = runtime.create_eval_actors(cfg, str(policy))
 
-        async def go() -> dict[str, float]:
+        async def go() -> dict[str, Any]:
             await runtime.start_actors(cfg, actors)
             events = Events(Path(cfg.run_dir) / "events.jsonl", lambda: 0)
             rollout = RolloutPool(actors.rollout, weight_sync="shm_file", events=events)
@@ -125,7 +125,7 @@ def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint_dir: str) -> int:
             figures, _ = await evaluate_prompts(
                 held_out, k=cfg.eval.k, rollout=rollout, score=reward.score,
                 max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.eval.temperature,
-                correct_reward=cfg.reward.correct_reward)
+                correct_reward=cfg.reward.correct_reward, step_errors=step_checker(cfg))
             return figures
 
         figures = asyncio.run(go())

@@ -44,7 +44,8 @@ def load_datasets(cfg: ExperimentConfig) -> dict[str, list[Any]]:
         try:
             rows[split] = load_rows(source, prompt_field=d.prompt_field,
                                     answer_field=d.answer_field, uid_field=d.uid_field,
-                                    task=d.task, split=split, synthetic_size=size, seed=cfg.seed,
+                                    task=d.task, split=split, synthetic_size=size,
+                                    synthetic_task=d.synthetic_task, seed=cfg.seed,
                                     graders=graders)
         except DataError as e:
             raise UserError(f"data.{split}: {e}") from None
@@ -74,7 +75,7 @@ def encode_prompts(cfg: ExperimentConfig, rows: list[Any], split: str, tokenizer
             where = row.where or f"prompt {row.uid!r}"
             raise UserError(f"data.{split}: {where}: the prompt has {len(ids)} tokens, more than "
                             f"the {limit} that fit ({why})")
-        prompts.append(Prompt(row.uid, ids, row.reference, row.task))
+        prompts.append(Prompt(row.uid, ids, row.reference, row.task, row.prompt))
     return prompts
 
 

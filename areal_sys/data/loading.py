@@ -48,22 +48,27 @@ def load_rows(
     task: str = "synthetic",
     split: str = "train",
     synthetic_size: int = 4096,
+    synthetic_task: str = "first_decision",
     seed: int = 1,
     graders: Collection[str] | None = None,
 ) -> list[PromptRow]:
-    """Rows of `source`: "synthetic" (`synthetic_size` problems of `split`, seeded) or a file.
+    """Rows of `source`: "synthetic" (`synthetic_size` problems of `split` of the built-in
+    `synthetic_task`) or a file.
 
-    For a file, `split` and `synthetic_size` are ignored; uids are the `uid_field` values (must be
+    Synthetic train rows are drawn with `seed`; the synthetic eval split is one fixed held-out
+    set (`synthetic.EVAL_SEED`), the same whatever the run's seed, so runs that differ only in
+    their seed are evaluated on the same problems. For a file, `split` and `synthetic_size` are
+    ignored; uids are the `uid_field` values (must be
     unique) or the 0-based row index. `graders`: the task names a row may give (None: no check,
     e.g. a remote reward service that knows its own). Raises DataError.
     """
     if source == "synthetic":
-        from areal_sys.data.synthetic import make_problems
+        from areal_sys.data.synthetic import EVAL_SEED, make_problems
 
-        return [
-            PromptRow(uid=r["uid"], prompt=r["prompt"], reference=r["answer"], task=task)
-            for r in make_problems(synthetic_size, seed, split)
-        ]
+        rows = make_problems(synthetic_size, EVAL_SEED if split == "eval" else seed, split,
+                             synthetic_task)
+        return [PromptRow(uid=r["uid"], prompt=r["prompt"], reference=r["answer"], task=task)
+                for r in rows]
     path = Path(source).expanduser()
     try:
         mode = path.stat().st_mode

@@ -1,4 +1,7 @@
-"""Built-in CPU task: multi-step integer addition/subtraction with a written chain of steps.
+"""Built-in CPU tasks; this module holds `first_decision`, the demo's task (the long-chain tasks
+are in `areal_sys.data.chain`; `make_problems` serves all three by name).
+
+`first_decision`: multi-step integer addition/subtraction with a written chain of steps.
 
 A problem is a left-to-right chain such as ``3+14-5+8=``; the reference solution writes one line
 per operation and ends with a checkable final answer::
@@ -31,16 +34,17 @@ MIN_OPERAND, MAX_OPERAND = 1, 9
 MAX_VALUE = 99  # running values stay in [0, MAX_VALUE]
 P_STOP = 0.4  # geometric parameter: P(k = 2 + j) = P_STOP * (1 - P_STOP) ** j
 MAX_OPERANDS = 16
+EVAL_SEED = 1  # the synthetic held-out set is one fixed benchmark, whatever the run's seed
 EVAL_BUCKETS = 8  # one prompt in EVAL_BUCKETS (by hash) is held out for evaluation
 MAX_SOLUTION_CHARS = 149  # response budget: solution + EOS <= 150 tokens
 
 _ANSWER_RE = re.compile(r" {0,8}(-?[0-9]{1,30})(?![0-9])")
-_MARKER = "####"
+MARKER = "####"
 _TERM_RE = re.compile(r"([+-]?)([0-9]+)")
 _SPLITS = ("train", "eval")
 
 
-def _is_eval_prompt(prompt: str) -> bool:
+def is_eval_prompt(prompt: str) -> bool:
     """Stable (process-independent) split assignment of a prompt text."""
     digest = hashlib.blake2b(prompt.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") % EVAL_BUCKETS == 0
@@ -73,7 +77,7 @@ def solve(prompt: str) -> str:
         new = value + b if op == "+" else value - b
         lines.append(f"{value}{op}{b}={new}")
         value = new
-    lines.append(f"{_MARKER} {value}")
+    lines.append(f"{MARKER} {value}")
     return "\n".join(lines)
 
 
@@ -94,8 +98,13 @@ def make_problem(rng: random.Random) -> dict[str, str]:
     return _render(operands, ops)
 
 
-def make_problems(n: int, seed: int, split: str = "train") -> list[dict[str, str]]:
-    """`n` problems of `split` ('train' | 'eval'), deterministic in (`seed`, `split`).
+TASKS = ("first_decision", "chain_tail", "chain_uniform")
+
+
+def make_problems(n: int, seed: int, split: str = "train",
+                  task: str = "first_decision") -> list[dict[str, str]]:
+    """`n` problems of `split` ('train' | 'eval') of the built-in `task`, deterministic in
+    (`seed`, `split`, `task`).
 
     Rows: ``{"uid", "prompt", "answer", "solution"}``; uids are unique within (seed, split).
     Prompts may repeat within a split (short chains have few distinct values) but never across
@@ -105,12 +114,18 @@ def make_problems(n: int, seed: int, split: str = "train") -> list[dict[str, str
         raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    if task != "first_decision":
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+        from areal_sys.data import chain
+
+        return chain.make_problems(n, seed, split, task)
     rng = random.Random(f"areal_sys.synthetic.v{TASK_VERSION}:{seed}:{split}")
     want_eval = split == "eval"
     rows: list[dict[str, str]] = []
     while len(rows) < n:
         p = make_problem(rng)
-        if _is_eval_prompt(p["prompt"]) != want_eval or len(p["solution"]) > MAX_SOLUTION_CHARS:
+        if is_eval_prompt(p["prompt"]) != want_eval or len(p["solution"]) > MAX_SOLUTION_CHARS:
             continue
         rows.append({"uid": f"synthetic-{split}-{seed}-{len(rows)}", **p})
     return rows
@@ -123,10 +138,10 @@ def extract_answer(text: str) -> str | None:
     may follow it, and the integer has at most 30 digits. Linear time and constant extra memory
     on any input: one `rfind`, then a regex over a bounded slice (no backtracking over the text).
     """
-    i = text.rfind(_MARKER)
+    i = text.rfind(MARKER)
     if i < 0:
         return None
-    m = _ANSWER_RE.match(text, i + len(_MARKER), i + len(_MARKER) + 64)
+    m = _ANSWER_RE.match(text, i + len(MARKER), i + len(MARKER) + 64)
     if m is None:
         return None
     return str(int(m.group(1)))

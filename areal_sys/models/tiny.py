@@ -22,6 +22,7 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -149,27 +150,43 @@ def ensure_tiny_model(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     sft: SFTSettings | None = None,
+    task: str = "first_decision",
 ) -> Path:
     """Path of the warm-started tiny model, built on first use and then reused from the cache.
+
+    `task` picks the built-in task the model is warm-started for: `first_decision` (below) or a
+    long-chain task (`areal_sys.models.chain_model`, warm-started from this one).
 
     Built with plain PyTorch on CPU in fp32, deterministic in `seed` for a given thread count
     (float reductions differ across thread counts). Measured on 2 cores (seed 1, 1000 steps):
     build ~85 s; held-out pass rate at temperature 1 ~0.30 (greedy ~0.13: it guesses).
     Location: `cache_dir`, else `$AREAL_SYS_CACHE`, else `~/.cache/areal_sys`, in a subdirectory
-    named by `tiny_model_key`. The model is written to a temporary sibling directory and renamed
-    into place, so a crash never leaves a half-written model; concurrent builders race harmlessly
-    (the first rename wins, the others discard their copy).
+    named by `tiny_model_key`; written atomically (`build_cached`).
     """
-    root = _cache_root(cache_dir)
-    final = root / f"tiny-qwen2-{tiny_model_key(seed, sft_steps, sft)}"
+    if task != "first_decision":
+        from areal_sys.models.chain_model import ensure_chain_model
+
+        return ensure_chain_model(task, seed=seed, cache_dir=cache_dir, progress=progress)
+    final = _cache_root(cache_dir) / f"tiny-qwen2-{tiny_model_key(seed, sft_steps, sft)}"
+    return build_cached(final, lambda: _train_sft(seed, sft_steps, sft or SFTSettings(), progress))
+
+
+def build_cached(final: Path, build: Callable[[], tuple[Any, Any]],
+                 extra_files: Callable[[], dict[str, str]] | None = None) -> Path:
+    """`final` if a complete model is there; else `build()` -> (model, tokenizer), saved to a
+    temporary sibling directory (with `extra_files()` name -> text) and renamed into place, so a
+    crash never leaves a half-written model and concurrent builders race harmlessly (the first
+    rename wins, the others discard their copy)."""
     if _is_complete(final):
         return final
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=final.parent))
     try:
-        model, tok = _train_sft(seed, sft_steps, sft or SFTSettings(), progress)
+        model, tok = build()
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        for name, text in (extra_files() if extra_files else {}).items():
+            (tmp / name).write_text(text)
         try:
             os.rename(tmp, final)
         except OSError:
@@ -208,7 +225,6 @@ def _demonstration(row: dict[str, str], rng: random.Random, sft: SFTSettings) ->
 def _train_sft(seed: int, steps: int, sft: SFTSettings, progress: bool):
     """Supervised warm start on synthetic train problems: fp32, CPU, deterministic in `seed`."""
     import torch
-    from tqdm.auto import tqdm
     from transformers import GenerationConfig, Qwen2ForCausalLM
 
     from areal_sys.data.synthetic import make_problems
@@ -234,14 +250,25 @@ def _train_sft(seed: int, steps: int, sft: SFTSettings, progress: bool):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     rows = make_problems(steps * sft.batch_size, seed=seed, split="train")
     noise = random.Random(seed)
-    bar = tqdm(range(steps), desc="tiny model SFT", disable=not progress, unit="step")
+    examples = ((r["prompt"], _demonstration(r, noise, sft)) for r in rows)
+    sft_loop(model, tok, opt, sched, examples, steps, sft.batch_size, "tiny model SFT", progress)
+    return model, tok
+
+
+def sft_loop(model, tok, opt, sched, examples: Iterator[tuple[str, str]], steps: int,
+             batch_size: int, desc: str, progress: bool) -> None:
+    """`steps` supervised steps of `batch_size` (prompt, response) pairs from `examples`: the
+    response tokens (and EOS) are the labels, the sequences packed into one padding-free row."""
+    import torch
+    from tqdm.auto import tqdm
+
+    model.train()
+    bar = tqdm(range(steps), desc=desc, disable=not progress, unit="step")
     for step in bar:
-        batch = rows[step * sft.batch_size : (step + 1) * sft.batch_size]
-        prompts = [tok.encode(r["prompt"]) for r in batch]
-        seqs = [
-            p + tok.encode(_demonstration(r, noise, sft)) + [tok.eos_token_id]
-            for p, r in zip(prompts, batch, strict=True)
-        ]
+        batch = [next(examples) for _ in range(batch_size)]
+        prompts = [tok.encode(p) for p, _ in batch]
+        seqs = [p + tok.encode(r) + [tok.eos_token_id]
+                for p, (_, r) in zip(prompts, batch, strict=True)]
         ids, pos, labels = _pack(seqs, [len(p) for p in prompts])
         out = model(input_ids=ids, position_ids=pos, labels=labels, use_cache=False)
         opt.zero_grad(set_to_none=True)
@@ -252,7 +279,6 @@ def _train_sft(seed: int, steps: int, sft: SFTSettings, progress: bool):
         if step % 10 == 0 or step == steps - 1:
             bar.set_postfix(loss=f"{out.loss.item():.3f}")
     model.eval()
-    return model, tok
 
 
 def sampled_pass_rate(

@@ -21,9 +21,21 @@ def write_jsonl(path: Path, lines: list[str]) -> Path:
 
 
 def test_synthetic_rows_match_the_generator() -> None:
-    rows = load_rows("synthetic", split="eval", synthetic_size=10, seed=2)
-    problems = make_problems(10, 2, "eval")
+    rows = load_rows("synthetic", split="train", synthetic_size=10, seed=2)
+    problems = make_problems(10, 2, "train")
     assert rows == [PromptRow(p["uid"], p["prompt"], p["answer"], "synthetic") for p in problems]
+    rows = load_rows("synthetic", split="train", synthetic_size=4, seed=2,
+                     synthetic_task="chain_tail")
+    assert [r.prompt for r in rows] == [p["prompt"] for p in make_problems(4, 2, "train",
+                                                                            "chain_tail")]
+
+
+def test_the_synthetic_eval_set_is_the_same_whatever_the_seed() -> None:
+    held = [load_rows("synthetic", split="eval", synthetic_size=10, seed=s) for s in (1, 2, 7)]
+    assert held[0] == held[1] == held[2]
+    assert [r.prompt for r in held[0]] == [p["prompt"] for p in make_problems(10, 1, "eval")]
+    assert load_rows("synthetic", split="train", synthetic_size=10, seed=1) != load_rows(
+        "synthetic", split="train", synthetic_size=10, seed=2)
     rows = load_rows("synthetic", split="train", synthetic_size=3, seed=2, task="math")
     assert [r.task for r in rows] == ["math"] * 3
 
