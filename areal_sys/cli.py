@@ -80,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("make-tiny-model", help="build (or reuse) the cached tiny CPU model")
     tiny.add_argument("--seed", type=_count, default=1)
     tiny.add_argument("--sft-steps", type=_count, default=None)
+    tiny.add_argument("--task", choices=("first_decision", "chain_tail", "chain_uniform"),
+                      default="first_decision", help="the built-in task it is warm-started for")
     sub.add_parser("reward-serve", add_help=False,
                         help="HTTP reward service (POST /score, GET /health); --help for options")
     bench = sub.add_parser("bench", help="run benchmarks/NAME.py [its options] (source checkout)")
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "make-tiny-model":
             from areal_sys.models.tiny import ensure_tiny_model
 
-            kwargs: dict[str, Any] = {"seed": args.seed}
+            kwargs: dict[str, Any] = {"seed": args.seed, "task": args.task}
             if args.sft_steps is not None:
                 kwargs["sft_steps"] = args.sft_steps
             print(ensure_tiny_model(**kwargs))

@@ -30,7 +30,8 @@ def resolve_model(cfg: ExperimentConfig, progress: bool = True) -> str:
         steps = cfg.model.tiny_sft_steps
         extra = {} if steps is None else {"sft_steps": steps}
         seed = cfg.seed if cfg.model.tiny_seed is None else cfg.model.tiny_seed
-        local = str(ensure_tiny_model(seed=seed, progress=progress, **extra))
+        local = str(ensure_tiny_model(seed=seed, progress=progress,
+                                      task=cfg.data.synthetic_task, **extra))
     elif Path(path).expanduser().is_dir():
         local = str(Path(path).expanduser().resolve())
     else:
