@@ -9,7 +9,7 @@ It stops once every position's error is about the demonstrator's rate there
 (`gate_passed`: at most `tolerance` x the injected rate + `slack` for the sampling noise of the
 measurement), or after `max_chunks`. The model directory holds `warm_start.json`: the build
 time, the chunks trained, the measured errors by position, the sampled pass rate and whether the
-gate passed. Deterministic in `seed` for a given thread count, like the base model.
+gate passed. It runs on one thread, so it is deterministic in `seed` on any machine.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class ChainWarmStart:
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 20
-    chunk_steps: int = 150
+    chunk_steps: int = 100
     max_chunks: int = 10
     gate_problems: int = 128
     tolerance: float = 1.5
@@ -101,16 +101,32 @@ def measure(model, tok, task: str, seed: int, settings: ChainWarmStart) -> dict[
 
 def _warm_start(base: Path, task: str, seed: int, settings: ChainWarmStart, progress: bool,
                 report: dict[str, Any]):
-    """Continue the base model's training on `task`'s demonstrator until `gate_passed`."""
+    """Continue the base model's training on `task`'s demonstrator until `gate_passed`, on one
+    thread."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from areal_sys.data.chain import MIN_STEPS, demonstration, iter_problems
-    from areal_sys.models.tiny import sft_loop
 
     t0 = time.time()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same model on any machine; no thread stalls on shared cores
+    try:
+        return _train_until_gate(base, task, seed, settings, progress, report, t0)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_until_gate(base: Path, task: str, seed: int, settings: ChainWarmStart,
+                      progress: bool, report: dict[str, Any], t0: float):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from areal_sys.data.chain import MIN_STEPS, demonstration, iter_problems
+    from areal_sys.models.tiny import build_tokenizer, sft_loop
+
     torch.manual_seed(seed)
-    tok = AutoTokenizer.from_pretrained(base)
+    # built, not loaded: AutoTokenizer on the model directory gives transformers' Qwen2
+    # tokenizer (config.json's model type), whose byte-level pre-tokenizer drops the newlines
+    # and spaces of the responses; the saved tokenizer.json itself is right (vLLM decodes it)
+    tok = build_tokenizer()
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -122,13 +138,18 @@ def _warm_start(base: Path, task: str, seed: int, settings: ChainWarmStart, prog
     history = []
     for chunk in range(1, settings.max_chunks + 1):
         sft_loop(model, tok, opt, sched, examples, settings.chunk_steps, settings.batch_size,
-                 f"{task} warm start {chunk}", progress)
+                 f"{task} warm start {chunk}", progress, packed=False)
         rng_state = torch.get_rng_state()
         figures = measure(model, tok, task, seed, settings)
         torch.set_rng_state(rng_state)
         history.append({"chunk": chunk, **figures})
         passed = gate_passed(figures["step_error_from_end"], injected, settings.tolerance,
                              settings.slack)
+        if progress:
+            tail = ", ".join(f"{e:.2f}" for e in figures["step_error_from_end"][:4])
+            print(f"{task} warm start {chunk}: sampled pass rate {figures['pass_rate']:.2f}, "
+                  f"error by step from the end {tail}, ...; gate "
+                  f"{'passed' if passed else 'not yet'}", flush=True)
         if passed:
             break
     report.update({

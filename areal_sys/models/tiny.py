@@ -216,6 +216,21 @@ def _pack(seqs: list[list[int]], prompt_lens: list[int]):
     return as_row(ids), as_row(pos), as_row(labels)
 
 
+def _pad(seqs: list[list[int]], prompt_lens: list[int], pad_id: int):
+    """A right-padded batch: ids, attention mask, labels (prompt and padding masked with -100)."""
+    import torch
+
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    labels = torch.full((len(seqs), width), -100, dtype=torch.long)
+    for i, (s, p) in enumerate(zip(seqs, prompt_lens, strict=True)):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+        labels[i, p : len(s)] = torch.tensor(s[p:])
+    return ids, mask, labels
+
+
 def _demonstration(row: dict[str, str], rng: random.Random, sft: SFTSettings) -> str:
     """The sloppy demonstrator's response: a bare guess (`guess_prob`) or the reference chain."""
     if rng.random() < sft.guess_prob:
@@ -258,9 +273,11 @@ def _train_sft(seed: int, steps: int, sft: SFTSettings, progress: bool):
 
 
 def sft_loop(model, tok, opt, sched, examples: Iterator[tuple[str, str]], steps: int,
-             batch_size: int, desc: str, progress: bool) -> None:
+             batch_size: int, desc: str, progress: bool, packed: bool = True) -> None:
     """`steps` supervised steps of `batch_size` (prompt, response) pairs from `examples`: the
-    response tokens (and EOS) are the labels, the sequences packed into one padding-free row."""
+    response tokens (and EOS) are the labels. `packed`: the sequences in one padding-free row
+    (short, uneven sequences; attention over the row costs its length squared on CPU), else a
+    right-padded batch (long sequences of similar length)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -271,8 +288,12 @@ def sft_loop(model, tok, opt, sched, examples: Iterator[tuple[str, str]], steps:
         prompts = [tok.encode(p) for p, _ in batch]
         seqs = [p + tok.encode(r) + [tok.eos_token_id]
                 for p, (_, r) in zip(prompts, batch, strict=True)]
-        ids, pos, labels = _pack(seqs, [len(p) for p in prompts])
-        out = model(input_ids=ids, position_ids=pos, labels=labels, use_cache=False)
+        if packed:
+            ids, pos, labels = _pack(seqs, [len(p) for p in prompts])
+            out = model(input_ids=ids, position_ids=pos, labels=labels, use_cache=False)
+        else:
+            ids, mask, labels = _pad(seqs, [len(p) for p in prompts], tok.pad_token_id)
+            out = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
