@@ -18,16 +18,18 @@
 
 Empty responses still count in their group's statistics but get no entry (nothing to train).
 Pure tensor code: no I/O, no distributed calls; shared by the policy trainer and the critic.
+`Proximal` holds one train step's π_prox and π_ref rows and the metrics measured on π_prox.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from areal_sys.algorithms import Algorithm, broadcast_to_tokens
+from areal_sys.packing import PackedMicroBatch
 from areal_sys.trajectory import Group
 
 # per trajectory, nested like the groups: [group][member][token]
@@ -119,6 +121,27 @@ def prepare_batch(
             b.positions.append((gi, k))
             b.prefix_lens.append(t.prefix_len)
     return b
+
+
+@dataclass
+class Proximal:
+    """One train step's per-sequence π_prox and π_ref rows of this rank (other ranks' sequences
+    stay empty), and the metric numerators measured on π_prox per micro-batch of `mbs` (this
+    rank's micro-batches in plan order). The trainer sums `parts` in that order, so the sums do
+    not depend on which pass (the proximal forward or the training forward) measured them."""
+
+    batch: TrainBatch
+    mbs: list[PackedMicroBatch]
+    kl_metric: bool  # measure k3(π_prox ‖ π_ref) this step
+    prox: list[torch.Tensor] = field(default_factory=list)
+    ref: list[torch.Tensor] = field(default_factory=list)
+    parts: list[dict[str, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        n = len(self.batch.prompts)
+        self.prox = [torch.zeros(0) for _ in range(n)]
+        self.ref = [torch.zeros(0) for _ in range(n)]
+        self.parts = [{} for _ in self.mbs]
 
 
 def nest(values: list[list[float]], batch: TrainBatch, groups: list[Group]) -> Nested:

@@ -71,6 +71,15 @@ def nested_logprobs(
     return [[next(flat) for _ in g.trajectories] for g in groups]
 
 
+def has_dropout(model: torch.nn.Module) -> bool:
+    """Whether a train-mode forward of `model` may differ from an eval-mode one: a dropout module
+    with p > 0, or an attention dropout > 0 in its config (applied inside the attention call)."""
+    if any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
+        return True
+    config = getattr(model, "config", None)
+    return float(getattr(config, "attention_dropout", 0.0) or 0.0) > 0
+
+
 class ReferencePolicy:
     """A frozen copy of `model` (taken at construction): its logits, log-probs, KL-reward sums."""
 
