@@ -29,7 +29,13 @@ from dataclasses import dataclass, field
 import torch
 
 from areal_sys.algorithms import Algorithm, broadcast_to_tokens
-from areal_sys.packing import PackedMicroBatch
+from areal_sys.algorithms.kl import kl_k3
+from areal_sys.packing import (
+    PackedMicroBatch,
+    from_sequences,
+    response_entropy,
+    to_padded,
+)
 from areal_sys.trajectory import Group
 
 # per trajectory, nested like the groups: [group][member][token]
@@ -142,6 +148,35 @@ class Proximal:
         self.prox = [torch.zeros(0) for _ in range(n)]
         self.ref = [torch.zeros(0) for _ in range(n)]
         self.parts = [{} for _ in self.mbs]
+
+    @torch.no_grad()
+    def measure(
+        self, j: int, logits: torch.Tensor, logp_rows: torch.Tensor, temperature: float
+    ) -> None:
+        """π_prox := `logp_rows` ([S, L], no gradient) for the sequences of micro-batch `j`, and
+        into `parts[j]` the sums measured on it over loss tokens: the entropy (of `logits`),
+        logπ_b − logπ_prox, the token, trained-sequence and response-token counts, and with
+        `kl_metric` k3(π_prox ‖ π_ref) (π_ref of these sequences filled in before)."""
+        mb, b = self.mbs[j], self.batch
+
+        def rows(values: list[torch.Tensor]) -> torch.Tensor:
+            return from_sequences([values[i] for i in mb.seq_indices]).to(logp_rows.device)
+
+        for s, i in enumerate(mb.seq_indices):
+            self.prox[i] = logp_rows[s, : len(b.responses[i])].cpu()
+        mask = rows(b.mask)
+        keep = mask.bool()
+        entropy = to_padded(response_entropy(logits, temperature), mb)
+        part = {
+            "entropy": float(entropy[keep].sum()),
+            "kl_behav": float((rows(b.behav) - logp_rows)[keep].sum()),
+            "n_loss_tokens": float(keep.sum()),
+            "n_seqs_trained": float((mask.sum(-1) > 0).sum()),
+            "response_tokens": float(sum(len(b.responses[i]) for i in mb.seq_indices)),
+        }
+        if self.kl_metric:
+            part["kl_initial"] = float(kl_k3(logp_rows, rows(self.ref))[keep].sum())
+        self.parts[j] = part
 
 
 def nest(values: list[list[float]], batch: TrainBatch, groups: list[Group]) -> Nested:

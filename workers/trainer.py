@@ -55,7 +55,6 @@ from typing import Any
 import torch
 
 from areal_sys.algorithms import LossDenominators, build_algorithm
-from areal_sys.algorithms.kl import kl_k3
 from areal_sys.algorithms.rpo import on_policy_prefix
 from areal_sys.attention import attention_implementation
 from areal_sys.config import ExperimentConfig, TrainerConfig
@@ -65,7 +64,6 @@ from areal_sys.packing import (
     pack_micro_batch,
     packing_stats,
     plan_minibatches,
-    response_entropy,
     response_logprobs,
     to_padded,
 )
@@ -315,32 +313,9 @@ class TrainerWorker:
             logits = self._logits(mb)  # also for a dummy: ZeRO-3 forwards are collective
             if mb.seq_indices:
                 logp = to_padded(response_logprobs(logits, mb.target_ids, self.temperature), mb)
-                px.parts[j] = self._measure(px, mb, logits, logp)
+                px.measure(j, logits, logp, self.temperature)
         self.engine.train()
         return time.perf_counter() - t0
-
-    @torch.no_grad()
-    def _measure(
-        self, px: Proximal, mb: PackedMicroBatch, logits: torch.Tensor, logp_rows: torch.Tensor
-    ) -> dict[str, float]:
-        """Store `logp_rows` (no gradient, [S, L]) as π_prox of the micro-batch's sequences and
-        return the metric numerators measured on it."""
-        batch = px.batch
-        for s, i in enumerate(mb.seq_indices):
-            px.prox[i] = logp_rows[s, : len(batch.responses[i])].cpu()
-        mask = self._rows(batch.mask, mb)
-        keep = mask.bool()
-        ent_rows = to_padded(response_entropy(logits, self.temperature), mb)
-        part = {
-            "entropy": float(ent_rows[keep].sum()),
-            "kl_behav": float((self._rows(batch.behav, mb) - logp_rows)[keep].sum()),
-            "n_loss_tokens": float(keep.sum()),
-            "n_seqs_trained": float((mask.sum(-1) > 0).sum()),
-            "response_tokens": float(sum(len(batch.responses[i]) for i in mb.seq_indices)),
-        }
-        if px.kl_metric:
-            part["kl_initial"] = float(kl_k3(logp_rows, self._rows(px.ref, mb))[keep].sum())
-        return part
 
     def _train_micro_batch(
         self, px: Proximal, mb: PackedMicroBatch, denom: LossDenominators,
@@ -357,7 +332,7 @@ class TrainerWorker:
         mask = self._rows(batch.mask, mb)
         logp_rows = to_padded(logp, mb)
         if measure is not None:
-            px.parts[measure] = self._measure(px, mb, logits.detach(), logp_rows.detach())
+            px.measure(measure, logits.detach(), logp_rows.detach(), self.temperature)
         behav = [batch.behav[i] for i in mb.seq_indices]
         if self.algo.prefix_loss == "faithful":  # RPO: cached prefixes count as on-policy
             behav = [on_policy_prefix(b, px.prox[i], batch.prefix_lens[i])
