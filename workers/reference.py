@@ -6,7 +6,8 @@ penalty on) or the `kl_to_initial` metric is asked for, else None. The copy is m
 from the freshly loaded model, before DeepSpeed wraps it. It stays fp32 and unsharded (one full
 copy per rank, moved to the engine's device on first use) and never trains.
 
-Uses: reference log-probs in the trainer's proximal pass (KL in the loss, and the metric),
+Uses: reference log-probs in the trainer's reference pass before the update (KL in the loss
+every step, the metric on its schedule),
 `TrainerWorker.reference_logprobs(groups)` for a KL placed in the reward (the controller passes
 them to the critic), and `kl_reward_sums` (a group estimator adds the summed −β·KL_t of each
 response to its reward).

@@ -94,7 +94,8 @@ class TrainerWorker:
     and builds the engine), `train_step(...)` per policy version, `export_weights(...)` or
     `broadcast_weights()` for weight sync, `save_checkpoint(...)` for checkpoints, `shutdown()`
     at the end. Reads the sections `trainer`, `algorithm`, `rpo`, `model.dtype`, `seed`,
-    `rollout.temperature` / `max_new_tokens` and `logging.kl_to_initial` of `cfg`.
+    `rollout.temperature` / `max_new_tokens` and `logging.kl_to_initial` / `kl_to_initial_every`
+    of `cfg`.
     """
 
     def __init__(
