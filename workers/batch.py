@@ -18,16 +18,24 @@
 
 Empty responses still count in their group's statistics but get no entry (nothing to train).
 Pure tensor code: no I/O, no distributed calls; shared by the policy trainer and the critic.
+`Proximal` holds one train step's π_prox and π_ref rows and the metrics measured on π_prox.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from areal_sys.algorithms import Algorithm, broadcast_to_tokens
+from areal_sys.algorithms.kl import kl_k3
+from areal_sys.packing import (
+    PackedMicroBatch,
+    from_sequences,
+    response_entropy,
+    to_padded,
+)
 from areal_sys.trajectory import Group
 
 # per trajectory, nested like the groups: [group][member][token]
@@ -119,6 +127,56 @@ def prepare_batch(
             b.positions.append((gi, k))
             b.prefix_lens.append(t.prefix_len)
     return b
+
+
+@dataclass
+class Proximal:
+    """One train step's per-sequence π_prox and π_ref rows of this rank (other ranks' sequences
+    stay empty), and the metric numerators measured on π_prox per micro-batch of `mbs` (this
+    rank's micro-batches in plan order). The trainer sums `parts` in that order, so the sums do
+    not depend on which pass (the proximal forward or the training forward) measured them."""
+
+    batch: TrainBatch
+    mbs: list[PackedMicroBatch]
+    kl_metric: bool  # measure k3(π_prox ‖ π_ref) this step
+    prox: list[torch.Tensor] = field(default_factory=list)
+    ref: list[torch.Tensor] = field(default_factory=list)
+    parts: list[dict[str, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        n = len(self.batch.prompts)
+        self.prox = [torch.zeros(0) for _ in range(n)]
+        self.ref = [torch.zeros(0) for _ in range(n)]
+        self.parts = [{} for _ in self.mbs]
+
+    @torch.no_grad()
+    def measure(
+        self, j: int, logits: torch.Tensor, logp_rows: torch.Tensor, temperature: float
+    ) -> None:
+        """π_prox := `logp_rows` ([S, L], no gradient) for the sequences of micro-batch `j`, and
+        into `parts[j]` the sums measured on it over loss tokens: the entropy (of `logits`),
+        logπ_b − logπ_prox, the token, trained-sequence and response-token counts, and with
+        `kl_metric` k3(π_prox ‖ π_ref) (π_ref of these sequences filled in before)."""
+        mb, b = self.mbs[j], self.batch
+
+        def rows(values: list[torch.Tensor]) -> torch.Tensor:
+            return from_sequences([values[i] for i in mb.seq_indices]).to(logp_rows.device)
+
+        for s, i in enumerate(mb.seq_indices):
+            self.prox[i] = logp_rows[s, : len(b.responses[i])].cpu()
+        mask = rows(b.mask)
+        keep = mask.bool()
+        entropy = to_padded(response_entropy(logits, temperature), mb)
+        part = {
+            "entropy": float(entropy[keep].sum()),
+            "kl_behav": float((rows(b.behav) - logp_rows)[keep].sum()),
+            "n_loss_tokens": float(keep.sum()),
+            "n_seqs_trained": float((mask.sum(-1) > 0).sum()),
+            "response_tokens": float(sum(len(b.responses[i]) for i in mb.seq_indices)),
+        }
+        if self.kl_metric:
+            part["kl_initial"] = float(kl_k3(logp_rows, rows(self.ref))[keep].sum())
+        self.parts[j] = part
 
 
 def nest(values: list[list[float]], batch: TrainBatch, groups: list[Group]) -> Nested:

@@ -6,7 +6,8 @@ penalty on) or the `kl_to_initial` metric is asked for, else None. The copy is m
 from the freshly loaded model, before DeepSpeed wraps it. It stays fp32 and unsharded (one full
 copy per rank, moved to the engine's device on first use) and never trains.
 
-Uses: reference log-probs in the trainer's proximal pass (KL in the loss, and the metric),
+Uses: reference log-probs in the trainer's reference pass before the update (KL in the loss
+every step, the metric on its schedule),
 `TrainerWorker.reference_logprobs(groups)` for a KL placed in the reward (the controller passes
 them to the critic), and `kl_reward_sums` (a group estimator adds the summed −β·KL_t of each
 response to its reward).
@@ -69,6 +70,15 @@ def nested_logprobs(
             out[i] = rows[s, : len(trajs[i].response_ids)].tolist()
     flat = iter(out)
     return [[next(flat) for _ in g.trajectories] for g in groups]
+
+
+def has_dropout(model: torch.nn.Module) -> bool:
+    """Whether a train-mode forward of `model` may differ from an eval-mode one: a dropout module
+    with p > 0, or an attention dropout > 0 in its config (applied inside the attention call)."""
+    if any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
+        return True
+    config = getattr(model, "config", None)
+    return float(getattr(config, "attention_dropout", 0.0) or 0.0) > 0
 
 
 class ReferencePolicy:

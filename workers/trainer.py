@@ -8,10 +8,14 @@ A plain class; the controller wraps it with `ray.remote`. One `train_step(groups
 2. the batch is split into `ppo_minibatches` minibatches (balanced tokens), each minibatch over
    the data-parallel ranks (balanced tokens), and each rank's share packed padding-free into
    micro-batches of at most `max_tokens_per_microbatch` tokens, the same count on every rank;
-3. proximal log-probs are recomputed ONCE for every sequence, without gradient, with the weights
-   before this step (π_prox of decoupled PPO); the policy entropy, the approximate KL to the
-   behaviour policy, mean(logπ_b − logπ_prox), and, with a reference model, the reference
-   log-probs and the KL to the initial policy are measured on the same pass;
+3. π_prox (decoupled PPO's proximal policy: the weights before this step) for every sequence.
+   The first minibatch's update is the first optimiser step, so all its micro-batches run at the
+   proximal weights: their π_prox is the training forward's own log-probs, detached (exact, no
+   extra pass). Only later minibatches (`ppo_minibatches` > 1) need a no-gradient proximal
+   forward, before the first step. The policy entropy and the approximate KL to the behaviour
+   policy, mean(logπ_b − logπ_prox), are measured on π_prox wherever it comes from; the reference
+   log-probs (KL in the loss, and the `kl_to_initial` metric on its schedule) in a no-gradient
+   reference forward before the first step;
 4. one optimiser update per minibatch, accumulating gradients over its micro-batches. Every
    micro-batch loss is normalised by denominators of the whole minibatch (all ranks), so the
    micro-batch losses sum to the minibatch loss. With `kl_in_loss`, β·KL_t to the reference is
@@ -23,10 +27,17 @@ on its facts (`needs_reference`, `kl_in_loss`, `kl_in_reward`, token-level or gr
 Composed of parts it holds, not mixins: `self.algo` (built once, from `cfg.algorithm`),
 `self.reference` (workers/reference.py: a frozen copy of the initial policy, or None), loaded when
 the algorithm needs it (KL on) or `logging.kl_to_initial` asks for the metric `kl_to_initial` =
-mean over loss tokens of k3(π_prox ‖ π_init), at the cost of one more no-gradient forward over
-the rank's sequences per step and the model's memory; and `self.weights`
+mean over loss tokens of k3(π_prox ‖ π_init), measured every `logging.kl_to_initial_every` steps
+at the cost of one more no-gradient forward over the rank's sequences on those steps, and the
+model's memory; and `self.weights`
 (workers/trainer_weights.py: weight export, broadcast and checkpoint files over the engine). The
 actor's remote methods below are one-line calls into these parts.
+
+Reusing the training forward as π_prox is exact where a no-gradient forward of the same packed
+micro-batch gives the same logits, which holds when the model has no active dropout (the training
+forward runs in train mode, the proximal pass in eval mode): with dropout > 0 `setup()` logs it
+and every minibatch gets the proximal pass. tests/workers/test_proximal_reuse.py proves the
+losses, gradients, weights and metrics bit-identical to the proximal pass over every minibatch.
 
 Log-probs are log_softmax(logits / temperature) at the response positions, in float32. Only
 response tokens with loss_mask 1 train. Every rank receives the whole batch and derives the same
@@ -44,7 +55,6 @@ from typing import Any
 import torch
 
 from areal_sys.algorithms import LossDenominators, build_algorithm
-from areal_sys.algorithms.kl import kl_k3
 from areal_sys.algorithms.rpo import on_policy_prefix
 from areal_sys.attention import attention_implementation
 from areal_sys.config import ExperimentConfig, TrainerConfig
@@ -54,19 +64,18 @@ from areal_sys.packing import (
     pack_micro_batch,
     packing_stats,
     plan_minibatches,
-    response_entropy,
     response_logprobs,
     to_padded,
 )
 from areal_sys.trajectory import Group
-from workers.batch import Nested, TrainBatch, lr_at_step, prepare_batch
+from workers.batch import Nested, Proximal, TrainBatch, lr_at_step, prepare_batch
 from workers.deepspeed_engine import (
     build_engine,
     join_process_group,
     reduce_over_ranks,
     release_engine,
 )
-from workers.reference import ReferencePolicy, nested_logprobs, packed_logits
+from workers.reference import ReferencePolicy, has_dropout, nested_logprobs, packed_logits
 from workers.trainer_weights import WeightsOut
 from workers.weight_sync import TensorMeta
 
@@ -85,7 +94,8 @@ class TrainerWorker:
     and builds the engine), `train_step(...)` per policy version, `export_weights(...)` or
     `broadcast_weights()` for weight sync, `save_checkpoint(...)` for checkpoints, `shutdown()`
     at the end. Reads the sections `trainer`, `algorithm`, `rpo`, `model.dtype`, `seed`,
-    `rollout.temperature` / `max_new_tokens` and `logging.kl_to_initial` of `cfg`.
+    `rollout.temperature` / `max_new_tokens` and `logging.kl_to_initial` / `kl_to_initial_every`
+    of `cfg`.
     """
 
     def __init__(
@@ -97,12 +107,15 @@ class TrainerWorker:
         self.algo = build_algorithm(
             cfg.algorithm, max_new_tokens=cfg.rollout.max_new_tokens, rpo=cfg.rpo
         )
-        self.use_reference = self.algo.needs_reference or cfg.logging.kl_to_initial
+        log_cfg = cfg.logging  # the kl_to_initial metric's period in steps (None: off)
+        self.kl_metric_every = log_cfg.kl_to_initial_every if log_cfg.kl_to_initial else None
+        self.use_reference = self.algo.needs_reference or self.kl_metric_every is not None
         self.rank, self.world_size, self.master_port = rank, world_size, master_port
         self.dtype, self.seed, self.temperature = cfg.model.dtype, cfg.seed, cfg.rollout.temperature
         self.engine: Any = None
         self.reference: ReferencePolicy | None = None
         self._weights: WeightsOut | None = None
+        self._reuse_train_logp = True  # π_prox of the first minibatch from its training forward
 
     # ----------------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -120,6 +133,7 @@ class TrainerWorker:
                 model, temperature=self.temperature,
                 max_tokens=self.train_cfg.max_tokens_per_microbatch,
             )
+        self._reuse_train_logp = not has_dropout(model)
         cfg = self.train_cfg
         self.engine = build_engine(model, cfg, lr=cfg.lr, dtype=self.dtype)
         self._weights = WeightsOut(
@@ -128,9 +142,11 @@ class TrainerWorker:
         )
         if self.rank == 0:
             log.info(
-                "TrainerWorker: world_size=%d zero_stage=%d dtype=%s backend=%s; %s",
+                "TrainerWorker: world_size=%d zero_stage=%d dtype=%s backend=%s; %s; π_prox %s",
                 self.world_size, cfg.zero_stage, self.dtype,
                 "nccl" if on_gpu else "gloo", self.algo.summary,
+                "of the first minibatch from its training forward" if self._reuse_train_logp
+                else "from a proximal pass over every minibatch (the model has dropout)",
             )
 
     @property
@@ -170,28 +186,35 @@ class TrainerWorker:
         whole = [[mb for plan in plans for mb in plan[r]] for r in range(self.world_size)]
         pstats = packing_stats(whole, lengths, budget)
 
+        # no optimiser step before the first minibatch: its micro-batches run at π_prox's weights
+        n_reused = len(my_mbs[0]) if self._reuse_train_logp else 0
+        kl_metric = self.kl_metric_every is not None and step % self.kl_metric_every == 0
+        px = Proximal(batch, [mb for mbs in my_mbs for mb in mbs], kl_metric)
         t0 = time.perf_counter()
-        prox, ref, sums = self._proximal_pass(batch, [mb for mbs in my_mbs for mb in mbs])
-        if self.algo.prefix_loss == "faithful":  # RPO: cached prefixes count as on-policy
-            batch.behav = [on_policy_prefix(b, p, n) if len(p) else b
-                           for b, p, n in zip(batch.behav, prox, batch.prefix_lens, strict=True)]
+        ref_s = self._reference_pass(px) if kl_metric or self.algo.kl_in_loss else 0.0
+        prox_s = self._proximal_pass(px, first=n_reused)
         t1 = time.perf_counter()
         lr = lr_at_step(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
                         total_steps=cfg.total_steps, schedule=cfg.lr_schedule)
         for group in self.engine.optimizer.param_groups:
             group["lr"] = lr
-        grad_norms = []
+        grad_norms, j = [], 0
+        sums = dict.fromkeys(_SUMS, 0.0) | {"behav_weight_max": 0.0}
         for plan, mbs in zip(plans, my_mbs, strict=True):
             members = [i for bins in plan for mb in bins for i in mb]  # all ranks' sequences
             denom = LossDenominators.from_masks(batch.mask[i] for i in members)
             for mb in mbs:
-                self._train_micro_batch(batch, mb, prox, ref, denom, sums)
+                self._train_micro_batch(px, mb, denom, sums, measure=j if j < n_reused else None)
+                j += 1
             pre_step_norm = self._plain_grad_norm()
             self.engine.step()
             norm = self.engine.get_global_grad_norm()
             grad_norms.append(float(norm) if norm is not None else pre_step_norm)
         t2 = time.perf_counter()
 
+        for part in px.parts:  # summed in plan order, whichever pass measured them
+            for key, value in part.items():
+                sums[key] += value
         s = reduce_over_ranks(sums, self.world_size, self.engine.device)
         n_tok = max(s["n_loss_tokens"], 1.0)
         metrics = {
@@ -214,11 +237,12 @@ class TrainerWorker:
             "rank_imbalance": pstats.rank_imbalance,
             "num_microbatches": float(pstats.num_microbatches),
             "num_minibatches": float(len(plans)),
-            "proximal_time_s": t1 - t0,
+            "proximal_time_s": prox_s,
+            "reference_time_s": ref_s,
             "train_time_s": t2 - t1,
             "tokens_per_s": sum(lengths) / max(t2 - t0, 1e-9),
         }
-        if self.reference is not None:
+        if kl_metric:
             metrics["kl_to_initial"] = s["kl_initial"] / n_tok
         if self.algo.kl_in_loss:
             metrics["kl_loss"] = s["kl_loss"] / max(len(plans), 1)
@@ -264,66 +288,62 @@ class TrainerWorker:
         return from_sequences([values[i] for i in mb.seq_indices]).to(self.engine.device)
 
     @torch.no_grad()
-    def _proximal_pass(
-        self, batch: TrainBatch, mbs: list[PackedMicroBatch]
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor], dict[str, float]]:
-        """π_prox (and π_ref with a reference model) for every sequence of this rank (weights
-        before the update; other ranks' sequences stay empty), plus the metric numerators."""
-        self.engine.eval()
-        prox = [torch.zeros(0) for _ in batch.prompts]
-        ref = [torch.zeros(0) for _ in batch.prompts]
-        sums = dict.fromkeys(_SUMS, 0.0)
-        sums["behav_weight_max"] = 0.0
-        for mb in mbs:
-            logits = self._logits(mb)
-            if not mb.seq_indices:
-                continue
-            logp_rows = to_padded(response_logprobs(logits, mb.target_ids, self.temperature), mb)
-            ent_rows = to_padded(response_entropy(logits, self.temperature), mb)
-            for s, i in enumerate(mb.seq_indices):
-                prox[i] = logp_rows[s, : len(batch.responses[i])].cpu()
-            mask = self._rows(batch.mask, mb)
-            keep = mask.bool()
-            if self.reference is not None:
-                ref_logits = self.reference.logits(mb)
-                ref_rows = to_padded(
-                    response_logprobs(ref_logits, mb.target_ids, self.temperature), mb
+    def _reference_pass(self, px: Proximal) -> float:
+        """π_ref of every sequence of this rank (the frozen initial weights); returns seconds."""
+        t0 = time.perf_counter()
+        reference = self._reference()
+        for mb in px.mbs:
+            if mb.seq_indices:
+                rows = to_padded(
+                    response_logprobs(reference.logits(mb), mb.target_ids, self.temperature), mb
                 )
                 for s, i in enumerate(mb.seq_indices):
-                    ref[i] = ref_rows[s, : len(batch.responses[i])].cpu()
-                sums["kl_initial"] += float(kl_k3(logp_rows, ref_rows)[keep].sum())
-            sums["entropy"] += float(ent_rows[keep].sum())
-            sums["kl_behav"] += float((self._rows(batch.behav, mb) - logp_rows)[keep].sum())
-            sums["n_loss_tokens"] += float(keep.sum())
-            sums["n_seqs_trained"] += float((mask.sum(-1) > 0).sum())
-            sums["response_tokens"] += float(sum(len(batch.responses[i]) for i in mb.seq_indices))
+                    px.ref[i] = rows[s, : len(px.batch.responses[i])].cpu()
+        return time.perf_counter() - t0
+
+    @torch.no_grad()
+    def _proximal_pass(self, px: Proximal, first: int) -> float:
+        """π_prox by a no-gradient forward (the weights before the update) of the micro-batches
+        `px.mbs[first:]`, with their metric numerators; returns seconds (0.0: none to run)."""
+        if first >= len(px.mbs):
+            return 0.0
+        t0 = time.perf_counter()
+        self.engine.eval()
+        for j in range(first, len(px.mbs)):
+            mb = px.mbs[j]
+            logits = self._logits(mb)  # also for a dummy: ZeRO-3 forwards are collective
+            if mb.seq_indices:
+                logp = to_padded(response_logprobs(logits, mb.target_ids, self.temperature), mb)
+                px.measure(j, logits, logp, self.temperature)
         self.engine.train()
-        return prox, ref, sums
+        return time.perf_counter() - t0
 
     def _train_micro_batch(
-        self,
-        batch: TrainBatch,
-        mb: PackedMicroBatch,
-        prox: list[torch.Tensor],
-        ref: list[torch.Tensor],
-        denom: LossDenominators,
-        sums: dict[str, float],
+        self, px: Proximal, mb: PackedMicroBatch, denom: LossDenominators,
+        sums: dict[str, float], measure: int | None,
     ) -> None:
-        logp = response_logprobs(self._logits(mb), mb.target_ids, self.temperature)
+        """Forward, loss and backward of one micro-batch. `measure`: its index in `px.mbs` when
+        the weights are still π_prox's, so this forward, detached, is π_prox (measured here)."""
+        logits = self._logits(mb)
+        logp = response_logprobs(logits, mb.target_ids, self.temperature)
         if not mb.seq_indices:
             self.engine.backward(logp.sum() * 0.0)
             return
+        batch = px.batch
         mask = self._rows(batch.mask, mb)
         logp_rows = to_padded(logp, mb)
+        if measure is not None:
+            px.measure(measure, logits.detach(), logp_rows.detach(), self.temperature)
+        behav = [batch.behav[i] for i in mb.seq_indices]
+        if self.algo.prefix_loss == "faithful":  # RPO: cached prefixes count as on-policy
+            behav = [on_policy_prefix(b, px.prox[i], batch.prefix_lens[i])
+                     for b, i in zip(behav, mb.seq_indices, strict=True)]
         token_loss, stats = self.algo.policy_loss(
-            logp_rows,
-            self._rows(prox, mb),
-            self._rows(batch.behav, mb),
-            self._rows(batch.adv, mb),
-            mask,
+            logp_rows, self._rows(px.prox, mb), from_sequences(behav).to(self.engine.device),
+            self._rows(batch.adv, mb), mask,
         )
         if self.algo.kl_in_loss:
-            kl_term = self.algo.kl_loss(logp_rows, self._rows(ref, mb), mask)
+            kl_term = self.algo.kl_loss(logp_rows, self._rows(px.ref, mb), mask)
             token_loss = token_loss + kl_term
             sums["kl_loss"] += float(self.algo.aggregate(kl_term.detach(), mask, denom))
         loss = self.algo.aggregate(token_loss, mask, denom)

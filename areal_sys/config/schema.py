@@ -186,9 +186,14 @@ class LoggingConfig(Section):
     progress_bar: bool = True
     log_every: int = Field(1, ge=1)
     kl_to_initial: bool = Field(
-        True, description="log train/kl_to_initial every step: keeps a frozen copy of the initial "
-        "policy in each trainer rank (its memory) and runs one more no-gradient forward per step "
-        "(~1/3 of a step's compute); a KL penalty loads that copy regardless",
+        False, description="log train/kl_to_initial (k3 KL of the policy to the initial one) every "
+        "kl_to_initial_every steps: keeps a frozen copy of the initial policy in each trainer rank "
+        "(its memory) and runs one more no-gradient forward on those steps (~1/3 of a step's "
+        "compute); a KL penalty loads that copy regardless",
+    )
+    kl_to_initial_every: int = Field(
+        10, ge=1, description="with kl_to_initial: measure it on the steps where step % this == 0 "
+        "(the key is absent on the other steps)",
     )
     tensorboard: bool = Field(
         False, description="also log per-step metrics as TensorBoard events in run_dir/tensorboard "

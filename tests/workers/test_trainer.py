@@ -181,10 +181,11 @@ def test_kl_in_loss_against_a_frozen_reference(worker: TrainerWorker) -> None:
     the first proximal pass sees KL 0 to it, and training moves away from it."""
     from areal_sys.algorithms import build_algorithm
 
-    saved = worker.algo, worker.reference
+    saved = worker.algo, worker.reference, worker.kl_metric_every
     worker.algo = build_algorithm({"name": "grpo", "kl_coef": 0.1})
     worker.reference = ReferencePolicy(worker.engine.module, temperature=worker.temperature,
                                        max_tokens=worker.train_cfg.max_tokens_per_microbatch)
+    worker.kl_metric_every = 1  # logging.kl_to_initial with kl_to_initial_every 1
     try:
         groups = make_groups(3, 4, seed=6)
         initial = worker.compute_logprobs(groups)
@@ -197,4 +198,4 @@ def test_kl_in_loss_against_a_frozen_reference(worker: TrainerWorker) -> None:
         assert second["kl_to_initial"] > 1e-5 and second["kl_loss"] > 0.0
         assert max_diff(worker.reference_logprobs(groups), initial) < 1e-5
     finally:
-        worker.algo, worker.reference = saved
+        worker.algo, worker.reference, worker.kl_metric_every = saved
