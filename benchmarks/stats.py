@@ -112,11 +112,13 @@ def verdict_within(diff: dict[str, Any], margin: float) -> str:
 
 
 def fmt(summary: dict[str, Any] | None, factor: float = 1.0, digits: int = 1,
-        unit: str = "") -> str:
-    """'mean ± half-width (n = N)' for tables and console lines; 'mean (n = 1)' without a CI."""
+        unit: str = "", n_expected: int | None = None) -> str:
+    """'mean ± half-width (n = N)' for tables and console lines; 'mean (n = 1)' without a CI.
+    The '(n = N)' is left out when N is `n_expected` (a table whose caption states it)."""
     if summary is None:
         return "-"
     m = summary["mean"] * factor
+    n = "" if summary["n"] == n_expected else f" (n = {summary['n']})"
     if summary.get("ci95") is None:
-        return f"{m:.{digits}f}{unit} (n = {summary['n']})"
-    return f"{m:.{digits}f} ± {summary['ci95'] * factor:.{digits}f}{unit} (n = {summary['n']})"
+        return f"{m:.{digits}f}{unit}{n}"
+    return f"{m:.{digits}f} ± {summary['ci95'] * factor:.{digits}f}{unit}{n}"

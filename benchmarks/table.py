@@ -199,17 +199,26 @@ def table(results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
+def _fmt_for(d: dict[str, Any]) -> Callable[..., str]:
+    """`stats.fmt` that leaves '(n = N)' out when N is the record's number of seeds."""
+    n = len(d["settings"].get("seeds", []))
+    return lambda s, factor=1.0, digits=1, unit="": fmt(s, factor, digits, unit, n_expected=n)
+
+
 def _caption(d: dict[str, Any], what: str) -> str:
+    """The sentence above a learning table: what ran, on what, and how figures read."""
     st = d["settings"]
     over = dict(o.split("=", 1) for o in st.get("common_overrides", []))
     return (f"{what}: task `{st.get('task', '?')}`, {over.get('trainer.total_steps', '?')} steps, "
             f"B = {over.get('controller.batch_size', '?')} × {over.get('rollout.n_samples', '?')}, "
             f"seeds {st.get('seeds')}, held-out {over.get('eval.num_problems', '?')} problems × "
-            f"k = {over.get('eval.k', '?')}; mean ± 95% CI half-width (n seeds); "
+            f"k = {over.get('eval.k', '?')}; mean ± 95% CI half-width over the "
+            f"{len(st.get('seeds', []))} seeds (n = N where fewer runs finished); "
             f"{machine(d)}.")
 
 
 def staleness_table(d: dict[str, Any]) -> str:
+    cell = _fmt_for(d)
     figs, etas = d["settings_by_name"], d["settings"]["etas"]
     lines = [_caption(d, f"Decoupled vs naive PPO under staleness (`staleness`, "
                          f"{d['settings']['minibatches']} minibatches per step, lr "
@@ -222,18 +231,19 @@ def staleness_table(d: dict[str, Any]) -> str:
         dec, nai = figs.get(f"decoupled_eta{eta}", {}), figs.get(f"naive_eta{eta}", {})
         drop = d["drop_from_eta0"]
         lines.append(
-            f"| {eta} | {fmt(dec.get('pass_rate'))} | {fmt(nai.get('pass_rate'))} | "
-            f"{fmt(d['by_eta'][str(eta)]['decoupled_minus_naive'])} | "
-            f"{fmt(drop['decoupled'].get(str(eta)))} | {fmt(drop['naive'].get(str(eta)))} | "
-            f"{fmt(dec.get('train/behav_capped_frac'), 100, 2)} | "
-            f"{fmt(dec.get('train/approx_kl_behav'), 1, 4)} / "
-            f"{fmt(nai.get('train/approx_kl_behav'), 1, 4)} | "
-            f"{fmt(dec.get('wall_s'), 1, 0)} / {fmt(nai.get('wall_s'), 1, 0)} |")
+            f"| {eta} | {cell(dec.get('pass_rate'))} | {cell(nai.get('pass_rate'))} | "
+            f"{cell(d['by_eta'][str(eta)]['decoupled_minus_naive'])} | "
+            f"{cell(drop['decoupled'].get(str(eta)))} | {cell(drop['naive'].get(str(eta)))} | "
+            f"{cell(dec.get('train/behav_capped_frac'), 100, 2)} | "
+            f"{cell(dec.get('train/approx_kl_behav'), 1, 4)} / "
+            f"{cell(nai.get('train/approx_kl_behav'), 1, 4)} | "
+            f"{cell(dec.get('wall_s'), 1, 0)} / {cell(nai.get('wall_s'), 1, 0)} |")
     lines += ["", f"Goal ({d['goal']['goal']}): **{d['goal']['verdict']}**."]
     return "\n".join(lines)
 
 
 def algorithms_table(d: dict[str, Any]) -> str:
+    cell = _fmt_for(d)
     lines = [_caption(d, "Algorithm presets (`algorithms`)"), "",
              "| setting | pass rate after (%) | gain over before (points) | entropy drop (nats) | "
              "KL to initial, last step | train wall (s) |", "|---|---|---|---|---|---|"]
@@ -242,28 +252,29 @@ def algorithms_table(d: dict[str, Any]) -> str:
             lines.append(f"| {name} | (no run finished) | | | | |")
             continue
         kl = f.get("train/kl_to_initial_by_step") or []
-        lines.append(f"| {name} | {fmt(f['pass_rate'])} | {fmt(f.get('gain'))} | "
-                     f"{fmt(f.get('entropy_drop'), 1, 3)} | {f'{kl[-1]:.4f}' if kl else '-'} | "
-                     f"{fmt(f['wall_s'], 1, 0)} |")
+        lines.append(f"| {name} | {cell(f['pass_rate'])} | {cell(f.get('gain'))} | "
+                     f"{cell(f.get('entropy_drop'), 1, 3)} | {f'{kl[-1]:.4f}' if kl else '-'} | "
+                     f"{cell(f['wall_s'], 1, 0)} |")
     lines += ["", "The paper's directions (paired differences over the same seeds):", ""]
     for key, v in d["directions"].items():
         diff = v.get("difference")
-        figure = f": {fmt(diff)} points" if diff is not None else ""
+        figure = f": {cell(diff)} points" if diff is not None else ""
         lines.append(f"- {v['claim']}{figure} → **{v['verdict']}** (`{key}`)")
     return "\n".join(lines)
 
 
 def async_vs_sync_table(d: dict[str, Any]) -> str:
+    cell = _fmt_for(d)
     lines = [_caption(d, f"Synchronous vs asynchronous (`async_vs_sync`, headline at the fixed "
                          f"η = {d['headline_eta']})"), "",
              "| setting | η | train wall (s) | generation idle (%) | pass rate (%) | "
              "speedup vs sync | pass rate vs sync (points) |", "|---|---|---|---|---|---|---|"]
     for name, f in d["settings_by_name"].items():
         row = d["by_eta"].get(str(f["eta"])) if name.startswith("eta") else None
-        lines.append(f"| {name} | {f['eta']} | {fmt(f['wall_s'], 1, 0)} | "
-                     f"{fmt(f['gen_idle_frac'], 100)} | {fmt(f['pass_rate'])} | "
-                     f"{fmt(row['speedup'], 1, 2) if row else '-'} | "
-                     f"{fmt(row['pass_rate_diff']) if row else '-'} |")
+        lines.append(f"| {name} | {f['eta']} | {cell(f['wall_s'], 1, 0)} | "
+                     f"{cell(f['gen_idle_frac'], 100)} | {cell(f['pass_rate'])} | "
+                     f"{cell(row['speedup'], 1, 2) if row else '-'} | "
+                     f"{cell(row['pass_rate_diff']) if row else '-'} |")
     return "\n".join(lines)
 
 
@@ -286,10 +297,12 @@ def learning_tables(results: Path = RESULTS) -> str:
             parts.append(f"#### `{name}`\n\n{render(record)}")
         except (KeyError, TypeError, ValueError, IndexError) as e:
             parts.append(f"#### `{name}`\n\n(unreadable: missing {e})")
+    head = ("### Learning benchmarks over seeds\n\nGenerated by `python benchmarks/table.py "
+            "--update-readme` from `benchmarks/results/{staleness,algorithms,async_vs_sync}.json`.")
     if not parts:
-        return ("No multi-seed results yet: `areal-sys bench staleness|algorithms|async_vs_sync "
-                "--seeds 3` writes them.")
-    return "\n\n".join(parts)
+        return (f"{head}\n\nNo multi-seed results yet: `areal-sys bench "
+                "staleness|algorithms|async_vs_sync --seeds 3` writes them.")
+    return "\n\n".join([head, *parts])
 
 
 def update_readme(text: str, readme: Path = README, start: str = START, end: str = END) -> None:
