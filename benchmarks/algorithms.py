@@ -212,7 +212,7 @@ def main() -> None:
         print(f"{key}: {d['verdict']}")
     out_dir = Path(a.out_dir)
     out = write_results("algorithms", {"directions": directions, "pass_rate_before": before,
-                                       "settings_by_name": figs, **grid_record(grid)},
+                                       "settings_by_name": figs, **grid_record(grid, STEP_METRICS)},
                         {"configs": "configs/tiny/<preset>.yaml", "common_overrides": common,
                          "task": a.task, "seeds": seeds, "settings": names}, out_dir)
     plot({n: f for n, f in figs.items() if f.get("n")}, figure_path("algorithms", out_dir))

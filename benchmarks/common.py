@@ -1,8 +1,17 @@
-"""Shared by every benchmark: the machine description and writing `results/NAME.json` + PNG.
+"""Shared by every benchmark: the machine description and writing `results/NAME.json` + PNG,
+and the one grid runner of the multi-seed learning benchmarks.
 
 Benchmarks print ratios measured in one run (these machines are shared and noisy); they never
 assert speed. Each writes `benchmarks/results/NAME.json` with its figures, its settings and the
 machine it ran on (`write_results`), and a PNG next to it.
+
+Learning benchmarks (staleness, algorithms, async_vs_sync) run a grid of settings × seeds with
+`run_grid`: every setting is an `areal-sys run CONFIG OVERRIDES seed=S` (`pipeline_run`), the model
+fixed by `model.tiny_seed` so that a seed varies data order, sampling and RL only; every run
+evaluates `eval.k` samples on `eval.num_problems` held-out problems every `eval.every` steps, the
+last at the final step (`learning_overrides`), and the before-training evaluation runs once per
+seed (`evaluate_initial`), not once per run. `setting_figures` turns a setting's runs into means
+and 95% CIs (benchmarks/stats.py), `grid_record` keeps every per-seed value for the JSON.
 """
 
 from __future__ import annotations

@@ -132,7 +132,7 @@ def plot(figs: dict[str, dict[str, Any]], etas: list[int], path: Path) -> None:
                     ys.append(f * s["mean"])
                     es.append(f * (s["ci95"] or 0.0))
             ax.errorbar(xs, ys, yerr=es, fmt="o-", capsize=4, label=obj)
-        ax.set(xlabel="max staleness η", ylabel=label)
+        ax.set(xlabel="max staleness η", ylabel=label, xticks=etas)
         ax.legend()
     ax = axes.flat[5]
     for obj, style in zip(OBJECTIVES, ("-", "--"), strict=True):
@@ -158,7 +158,7 @@ def plot(figs: dict[str, dict[str, Any]], etas: list[int], path: Path) -> None:
         ax.bar([k + i * width for k in hist], [100 * v / total for v in hist.values()],
                width=width, label=f"η={eta}")
     ax.set(xlabel="staleness of a trained trajectory (versions)", ylabel="% of trajectories",
-           title="decoupled runs")
+           title="decoupled runs, all seeds", xticks=range(max(etas) + 1))
     ax.legend()
     fig.suptitle("Decoupled vs naive PPO under staleness (mean ± 95% CI over seeds)")
     fig.tight_layout()
@@ -189,7 +189,8 @@ def main() -> None:
               f"{fmt(f.get('train/approx_kl_behav'), 1, 4)}  staleness {f['staleness_hist']}")
     print(f"goal: {summary['goal']['verdict']} ({summary['goal']['goal']})")
     out_dir = Path(a.out_dir)
-    out = write_results("staleness", {**summary, "settings_by_name": figs, **grid_record(grid)},
+    record = {**summary, "settings_by_name": figs, **grid_record(grid, STEP_METRICS)}
+    out = write_results("staleness", record,
                         {"config": CONFIG, "common_overrides": common, "etas": etas,
                          "objectives": OBJECTIVES, "minibatches": a.minibatches, "lr": a.lr,
                          "task": a.task, "seeds": seeds}, out_dir)
