@@ -336,6 +336,7 @@ def grid_record(grid: Grid, keep_metrics: tuple[str, ...] = ()) -> dict[str, Any
 
     return {"seeds": grid.seeds, "failures": grid.failures,
             "pass_rate_before_by_seed": {str(s): b["pass_rate"] for s, b in grid.before.items()},
+            "before_by_seed": {str(s): b for s, b in grid.before.items()},
             "per_seed": {s.name: {"meta": s.meta, "overrides": list(s.overrides),
                                   "by_seed": {str(seed): slim(r)
                                               for seed, r in grid.runs[s.name].items()}}

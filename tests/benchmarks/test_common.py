@@ -1,6 +1,7 @@
 """The multi-seed grid runner's bookkeeping and what it reads from a run directory
 (benchmarks/common.py), with a fake run function and hand-written run files."""
 
+import argparse
 import json
 from pathlib import Path
 
@@ -141,3 +142,34 @@ def test_grid_record_keeps_per_seed_values(tmp_path: Path) -> None:
     assert a["by_seed"]["1"]["train/entropy"] == [0.2, 0.1]
     assert "metrics" not in a["by_seed"]["1"]
     json.dumps(rec)  # JSON-ready
+
+
+def _args(**kw: object) -> argparse.Namespace:
+    base = {"tiny_seed": 1, "task": "chain_tail", "steps": 40, "batch_size": 16, "n_samples": 8,
+            "eval_problems": 512, "eval_k": 4}
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_learning_overrides_validate_in_every_benchmark_setting() -> None:
+    from areal_sys.config import load_config
+    from areal_sys.config.schema import LoggingConfig
+    from benchmarks import algorithms, staleness
+    from benchmarks.common import learning_overrides
+
+    common = learning_overrides(_args(), curve_points=4, kl_to_initial=True)
+    assert {"model.tiny_seed=1", "data.synthetic_task=chain_tail", "eval.k=4", "eval.every=10",
+            "eval.num_problems=512", "data.synthetic_eval_size=512",
+            "eval.before_and_after=false", "logging.kl_to_initial=true"} <= set(common)
+    assert ("logging.kl_to_initial_every=1" in common) == (
+        "kl_to_initial_every" in LoggingConfig.model_fields)
+    for s in [*staleness.settings([0, 8], common, 4, 1e-4),
+              *algorithms.settings(algorithms.DEFAULT.split(","), common)]:
+        cfg = load_config(s.config, [*s.overrides, "seed=3"])
+        assert cfg.model.tiny_seed == 1 and cfg.eval.k == 4 and cfg.seed == 3
+    cfg = load_config("configs/tiny/reinforce.yaml",
+                      list(algorithms.settings(["reinforce_rm_wrong"], common)[0].overrides))
+    assert cfg.algorithm.filter == "remove_all_wrong" and cfg.reward.wrong_reward == -1.0
+    naive = staleness.settings([4], common, 4, 1e-4)[1]
+    cfg = load_config(naive.config, list(naive.overrides))
+    assert (naive.name, cfg.algorithm.loss, cfg.controller.max_staleness,
+            cfg.trainer.ppo_minibatches) == ("naive_eta4", "ppo_clip", 4, 4)
