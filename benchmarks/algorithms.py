@@ -160,7 +160,7 @@ def plot(figs: dict[str, dict[str, Any]], path: Path) -> None:
     for n in names:
         c = figs[n]["curve"]
         axes[1].errorbar([p["step"] for p in c], [p["mean"] for p in c],
-                         yerr=[p["ci95"] or 0.0 for p in c], capsize=3, label=n)
+                         yerr=[p["ci95"] or 0.0 for p in c], fmt="o-", capsize=3, label=n)
         axes[2].plot(figs[n].get("train/entropy_by_step", []), label=n)
         axes[3].plot(figs[n].get("train/kl_to_initial_by_step", []), label=n)
     axes[1].set(xlabel="step", ylabel="held-out pass rate (%)")
