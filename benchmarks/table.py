@@ -212,8 +212,8 @@ def _caption(d: dict[str, Any], what: str) -> str:
     return (f"{what}: task `{st.get('task', '?')}`, {over.get('trainer.total_steps', '?')} steps, "
             f"B = {over.get('controller.batch_size', '?')} × {over.get('rollout.n_samples', '?')}, "
             f"seeds {st.get('seeds')}, held-out {over.get('eval.num_problems', '?')} problems × "
-            f"k = {over.get('eval.k', '?')}; mean ± 95% CI half-width over the "
-            f"{len(st.get('seeds', []))} seeds (n = N where fewer runs finished); "
+            f"k = {over.get('eval.k', '?')}; mean ± 95% CI half-width over the seeds "
+            f"((n = N) where fewer runs finished); "
             f"{machine(d)}.")
 
 
@@ -256,6 +256,8 @@ def algorithms_table(d: dict[str, Any]) -> str:
                      f"{cell(f.get('entropy_drop'), 1, 3)} | {f'{kl[-1]:.4f}' if kl else '-'} | "
                      f"{cell(f['wall_s'], 1, 0)} |")
     lines += ["", "The paper's directions (paired differences over the same seeds):", ""]
+    if not d["directions"]:
+        lines.append("- none computable from the settings run")
     for key, v in d["directions"].items():
         diff = v.get("difference")
         figure = f": {cell(diff)} points" if diff is not None else ""
