@@ -19,7 +19,9 @@ pass rate (avg@k), its gain over the same seed's pass rate before training, the 
 (every `--steps / --curve-points` steps), training wall time, the fraction of tokens whose
 behaviour weight exceeded the cap (train/behav_capped_frac; always 0 for ppo_clip, which has no
 cap), the clip fraction (train/clip_frac), the per-step KL between behaviour and current policy
-(train/approx_kl_behav: whether the data is measurably off-policy at this learning rate), and the
+(train/approx_kl_behav = mean of log π_b − log π_prox over the step's loss tokens, π_prox being
+the policy at the start of the step, before its updates: whether the data is measurably
+off-policy at this learning rate), and the
 staleness histogram (trainer version − oldest token version of every trained trajectory,
 staleness.jsonl) pooled over seeds.
 
