@@ -1,11 +1,16 @@
-"""The README's Performance table, generated from benchmarks/results/*.json.
+"""The README's tables, generated from benchmarks/results/*.json.
 
-    python benchmarks/table.py                  # print the table (markdown)
-    python benchmarks/table.py --update-readme  # rewrite it between the README's markers
+    python benchmarks/table.py                  # print the tables (markdown)
+    python benchmarks/table.py --update-readme  # rewrite them between the README's markers
 
-One row per results file that has a formatter below: the headline figure, the target it is held
-to (issue 8 / the papers' claims), and the machine and date it was measured on (from the JSON, as
-`benchmarks/common.write_results` records them). Files without a formatter are listed by name.
+The Performance table (markers `performance-table`): one row per results file that has a
+formatter below: the headline figure, the target it is held to (issue 8 / the papers' claims),
+and the machine and date it was measured on (from the JSON, as `benchmarks/common.write_results`
+records them). Files without a formatter are listed by name.
+
+The learning tables (markers `learning-tables`): one table per multi-seed benchmark (staleness,
+algorithms, async_vs_sync) with every figure as mean ± 95% CI half-width over n seeds, and the
+verdicts those benchmarks computed.
 """
 
 from __future__ import annotations
@@ -18,9 +23,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.stats import fmt  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
 START, END = "<!-- performance-table:start -->", "<!-- performance-table:end -->"
+LEARNING_START, LEARNING_END = "<!-- learning-tables:start -->", "<!-- learning-tables:end -->"
 
 
 def _pct(x: float) -> str:
@@ -28,6 +38,22 @@ def _pct(x: float) -> str:
 
 
 def async_vs_sync(d: dict[str, Any]) -> tuple[str, str]:
+    if "headline_eta" not in d:
+        return _async_vs_sync_one_seed(d)
+    eta, rows = d["headline_eta"], d["settings_by_name"]
+    if d.get("speedup") is None:
+        return f"η = {eta} not measured", ">= 2.0x, ±3 points"
+    sync, head = rows["sync"], rows[f"eta{eta}"]
+    return (f"**{fmt(d['speedup'], 1, 2, 'x')}** at the fixed η = {eta} (training loop "
+            f"{sync['wall_s']['mean']:.0f} s sync vs {head['wall_s']['mean']:.0f} s, mean over "
+            f"seeds); pass rate {fmt(d['pass_rate_diff'], 1, 1, ' points')} against sync "
+            f"({sync['pass_rate']['mean']:.1f}% sync); every η in the learning tables below",
+            ">= 2.0x, ±3 points")
+
+
+def _async_vs_sync_one_seed(d: dict[str, Any]) -> tuple[str, str]:
+    """The earlier single-seed format (best η after the fact), kept so that an old results file
+    still renders."""
     rows = d.get("settings_by_name", {})
     sync = rows.get("sync", {})
     best = next((r for r in rows.values() if r.get("eta") == d.get("eta_best")
@@ -113,9 +139,25 @@ def rpo(d: dict[str, Any]) -> tuple[str, str]:
 
 
 def algorithms(d: dict[str, Any]) -> tuple[str, str]:
+    if "settings_by_name" in d:
+        rates = {k: v["pass_rate"] for k, v in d["settings_by_name"].items() if v.get("n")}
+        lo, hi = (min(rates.values(), key=lambda r: r["mean"]),
+                  max(rates.values(), key=lambda r: r["mean"]))
+        held = [k for k, v in d["directions"].items() if v["verdict"] == "holds"]
+        return (f"{len(rates)} settings: pass rate after {fmt(lo)} to {fmt(hi)}; paper's "
+                f"directions holding: {', '.join(held) or 'none'} (learning tables below)", "-")
     rates = {k: v["pass_rate"] for k, v in d.items() if isinstance(v, dict) and "pass_rate" in v}
     return (f"{len(rates)} presets: pass rate after {_pct(min(rates.values()))}–"
             f"{_pct(max(rates.values()))}", "-")
+
+
+def staleness(d: dict[str, Any]) -> tuple[str, str]:
+    g = d["goal"]
+    if "decoupled_drop" not in g:
+        return g["verdict"], "decoupled within 3 points of η = 0 at η = 4, naive >= 5 below"
+    return (f"at η = 4, drop from η = 0: decoupled **{fmt(g['decoupled_drop'])}** points, naive "
+            f"**{fmt(g['naive_drop'])}** points: goal {g['verdict']}",
+            "decoupled within 3 points of η = 0 at η = 4, naive >= 5 below")
 
 
 FORMATTERS: dict[str, Callable[[Any], tuple[str, str]]] = {
@@ -124,7 +166,7 @@ FORMATTERS: dict[str, Callable[[Any], tuple[str, str]]] = {
     "controller_throughput": controller_throughput,
     "cold_start": cold_start, "packing": packing, "weight_sync": weight_sync,
     "reward_load": reward_load, "reward_load_adversarial": reward_load_adversarial,
-    "rpo": rpo, "algorithms": algorithms,
+    "rpo": rpo, "algorithms": algorithms, "staleness": staleness,
 }
 
 
@@ -157,23 +199,133 @@ def table(results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
-def update_readme(text: str, readme: Path = README) -> None:
+def _fmt_for(d: dict[str, Any]) -> Callable[..., str]:
+    """`stats.fmt` that leaves '(n = N)' out when N is the record's number of seeds."""
+    n = len(d["settings"].get("seeds", []))
+    return lambda s, factor=1.0, digits=1, unit="": fmt(s, factor, digits, unit, n_expected=n)
+
+
+def _caption(d: dict[str, Any], what: str) -> str:
+    """The sentence above a learning table: what ran, on what, and how figures read."""
+    st = d["settings"]
+    over = dict(o.split("=", 1) for o in st.get("common_overrides", []))
+    return (f"{what}: task `{st.get('task', '?')}`, {over.get('trainer.total_steps', '?')} steps, "
+            f"B = {over.get('controller.batch_size', '?')} × {over.get('rollout.n_samples', '?')}, "
+            f"seeds {st.get('seeds')}, held-out {over.get('eval.num_problems', '?')} problems × "
+            f"k = {over.get('eval.k', '?')}; mean ± 95% CI half-width over the seeds "
+            f"((n = N) where fewer runs finished); "
+            f"{machine(d)}.")
+
+
+def staleness_table(d: dict[str, Any]) -> str:
+    cell = _fmt_for(d)
+    figs, etas = d["settings_by_name"], d["settings"]["etas"]
+    lines = [_caption(d, f"Decoupled vs naive PPO under staleness (`staleness`, "
+                         f"{d['settings']['minibatches']} minibatches per step, lr "
+                         f"{d['settings']['lr']:g})"), "",
+             "| η | decoupled pass (%) | naive pass (%) | decoupled − naive (points) | "
+             "drop from η = 0, decoupled | drop from η = 0, naive | capped tokens, decoupled (%)"
+             " | KL(behav ‖ current), decoupled / naive | train wall (s), decoupled / naive |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for eta in etas:
+        dec, nai = figs.get(f"decoupled_eta{eta}", {}), figs.get(f"naive_eta{eta}", {})
+        drop = d["drop_from_eta0"]
+        lines.append(
+            f"| {eta} | {cell(dec.get('pass_rate'))} | {cell(nai.get('pass_rate'))} | "
+            f"{cell(d['by_eta'][str(eta)]['decoupled_minus_naive'])} | "
+            f"{cell(drop['decoupled'].get(str(eta)))} | {cell(drop['naive'].get(str(eta)))} | "
+            f"{cell(dec.get('train/behav_capped_frac'), 100, 2)} | "
+            f"{cell(dec.get('train/approx_kl_behav'), 1, 4)} / "
+            f"{cell(nai.get('train/approx_kl_behav'), 1, 4)} | "
+            f"{cell(dec.get('wall_s'), 1, 0)} / {cell(nai.get('wall_s'), 1, 0)} |")
+    lines += ["", f"Goal ({d['goal']['goal']}): **{d['goal']['verdict']}**."]
+    return "\n".join(lines)
+
+
+def algorithms_table(d: dict[str, Any]) -> str:
+    cell = _fmt_for(d)
+    lines = [_caption(d, "Algorithm presets (`algorithms`)"), "",
+             "| setting | pass rate after (%) | gain over before (points) | entropy drop (nats) | "
+             "KL to initial, last step | train wall (s) |", "|---|---|---|---|---|---|"]
+    for name, f in d["settings_by_name"].items():
+        if not f.get("n"):
+            lines.append(f"| {name} | (no run finished) | | | | |")
+            continue
+        kl = f.get("train/kl_to_initial_by_step") or []
+        lines.append(f"| {name} | {cell(f['pass_rate'])} | {cell(f.get('gain'))} | "
+                     f"{cell(f.get('entropy_drop'), 1, 3)} | {f'{kl[-1]:.4f}' if kl else '-'} | "
+                     f"{cell(f['wall_s'], 1, 0)} |")
+    lines += ["", "The paper's directions (paired differences over the same seeds):", ""]
+    if not d["directions"]:
+        lines.append("- none computable from the settings run")
+    for key, v in d["directions"].items():
+        diff = v.get("difference")
+        figure = f": {cell(diff)} points" if diff is not None else ""
+        lines.append(f"- {v['claim']}{figure} → **{v['verdict']}** (`{key}`)")
+    return "\n".join(lines)
+
+
+def async_vs_sync_table(d: dict[str, Any]) -> str:
+    cell = _fmt_for(d)
+    lines = [_caption(d, f"Synchronous vs asynchronous (`async_vs_sync`, headline at the fixed "
+                         f"η = {d['headline_eta']})"), "",
+             "| setting | η | train wall (s) | generation idle (%) | pass rate (%) | "
+             "speedup vs sync | pass rate vs sync (points) |", "|---|---|---|---|---|---|---|"]
+    for name, f in d["settings_by_name"].items():
+        row = d["by_eta"].get(str(f["eta"])) if name.startswith("eta") else None
+        lines.append(f"| {name} | {f['eta']} | {cell(f['wall_s'], 1, 0)} | "
+                     f"{cell(f['gen_idle_frac'], 100)} | {cell(f['pass_rate'])} | "
+                     f"{cell(row['speedup'], 1, 2) if row else '-'} | "
+                     f"{cell(row['pass_rate_diff']) if row else '-'} |")
+    return "\n".join(lines)
+
+
+LEARNING = {"staleness": staleness_table, "algorithms": algorithms_table,
+            "async_vs_sync": async_vs_sync_table}
+
+
+def learning_tables(results: Path = RESULTS) -> str:
+    """The multi-seed tables of the results files in their multi-seed format (the ones with
+    per-seed values); a file still in an earlier one-seed format is skipped."""
+    parts = []
+    for name, render in LEARNING.items():
+        path = results / f"{name}.json"
+        if not path.is_file():
+            continue
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict) or "per_seed" not in record:
+            continue
+        try:
+            parts.append(f"#### `{name}`\n\n{render(record)}")
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            parts.append(f"#### `{name}`\n\n(unreadable: missing {e})")
+    head = ("### Learning benchmarks over seeds\n\nGenerated by `python benchmarks/table.py "
+            "--update-readme` from `benchmarks/results/{staleness,algorithms,async_vs_sync}.json`.")
+    if not parts:
+        return (f"{head}\n\nNo multi-seed results yet: `areal-sys bench "
+                "staleness|algorithms|async_vs_sync --seeds 3` writes them.")
+    return "\n\n".join([head, *parts])
+
+
+def update_readme(text: str, readme: Path = README, start: str = START, end: str = END) -> None:
+    """Replace what is between the markers `start` and `end` of `readme` with `text`."""
     content = readme.read_text()
-    if START not in content or END not in content:
-        raise SystemExit(f"{readme}: markers {START} / {END} not found")
-    head, rest = content.split(START, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+    if start not in content or end not in content:
+        raise SystemExit(f"{readme}: markers {start} / {end} not found")
+    head, rest = content.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{text}\n{end}{tail}")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--update-readme", action="store_true")
     a = p.parse_args()
-    text = table()
-    print(text)
+    text, learning = table(), learning_tables(RESULTS)
+    print(text, learning, sep="\n\n")
     if a.update_readme:
         update_readme(text)
+        update_readme(learning, start=LEARNING_START, end=LEARNING_END)
         print(f"updated {README}", file=sys.stderr)
 
 

@@ -1,5 +1,5 @@
-"""The benchmark harness without measuring anything: `areal-sys bench`, the async_vs_sync
-headline rule, the README table generator, and the controller microbenchmark on its fakes."""
+"""The benchmark harness without measuring anything: `areal-sys bench`, the README table
+generator, and the controller microbenchmark on its fakes."""
 
 import json
 from pathlib import Path
@@ -9,7 +9,6 @@ import pytest
 from areal_sys.cli import main
 from areal_sys.metrics import read_jsonl
 from benchmarks import table
-from benchmarks.async_vs_sync import summarise
 
 MACHINE = {"cpus_usable": 2, "cpu": "x86_64", "memory_gib": 23.5}
 
@@ -24,26 +23,6 @@ def test_bench_lists_and_rejects_names(capsys: pytest.CaptureFixture[str]) -> No
     assert main(["bench", "no_such_benchmark"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("areal-sys: error: bench: unknown benchmark") and "\n" not in err
-
-
-def _setting(eta: int, wall: float, rate: float) -> dict:
-    return {"eta": eta, "wall_s": wall, "pass_rate": rate, "pass_rate_before": 0.3,
-            "gen_idle_frac": 0.1, "step_time_s": [wall / 4] * 4}
-
-
-def test_speedup_only_counts_async_settings_within_three_points() -> None:
-    settings = {"sync": _setting(0, 100.0, 0.70), "sync_split": _setting(0, 20.0, 0.70),
-                "eta1": _setting(1, 60.0, 0.69), "eta4": _setting(4, 40.0, 0.675),
-                "eta8": _setting(8, 30.0, 0.60)}
-    out = summarise(settings)
-    assert out["eta_best"] == 4 and out["speedup"] == pytest.approx(2.5)
-    assert out["speedup_vs_sync_split"] == pytest.approx(0.5)
-    assert out["pass_rate_sync"] == 0.70 and out["pass_rate_async"] == 0.675
-    settings["eta4"]["pass_rate"] = 0.5
-    assert summarise(settings)["eta_best"] == 1
-    for k in ("eta1", "eta4"):
-        settings[k]["pass_rate"] = 0.1
-    assert summarise(settings)["speedup"] is None
 
 
 def test_table_rows_and_readme_update(tmp_path: Path) -> None:
