@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-BENCH_HELPERS = {"__init__", "common", "table"}  # modules of benchmarks/ that are not benchmarks
+# modules of benchmarks/ that are not benchmarks
+BENCH_HELPERS = {"__init__", "common", "stats", "table"}
 
 
 def _bench(name: str, args: list[str]) -> int:
