@@ -110,6 +110,7 @@ def one_error_line(res: subprocess.CompletedProcess) -> str:
         (["eval", "configs/local_tiny.yaml"], "--checkpoint"),
         (["make-tiny-model", "--seed", "-1"], "--seed: expected a whole number in [0, 2**31)"),
         (["make-tiny-model", "--sft-steps", "1" * 5000], "--sft-steps: expected a whole number"),
+        (["make-tiny-model", "--task", "chain"], "--task: invalid choice: 'chain'"),
     ],
 )
 def test_usage_errors_are_one_line(args, needle):
