@@ -157,7 +157,7 @@ class Admission:
                          for _, a in sorted(self.inflight.items())],
             "refills_left": self.refills_left,
             "filtered_total": self.filtered_total,
-            "rpo_rng": _rng_state(self.rpo.rng) if self.rpo is not None else None,
+            "rpo": self.rpo.state_dict() if self.rpo is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -175,16 +175,5 @@ class Admission:
             self.buffer.on_admit(seq, deadline)
             self.inflight[seq] = Admitted(seq, prompt, admit_version, deadline)
             self._restored.append(self.inflight[seq])
-        if self.rpo is not None:
-            self.rpo.rng.setstate(_rng_from_json(state["rpo_rng"]))
-
-
-def _rng_state(rng: Any) -> list[Any]:
-    """`random.Random.getstate()` as JSON: [version, [625 ints], gauss_next]."""
-    version, internal, gauss = rng.getstate()
-    return [version, list(internal), gauss]
-
-
-def _rng_from_json(state: list[Any]) -> tuple[Any, ...]:
-    version, internal, gauss = state
-    return (version, tuple(internal), gauss)
+        if self.rpo is not None:  # checkpoints before cache healing saved only the draws' state
+            self.rpo.load_state_dict(state.get("rpo") or {"rng": state["rpo_rng"]})

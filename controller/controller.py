@@ -144,7 +144,7 @@ class Controller:
         gen = {k: sum(r.get(k, 0.0) for r in loads) for k in ("tokens_generated", "busy_s")}
         rpo = self.admission.rpo
         if rpo is not None:
-            rpo_cache.update(rpo, self.algo, batch)
+            rpo_cache.update(rpo, self.algo, batch, self.cfg.algorithm.success_threshold)
         record = records.step_record(
             step, self.version, batch, staleness=staleness, train=train, sync=sync,
             counts=self.admission.take_counts(), rpo=rpo.metrics() if rpo is not None else {},

@@ -58,6 +58,9 @@ def step_record(step: int, version: int, batch: list[Group], *, staleness: int,
         "groups_scored": counts["scored"], "groups_filtered": counts["filtered"],
         "groups_filter_bypassed": counts["bypassed"], "filtered_frac": filtered_frac,
         "train/filtered_frac": filtered_frac,
+        # groups whose rewards differ: the only ones a group-relative advantage learns from
+        "train/informative_groups": sum(len(set(g.rewards)) > 1 and not g.filter_bypassed
+                                        for g in batch),
         **sync, **rpo, **{f"train/{k}": v for k, v in train.items()},
         "gen_busy_s": gen_busy_s,
     }

@@ -47,8 +47,14 @@ async def fill(cfg: ExperimentConfig, rpo: RpoPlanner, rollout: RolloutPool,
             "tokens": float(tokens)}
 
 
-def update(rpo: RpoPlanner, algo: Algorithm, batch: list[Group]) -> None:
-    """ε-greedy cache update from every trained group, on its shaped rewards."""
+def update(rpo: RpoPlanner, algo: Algorithm, batch: list[Group], success_threshold: float
+           ) -> None:
+    """ε-greedy cache update from every trained group, on its shaped rewards; a response is
+    correct when its reward >= `success_threshold` (cache healing counts all-wrong groups)."""
     for g in batch:
-        rpo.update(g.prompt_uid, [(t.response_ids, t.behav_logprobs, t.versions)
-                                  for t in g.trajectories], algo.shaped_rewards(g).tolist())
+        ts = g.trajectories
+        rpo.update(g.prompt_uid, [(t.response_ids, t.behav_logprobs, t.versions) for t in ts],
+                   algo.shaped_rewards(g).tolist(),
+                   correct=[t.reward >= success_threshold for t in ts],
+                   prefix_len=min(t.prefix_len for t in ts),
+                   at_length=[t.finish_reason == "length" for t in ts])

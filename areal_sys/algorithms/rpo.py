@@ -36,7 +36,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -224,19 +224,35 @@ def on_policy_prefix(behav: torch.Tensor, prox: torch.Tensor, prefix_len: int) -
 
 
 class RpoPlanner:
-    """The controller's RPO state: the cache, the truncation draws and the counters."""
+    """The controller's RPO state: the cache, the truncation draws, cache healing and the
+    counters.
+
+    Healing (`rpo.heal_after` = k > 0, a deviation from the paper): a prompt whose groups on a
+    cached prefix were all wrong on k consecutive visits is *dead*: its next visit is a full
+    rollout (counted in `rpo/cache_refreshes`), whose response then replaces the entry.
+    """
 
     def __init__(self, cfg: RpoConfig, *, max_new_tokens: int, seed: int) -> None:
         self.cfg = cfg
         self.max_new_tokens = max_new_tokens
         self.cache = ExperienceCache(cfg.max_cache_entries)
         self.rng = random.Random(seed)
-        self.counts = dict.fromkeys(("lookups", "hits", "updates", "full"), 0)
+        self.dead_visits: dict[str, int] = {}  # uid -> consecutive all-wrong partial groups
+        self.correct: set[str] = set()  # uids whose cached response was correct when stored
+        self.counts = dict.fromkeys(("lookups", "hits", "updates", "full", "refreshes",
+                                     "partial_groups", "dead_groups", "suffixes",
+                                     "suffixes_at_length"), 0)
 
     def plan(self, uid: str) -> PartialPlan:
-        """The group's rollout: a partial one from the cache, or a full one."""
+        """The group's rollout: a partial one from the cache, or a full one (no entry, or a
+        dead prefix being refreshed)."""
         self.counts["lookups"] += 1
         entry = self.cache.get(uid)
+        if entry is not None and self.cfg.heal_after and \
+                self.dead_visits.get(uid, 0) >= self.cfg.heal_after:
+            self.counts["refreshes"] += 1
+            del self.dead_visits[uid]
+            entry = None
         if entry is None:
             self.counts["full"] += 1
             return full_rollout(self.max_new_tokens)
@@ -252,23 +268,53 @@ class RpoPlanner:
         self.cache.put(uid, CacheEntry.of(token_ids, logprobs, versions))
 
     def update(self, uid: str, responses: Sequence[tuple[list[int], list[float], list[int]]],
-               rewards: Sequence[float]) -> None:
+               rewards: Sequence[float], *, correct: Sequence[bool], prefix_len: int,
+               at_length: Sequence[bool]) -> None:
         """After a step: one of a trained group's full responses (prefix + suffix) replaces the
-        entry, ε-greedily on `rewards` (the shaped ones, so shorter correct answers win)."""
+        entry, ε-greedily on `rewards` (the shaped ones, so shorter correct answers win).
+        `correct`: each response's correctness; `prefix_len`: the group's shared cached prefix
+        (0: a full rollout); `at_length`: whether each response stopped at its token budget."""
         k = choose_for_cache(rewards, self.rng, self.cfg.epsilon)
         self.cache.put(uid, CacheEntry.of(*responses[k]))
         self.counts["updates"] += 1
+        (self.correct.add if correct[k] else self.correct.discard)(uid)
+        if prefix_len <= 0:
+            self.dead_visits.pop(uid, None)
+            return
+        self.counts["partial_groups"] += 1
+        self.counts["suffixes"] += len(at_length)
+        self.counts["suffixes_at_length"] += sum(at_length)
+        if any(correct):
+            self.dead_visits.pop(uid, None)
+        else:
+            self.counts["dead_groups"] += 1
+            self.dead_visits[uid] = self.dead_visits.get(uid, 0) + 1
 
     def metrics(self) -> dict[str, float]:
-        """Counters since the last call, plus the cache's size."""
+        """Counters since the last call, plus the cache's size and correct fraction."""
         c, self.counts = self.counts, dict.fromkeys(self.counts, 0)
         return {
             "rpo/cache_hit_rate": c["hits"] / max(c["lookups"], 1),
             "rpo/full_rollouts": float(c["full"]),
             "rpo/cache_updates": float(c["updates"]),
+            "rpo/cache_refreshes": float(c["refreshes"]),
+            "rpo/dead_prefix_frac": c["dead_groups"] / max(c["partial_groups"], 1),
+            "rpo/suffix_length_frac": c["suffixes_at_length"] / max(c["suffixes"], 1),
+            "rpo/cache_correct_frac": sum(u in self.cache for u in self.correct)
+            / max(len(self.cache), 1),
             "rpo/cache_entries": float(len(self.cache)),
             "rpo/cache_mib": self.cache.nbytes / 2**20,
             "rpo/cache_evictions": float(self.cache.evictions),
         }
 
+    def state_dict(self) -> dict[str, Any]:
+        """The draws' and the healing's state (the cache itself is saved by `ExperienceCache`)."""
+        version, internal, gauss = self.rng.getstate()
+        return {"rng": [version, list(internal), gauss], "dead_visits": dict(self.dead_visits),
+                "correct": sorted(self.correct)}
 
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.dead_visits = {str(k): int(v) for k, v in state.get("dead_visits", {}).items()}
+        self.correct = set(map(str, state.get("correct", [])))

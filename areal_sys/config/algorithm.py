@@ -241,6 +241,12 @@ class RpoConfig(Section):
     max_cache_entries: int = Field(
         1_000_000, ge=1, description="bound on cached prompts (least recently used evicted)"
     )
+    heal_after: int = Field(
+        1, ge=0, description="cache healing (not in the paper, whose cache is never filtered): a "
+        "prompt whose partial groups were all wrong on this many consecutive visits gets a full "
+        "rollout at its next visit, which then refreshes its entry (its prefix likely holds an "
+        "error no suffix can undo); 0: off, the paper's behaviour",
+    )
 
     @model_validator(mode="after")
     def _one_limit(self) -> RpoConfig:

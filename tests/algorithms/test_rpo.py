@@ -97,10 +97,63 @@ def test_planner_update_replaces_entry_with_full_response() -> None:
     planner = RpoPlanner(RpoConfig(enabled=True, epsilon=1.0), max_new_tokens=64, seed=0)
     planner.fill("q", [1, 2, 3], [-1.0] * 3, [0] * 3)
     planner.update("q", [([1, 2, 9], [-1.0, -1.0, -0.3], [0, 0, 4]),
-                         ([1, 2, 8, 8], [-1.0, -1.0, -0.2, -0.1], [0, 0, 4, 4])], [0.0, 1.0])
+                         ([1, 2, 8, 8], [-1.0, -1.0, -0.2, -0.1], [0, 0, 4, 4])], [0.0, 1.0],
+                   correct=[False, True], prefix_len=2, at_length=[False, True])
     entry = planner.cache.get("q")
     assert entry is not None and list(entry.token_ids) == [1, 2, 8, 8]
     assert list(entry.versions) == [0, 0, 4, 4]
+    m = planner.metrics()
+    assert m["rpo/cache_correct_frac"] == 1.0 and m["rpo/suffix_length_frac"] == 0.5
+    assert m["rpo/dead_prefix_frac"] == 0.0
+
+
+def _visit(planner: RpoPlanner, uid: str, correct: list[bool]) -> int:
+    """One group on `uid`: plan it, answer with len(correct) responses, update; its prefix
+    length (0: a full rollout)."""
+    plan = planner.plan(uid)
+    n = len(plan.prefix_ids)
+    responses = [(plan.prefix_ids + [7] * 6, plan.prefix_logprobs + [-1.0] * 6,
+                  plan.prefix_versions + [1] * 6) for _ in correct]
+    planner.update(uid, responses, [float(c) for c in correct], correct=correct, prefix_len=n,
+                   at_length=[False] * len(correct))
+    return n
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_cache_heals_a_prefix_that_stays_all_wrong(k: int) -> None:
+    cfg = RpoConfig(enabled=True, max_regen_tokens=2, heal_after=k)
+    planner = RpoPlanner(cfg, max_new_tokens=64, seed=0)
+    planner.fill("q", list(range(20)), [-1.0] * 20, [0] * 20)
+    assert _visit(planner, "q", [False, False]) > 0  # all wrong on a cached prefix: 1 dead visit
+    if k == 2:
+        assert _visit(planner, "q", [False, True]) > 0  # one right answer: the count restarts
+        assert _visit(planner, "q", [False, False]) > 0
+        assert planner.metrics()["rpo/dead_prefix_frac"] == pytest.approx(2 / 3)
+        assert _visit(planner, "q", [False, False]) > 0  # second consecutive dead visit
+    assert _visit(planner, "q", [True, False]) == 0  # refreshed by a full rollout
+    assert planner.metrics()["rpo/cache_refreshes"] == 1.0
+    assert _visit(planner, "q", [False, False]) > 0  # partial again from the new entry
+    assert planner.state_dict()["dead_visits"] == {"q": 1}
+
+
+def test_healing_off_is_the_papers_cache() -> None:
+    planner = RpoPlanner(RpoConfig(enabled=True, max_regen_tokens=2, heal_after=0),
+                         max_new_tokens=64, seed=0)
+    planner.fill("q", list(range(20)), [-1.0] * 20, [0] * 20)
+    assert all(_visit(planner, "q", [False, False]) > 0 for _ in range(5))
+    assert planner.metrics()["rpo/cache_refreshes"] == 0.0
+
+
+def test_planner_state_round_trip() -> None:
+    cfg = RpoConfig(enabled=True, max_regen_tokens=3, heal_after=3)
+    a = RpoPlanner(cfg, max_new_tokens=64, seed=5)
+    a.fill("q", list(range(20)), [-1.0] * 20, [0] * 20)
+    _visit(a, "q", [False, False])
+    b = RpoPlanner(cfg, max_new_tokens=64, seed=99)
+    b.cache = a.cache
+    b.load_state_dict(a.state_dict())
+    assert b.dead_visits == a.dead_visits == {"q": 1} and b.correct == a.correct == set()
+    assert [b.plan("q").budget for _ in range(20)] == [a.plan("q").budget for _ in range(20)]
 
 
 def test_length_aware_reward_values() -> None:

@@ -236,3 +236,10 @@ def test_rpo_groups_continue_cached_prefixes_and_update_the_cache(
         assert list(entry.versions) == g.trajectories[-1].versions
         assert [t.prefix_len for t in g.trajectories] == [prefix_of[g.group_id]] * 2
     assert any(max(ctl.admission.rpo.cache.get(g.prompt_uid).versions) > 0 for g in trained)
+    metrics = read_jsonl(tmp_path / "metrics.jsonl")
+    batches = actors.trainer_objs[0].batches
+    assert len(metrics) == len(batches) == 4
+    for m, batch in zip(metrics, batches, strict=True):  # every group here is on a prefix
+        rewards = [[t.reward for t in g.trajectories] for g in batch]
+        assert m["train/informative_groups"] == sum(len(set(r)) > 1 for r in rewards)
+        assert m["rpo/dead_prefix_frac"] == sum(max(r) < 0.5 for r in rewards) / len(batch)
