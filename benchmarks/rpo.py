@@ -1,30 +1,40 @@
-"""Full GRPO against RPO + GRPO on the CPU task: the same steps, batch, seed and evaluation.
+"""Full GRPO against RPO + GRPO on the built-in tasks, over seeds (and DAPO on `chain_tail`).
 
-Runs `areal-sys run configs/tiny/grpo.yaml` and `configs/tiny/rpo_grpo.yaml` (the same file plus
-the `rpo` section) one after the other with common overrides, then writes
-`benchmarks/results/rpo.json` and a PNG:
+    python benchmarks/rpo.py [--seeds 3] [--tasks first_decision,chain_tail,chain_uniform]
+                             [--steps 40] [--train-size 256] [--no-dapo]
+    areal-sys bench rpo --seeds 3 ...
 
-- `tokens_per_sample_full` / `_rpo`: tokens generated per trained sample (the RPO prefix is not
-  generated, so it does not count), over all steps;
-- `gen_time_s_full` / `_rpo`: generation time per step, the seconds the rollout engine had at least
-  one request in flight (`gen_busy_s` of metrics.jsonl), averaged over the steps;
-- `step_time_s_full` / `_rpo`: wall time per training step (controller loop), averaged;
-- `pass_rate_full` / `_rpo`: the final held-out pass rate (256 problems, one sample each);
-- the cache-fill pass RPO runs before training (one full response per train prompt), reported
-  apart: `rpo_cache_fill_s`, `rpo_cache_fill_tokens`, and the reductions with it amortised over
-  the run (`gen_time_reduction_incl_fill`);
-- `ablations`: the same figures for RPO with a fixed L = 8 regenerated tokens (`rpo_L8`), which
-  regenerates whole short responses more often: the trade-off between generated tokens and what
-  the suffix-only updates can learn.
+RPO's premise is that the skill RL improves lives in the regenerated tail of a response (or in
+weights shared with it). `chain_tail` is the task where it holds (the demonstrator slips in the
+last 2 steps), `chain_uniform` spreads the skill over every step, and `first_decision` puts it in
+the first token, which a partial rollout never regenerates (the negative control). Every run is
+`areal-sys run configs/tiny/{grpo,rpo_grpo}.yaml` (DAPO: `{dapo,rpo_dapo}`) with the same steps,
+batch, seeds and `--train-size` train prompts (256: prompts are revisited, so the cache
+matters), the fixed model of each task, and one evaluation at the final step (`--eval-k` samples
+on `--eval-problems` held-out problems).
 
-    .venv/bin/python benchmarks/rpo.py [--steps 40] [--train-size 512]
+The regeneration window is set in tokens per task (`rpo.max_regen_tokens`, `REGEN_TOKENS`):
+m ~ U{1..L}. On the long-chain tasks a line is 8 tokens (`vv±b=rr` + newline) and the answer line
+with EOS 8, so the result of the k-th step from the end is regenerated when m >= 8k + 3:
+`window_arithmetic` writes P(that) for k = 1..4 and the expected share of tokens generated into
+the JSON (L = 40 on ~120-token responses: P = 0.75 for the last step, ~83% fewer tokens).
+
+Figures per task and setting (mean and 95% CI over seeds, per-seed values beside them): final
+pass rate and gain over the same seed's pass rate before training, generated tokens per sample,
+generation busy time per step (`gen_busy_s`), step time, the cache-fill pass's seconds, the
+informative groups per step (`train/informative_groups`), and RPO's mechanism metrics
+(`rpo/dead_prefix_frac`, `rpo/cache_refreshes`, `rpo/suffix_length_frac`,
+`rpo/cache_correct_frac`). Per task, paired by seed: RPO's token and generation-time reductions
+against the full version, and the pass-rate difference in points. The acceptance of the RPO issue
+on `chain_tail` is evaluated from the data (>= 80% fewer tokens, >= 60% less generation time,
+pass rate within 5 points of full GRPO, full GRPO gaining >= 15 points); never tuned toward.
+Writes benchmarks/results/rpo.json and .png.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,140 +42,175 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS, figure_path, run_experiment, write_results  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    TASKS,
+    Setting,
+    evaluate_initial,
+    figure_path,
+    grid_record,
+    learning_overrides,
+    pipeline_run,
+    run_grid,
+    seed_args,
+    seeds_of,
+    setting_figures,
+    write_results,
+)
+from benchmarks.stats import fmt, paired_difference, scaled, summarize  # noqa: E402
 
-CONFIGS = {"full": "configs/tiny/grpo.yaml", "rpo": "configs/tiny/rpo_grpo.yaml",
-           "rpo_L8": "configs/tiny/rpo_grpo.yaml"}
-EXTRA = {"rpo_L8": ["rpo.regen_fraction=null", "rpo.max_regen_tokens=8"]}
+REGEN_TOKENS = {"first_decision": 8, "chain_tail": 40, "chain_uniform": 40}
+LINE_TOKENS, ANSWER_TOKENS = 8, 8  # long-chain tasks: `vv±b=rr\n`, `#### rr` + EOS
+CONFIGS = {"grpo": ("configs/tiny/grpo.yaml", "configs/tiny/rpo_grpo.yaml"),
+           "dapo": ("configs/tiny/dapo.yaml", "configs/tiny/rpo_dapo.yaml")}
+STEP_METRICS = ("gen_tokens_per_sample", "gen_busy_s", "step_time_s", "reward_mean",
+                "train/informative_groups", "rpo/dead_prefix_frac", "rpo/cache_refreshes",
+                "rpo/suffix_length_frac", "rpo/cache_correct_frac", "prefix_len_mean")
+GOAL = {"tokens_reduction": 0.80, "gen_time_reduction": 0.60, "max_pass_rate_drop": 5.0,
+        "full_min_gain": 15.0}
 
 
-def summarize(run: dict[str, Any]) -> dict[str, Any]:
-    m = run["metrics"]
-    return {  # every step trains B x n samples: per-sample means are means over steps
-        "tokens_per_sample": sum(mm["gen_tokens_per_sample"] for mm in m) / len(m),
-        "gen_time_s": sum(mm["gen_busy_s"] for mm in m) / len(m),
-        "step_time_s": sum(mm["step_time_s"] for mm in m) / len(m),
-        "pass_rate": run["pass_rate_after"],
-        "pass_rate_before": run["pass_rate_before"],
-        "tokens_curve": [mm["gen_tokens_per_sample"] for mm in m],
-        "gen_time_curve": [mm["gen_busy_s"] for mm in m],
-        "reward_curve": [mm["reward_mean"] for mm in m],
-        "prefix_len_mean": sum(mm["prefix_len_mean"] for mm in m) / len(m),
-        "response_len_mean": sum(mm["response_len_mean"] for mm in m) / len(m),
-        "wall_s": run["wall_s"],
-        "steps": len(m),
-        "cache_fill": run.get("rpo_cache_fill"),
-    }
+def window_arithmetic(limit: int, mean_response_tokens: float = 120.0) -> dict[str, Any]:
+    """For m ~ U{1..limit}: P(the k-th step from the end has its result regenerated), k = 1..4
+    (m >= 8k + 3 on the long-chain tasks), and the expected share of a response generated."""
+    def p_at_least(n: int) -> float:
+        return max(0, limit - n + 1) / limit
+
+    mean_m = (limit + 1) / 2
+    return {"L": limit, "mean_m": mean_m,
+            "p_step_regenerated": {k: p_at_least(LINE_TOKENS * k + 3) for k in range(1, 5)},
+            "generated_share": min(1.0, mean_m / mean_response_tokens),
+            "mean_response_tokens": mean_response_tokens}
 
 
-def figures_of(full: dict[str, Any], rpo: dict[str, Any]) -> dict[str, Any]:
-    fill = rpo["cache_fill"] or {"seconds": 0.0, "tokens": 0.0}
-    steps = rpo["steps"]
+def settings_for(task: str, families: list[str], common: list[str]) -> list[Setting]:
+    regen = [f"rpo.max_regen_tokens={REGEN_TOKENS[task]}", "rpo.regen_fraction=null"]
+    out = []
+    for fam in families:
+        full, rpo = CONFIGS[fam]
+        out.append(Setting(f"{task}/full_{fam}", full, tuple(common), {"task": task, "rpo": False}))
+        out.append(Setting(f"{task}/rpo_{fam}", rpo, (*common, *regen),
+                           {"task": task, "rpo": True, "max_regen_tokens": REGEN_TOKENS[task]}))
+    return out
+
+
+def run_fn(reuse: bool):
+    def run(setting: Setting, seed: int, run_dir: Path) -> dict[str, Any]:
+        r = pipeline_run(setting, seed, run_dir, reuse=reuse)
+        fill = json.loads((run_dir / "results.json").read_text()).get("rpo_cache_fill") or {}
+        return {**r, "cache_fill_s": float(fill.get("seconds", 0.0))}
+    return run
+
+
+def compare(full: dict[int, dict[str, Any]], rpo: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """RPO against the full version, paired by seed: reductions (fractions) of generated tokens
+    per sample, of generation busy time per step (without and with the cache fill spread over the
+    run) and of step time, and the pass-rate difference in points."""
+    def mean_of(r: dict[str, Any], key: str) -> float:
+        vals = [m[key] for m in r["metrics"] if key in m]
+        return sum(vals) / len(vals)
+
+    seeds = sorted(set(full) & set(rpo))
+    if not seeds:
+        return {"n": 0}
+
+    def reduction(key: str) -> dict[str, Any]:
+        return summarize([1 - mean_of(rpo[s], key) / mean_of(full[s], key) for s in seeds])
+
+    with_fill = [1 - (sum(m["gen_busy_s"] for m in rpo[s]["metrics"]) + rpo[s]["cache_fill_s"])
+                 / sum(m["gen_busy_s"] for m in full[s]["metrics"]) for s in seeds]
     return {
-        "tokens_per_sample_full": full["tokens_per_sample"],
-        "tokens_per_sample_rpo": rpo["tokens_per_sample"],
-        "gen_time_s_full": full["gen_time_s"],
-        "gen_time_s_rpo": rpo["gen_time_s"],
-        "step_time_s_full": full["step_time_s"],
-        "step_time_s_rpo": rpo["step_time_s"],
-        "pass_rate_full": full["pass_rate"],
-        "pass_rate_rpo": rpo["pass_rate"],
-        "pass_rate_before": full["pass_rate_before"],
-        "tokens_reduction": 1 - rpo["tokens_per_sample"] / full["tokens_per_sample"],
-        "gen_time_reduction": 1 - rpo["gen_time_s"] / full["gen_time_s"],
-        "step_time_reduction": 1 - rpo["step_time_s"] / full["step_time_s"],
-        "pass_rate_diff_points": 100 * (rpo["pass_rate"] - full["pass_rate"]),
-        "rpo_cache_fill_s": fill["seconds"],
-        "rpo_cache_fill_tokens": fill["tokens"],
-        "gen_time_reduction_incl_fill": 1 - (rpo["gen_time_s"] * steps + fill["seconds"])
-        / (full["gen_time_s"] * full["steps"]),
-        "rpo_prefix_len_mean": rpo["prefix_len_mean"],
-        "response_len_mean_full": full["response_len_mean"],
-        "response_len_mean_rpo": rpo["response_len_mean"],
-        "wall_s_full": full["wall_s"],
-        "wall_s_rpo": rpo["wall_s"],
-        "curves": {k: {"tokens_per_sample": v["tokens_curve"], "gen_time_s": v["gen_time_curve"],
-                       "reward": v["reward_curve"]} for k, v in (("full", full), ("rpo", rpo))},
+        "tokens_reduction": reduction("gen_tokens_per_sample"),
+        "gen_time_reduction": reduction("gen_busy_s"),
+        "gen_time_reduction_incl_fill": summarize(with_fill),
+        "step_time_reduction": reduction("step_time_s"),
+        "pass_rate_diff": scaled(paired_difference(
+            {s: rpo[s]["pass_rate"] for s in seeds}, {s: full[s]["pass_rate"] for s in seeds}),
+            100),
     }
 
 
-def plot(fig_data: dict[str, Any], path: Path) -> None:
+def goal_on(task_figs: dict[str, Any]) -> dict[str, Any]:
+    """The RPO issue's acceptance on `chain_tail` (RPO + GRPO against full GRPO), from means."""
+    c, full = task_figs["rpo_grpo_vs_full"], task_figs["settings"]["full_grpo"]
+    if c.get("n") == 0 or "gain" not in full:
+        return {"verdict": "not measured"}
+    checks = {
+        "tokens_reduction": c["tokens_reduction"]["mean"] >= GOAL["tokens_reduction"],
+        "gen_time_reduction": c["gen_time_reduction"]["mean"] >= GOAL["gen_time_reduction"],
+        "pass_rate_within": c["pass_rate_diff"]["mean"] >= -GOAL["max_pass_rate_drop"],
+        "full_grpo_learns": full["gain"]["mean"] >= GOAL["full_min_gain"],
+    }
+    return {**checks, "verdict": "met" if all(checks.values()) else "not met", "goal": GOAL}
+
+
+def plot(by_task: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
-    l8 = fig_data.get("ablations", {}).get("rpo_L8")
-    labels = ["full GRPO", "RPO + GRPO", *(["RPO, L = 8"] if l8 else [])]
-    colors = ["tab:gray", "tab:green", "tab:olive"][: len(labels)]
-    bars = [("tokens_per_sample", "generated tokens / sample"),
-            ("gen_time_s", "generation time / step (s)"),
-            ("pass_rate", "final held-out pass rate")]
-    for ax, (key, title) in zip(axes[:3], bars, strict=True):
-        vals = [fig_data[f"{key}_full"], fig_data[f"{key}_rpo"]]
-        vals += [l8[f"{key}_rpo"]] if l8 else []
-        ax.bar(labels, vals, color=colors)
-        for i, v in enumerate(vals):
-            ax.text(i, v, f"{v:.3g}", ha="center", va="bottom")
-        ax.set_title(title, pad=12)
-    axes[2].axhline(fig_data["pass_rate_before"], color="k", ls=":", label="before training")
-    axes[2].legend(loc="lower right", fontsize=8)
-    curves = fig_data["curves"]
-    for key, color, label in zip(("full", "rpo"), colors, labels, strict=False):
-        axes[3].plot(curves[key]["reward"], color=color, label=label)
-    axes[3].set(xlabel="step", ylabel="mean reward of the trained batch")
-    axes[3].legend()
-    fig.suptitle(f"RPO vs full GRPO on the CPU task: {100 * fig_data['tokens_reduction']:.0f}% "
-                 f"fewer generated tokens, {100 * fig_data['gen_time_reduction']:.0f}% less "
-                 f"generation time per step, pass rate "
-                 f"{fig_data['pass_rate_diff_points']:+.1f} points")
+    tasks = list(by_task)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.3))
+    panels = [("pass_rate", "final held-out pass rate (%)", 1.0),
+              ("gen_tokens_per_sample", "generated tokens / sample", 1.0),
+              ("gen_busy_s", "generation busy time / step (s)", 1.0)]
+    width = 0.8 / max(len(s) for s in (by_task[t]["settings"] for t in tasks))
+    for ax, (key, title, factor) in zip(axes, panels, strict=True):
+        for ti, task in enumerate(tasks):
+            for si, (name, f) in enumerate(by_task[task]["settings"].items()):
+                if key not in f:
+                    continue
+                x = ti + (si - (len(by_task[task]["settings"]) - 1) / 2) * width
+                ax.bar(x, f[key]["mean"] * factor, width, yerr=(f[key]["ci95"] or 0) * factor,
+                       capsize=3, color="tab:green" if name.startswith("rpo") else "tab:gray")
+                ax.text(x, 0, name.replace("_", "\n"), ha="center", va="bottom", fontsize=6)
+        ax.set_xticks(range(len(tasks)), tasks)
+        ax.set_title(title)
+    fig.suptitle("RPO against full rollouts by task (mean and 95% CI over seeds; green: RPO)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--train-size", type=int, default=512, help="synthetic train prompts")
-    p.add_argument("--eval-problems", type=int, default=256)
-    p.add_argument("--seed", type=int, default=1)
+    seed_args(p, steps=40, eval_problems=512, eval_k=2)
+    p.add_argument("--tasks", default=",".join(TASKS))
+    p.add_argument("--train-size", type=int, default=256, help="synthetic train prompts")
+    p.add_argument("--no-dapo", action="store_true", help="leave out DAPO on chain_tail")
     p.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench_rpo"))
-    p.add_argument("--out-name", default="rpo")
-    p.add_argument("--plot-only", action="store_true", help="redraw the PNG from the JSON")
     a = p.parse_args()
-    if a.plot_only:
-        plot(json.loads((RESULTS / f"{a.out_name}.json").read_text()), figure_path(a.out_name))
-        return
-    common = [
-        f"trainer.total_steps={a.steps}", f"data.synthetic_train_size={a.train_size}",
-        f"eval.num_problems={a.eval_problems}", f"seed={a.seed}",
-        "eval.before_and_after=true", "logging.progress_bar=false",
-    ]
-    subprocess.run([sys.executable, "-m", "areal_sys.cli", "make-tiny-model",
-                    f"--seed={a.seed}"], cwd=ROOT, check=True, capture_output=True)
-    runs = {}
-    for name, config in CONFIGS.items():
-        extra = EXTRA.get(name, [])
-        runs[name] = summarize(run_experiment(config, Path(a.runs_dir) / name, common + extra))
-        r = runs[name]
-        print(f"{name:<5} tokens/sample {r['tokens_per_sample']:6.2f}  gen/step "
-              f"{r['gen_time_s']:.3f} s  step {r['step_time_s']:.3f} s  pass "
-              f"{100 * r['pass_rate_before']:.1f}% -> {100 * r['pass_rate']:.1f}%  "
-              f"({r['wall_s']:.0f} s)", flush=True)
-    figs = figures_of(runs["full"], runs["rpo"])
-    ablation = figures_of(runs["full"], runs["rpo_L8"])
-    figs["ablations"] = {"rpo_L8": {k: v for k, v in ablation.items()
-                                    if k.endswith("_rpo") or "reduction" in k or "diff" in k}}
-    print(f"RPO: {100 * figs['tokens_reduction']:.1f}% fewer generated tokens per sample, "
-          f"{100 * figs['gen_time_reduction']:.1f}% less generation time per step, "
-          f"{100 * figs['step_time_reduction']:.1f}% less step time, pass rate "
-          f"{figs['pass_rate_diff_points']:+.1f} points; "
-          f"cache fill {figs['rpo_cache_fill_s']:.1f} s")
-    settings = {"configs": CONFIGS, "common_overrides": common, "extra_overrides": EXTRA}
-    out = write_results(a.out_name, figs, settings)
-    plot(figs, figure_path(a.out_name))
-    print(f"wrote {out} and {figure_path(a.out_name)}")
+    seeds, by_task, record = seeds_of(a), {}, {}
+    for task in a.tasks.split(","):
+        t_args = argparse.Namespace(**{**vars(a), "task": task})
+        common = [*learning_overrides(t_args, curve_points=1),
+                  f"data.synthetic_train_size={a.train_size}"]
+        families = ["grpo"] + (["dapo"] if task == "chain_tail" and not a.no_dapo else [])
+        settings = settings_for(task, families, common)
+        grid = run_grid(settings, seeds, run_fn(a.reuse), Path(a.runs_dir) / task,
+                        before_fn=lambda seed, d, c=common: evaluate_initial(
+                            CONFIGS["grpo"][0], c, seed, d))
+        figs = {s.name.split("/")[1]: setting_figures(grid.runs[s.name], STEP_METRICS,
+                                                      grid.before) for s in settings}
+        by_task[task] = {"settings": figs, "window": window_arithmetic(REGEN_TOKENS[task])}
+        for fam in families:
+            by_task[task][f"rpo_{fam}_vs_full"] = compare(grid.runs[f"{task}/full_{fam}"],
+                                                          grid.runs[f"{task}/rpo_{fam}"])
+            c = by_task[task][f"rpo_{fam}_vs_full"]
+            if c.get("n") != 0:
+                print(f"{task} RPO+{fam.upper()}: tokens -{fmt(c['tokens_reduction'], 100, 1, '%')}"
+                      f", generation time -{fmt(c['gen_time_reduction'], 100, 1, '%')}, pass "
+                      f"rate {fmt(c['pass_rate_diff'], unit=' points')}", flush=True)
+        record[task] = grid_record(grid, keep_metrics=STEP_METRICS)
+    summary = {"goal_chain_tail": goal_on(by_task["chain_tail"])} if "chain_tail" in by_task \
+        else {}
+    print(json.dumps(summary))
+    out = write_results("rpo", {**summary, "by_task": by_task, "grids": record},
+                        {"regen_tokens": REGEN_TOKENS, "seeds": seeds, "steps": a.steps,
+                         "train_size": a.train_size, "configs": CONFIGS,
+                         "eval": f"{a.eval_problems} problems x {a.eval_k}"},
+                        out_dir=Path(a.out_dir))
+    plot(by_task, figure_path("rpo", Path(a.out_dir)))
+    print(f"wrote {out} and {figure_path('rpo', Path(a.out_dir))}")
 
 
 if __name__ == "__main__":
