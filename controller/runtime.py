@@ -78,6 +78,9 @@ def start_ray(cfg: ExperimentConfig) -> None:
         ray.init(address=cfg.cluster.address or None, log_to_driver=True)
         return
     ray.init(
+        # "local": a new instance even when a cluster started with `ray start` runs on this
+        # machine (no address would join the latest one, and then refuse num_cpus)
+        address="local",
         num_cpus=cfg.cluster.num_cpus or os.cpu_count(),
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
