@@ -31,7 +31,10 @@ def test_partial_rollouts_from_the_filled_cache(ray_job_run: dict[str, Any]) -> 
     metrics = read_jsonl(run_dir / "metrics.jsonl")
     assert [m["step"] for m in metrics] == list(range(STEPS))
     for m in metrics:
-        assert m["rpo/cache_hit_rate"] == 1.0  # every prompt was filled before training
+        # every prompt was filled before training: a lookup misses only where a dead prefix
+        # (all wrong on its last visit, rpo.heal_after = 1) is refreshed by a full rollout
+        hits = round(m["rpo/cache_hit_rate"] * m["rpo/cache_lookups"])
+        assert hits + m["rpo/cache_refreshes"] == m["rpo/cache_lookups"] > 0
         assert m["rpo/cache_updates"] == BATCH  # one ε-greedy update per trained group
         assert m["rpo/cache_entries"] == PROMPTS and m["rpo/cache_mib"] > 0
         assert m["prefix_len_mean"] > 0

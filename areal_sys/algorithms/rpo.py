@@ -294,6 +294,7 @@ class RpoPlanner:
         """Counters since the last call, plus the cache's size and correct fraction."""
         c, self.counts = self.counts, dict.fromkeys(self.counts, 0)
         return {
+            "rpo/cache_lookups": float(c["lookups"]),
             "rpo/cache_hit_rate": c["hits"] / max(c["lookups"], 1),
             "rpo/full_rollouts": float(c["full"]),
             "rpo/cache_updates": float(c["updates"]),

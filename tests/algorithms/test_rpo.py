@@ -58,6 +58,7 @@ def test_planner_draws_m_uniformly_and_counts_hits() -> None:
     m = planner.metrics()
     assert m["rpo/cache_hit_rate"] == pytest.approx(4000 / 4001)
     assert m["rpo/cache_entries"] == 1 and m["rpo/full_rollouts"] == 1
+    assert m["rpo/cache_lookups"] == 4001
     assert planner.metrics()["rpo/cache_hit_rate"] == 0.0  # counters reset per call
 
 
