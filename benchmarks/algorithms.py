@@ -185,9 +185,11 @@ def main() -> None:
         raise SystemExit(f"unknown settings {unknown}; known: {DEFAULT}")
     common = learning_overrides(a, curve_points=a.curve_points, kl_to_initial=True)
     grid: Grid = run_grid(
-        settings(names, common), seeds, lambda s, seed, d: pipeline_run(s, seed, d, reuse=a.reuse),
+        settings(names, common), seeds,
+        lambda s, seed, d: pipeline_run(s, seed, d, a.reuse, a.collect_only),
         Path(a.runs_dir),
-        before_fn=lambda seed, d: evaluate_initial("configs/tiny/grpo.yaml", common, seed, d))
+        before_fn=lambda seed, d: evaluate_initial("configs/tiny/grpo.yaml", common, seed, d,
+                                                  a.collect_only))
     before = scaled(summarize([b["pass_rate"] for b in grid.before.values()]), 100) \
         if grid.before else None
     figs: dict[str, dict[str, Any]] = {}

@@ -59,9 +59,10 @@ CONFIG = "configs/local_tiny.yaml"
 HEADLINE_ETA = 2  # fixed before any measurement: the headline is never the best eta afterwards
 
 
-def run(setting: Setting, seed: int, run_dir: Path, reuse: bool) -> dict[str, Any]:
+def run(setting: Setting, seed: int, run_dir: Path, reuse: bool,
+        collect_only: bool = False) -> dict[str, Any]:
     """One run's figures (common.collect_run) plus the generation idle fraction."""
-    r = pipeline_run(setting, seed, run_dir, reuse=reuse)
+    r = pipeline_run(setting, seed, run_dir, reuse, collect_only)
     busy = sum(m.get("gen_busy_s", 0.0) for m in r["metrics"])
     return {**r, "gen_idle_frac": max(0.0, 1.0 - busy / r["wall_s"])}
 
@@ -137,9 +138,11 @@ def main() -> None:
         plans[f"eta{eta}"] = (eta, split)
     settings = [Setting(n, CONFIG, (*common, f"controller.max_staleness={eta}", *extra),
                         {"eta": eta}) for n, (eta, extra) in plans.items()]
-    grid: Grid = run_grid(settings, seeds, lambda s, seed, d: run(s, seed, d, a.reuse),
+    grid: Grid = run_grid(settings, seeds,
+                          lambda s, seed, d: run(s, seed, d, a.reuse, a.collect_only),
                           Path(a.runs_dir),
-                          before_fn=lambda seed, d: evaluate_initial(CONFIG, common, seed, d))
+                          before_fn=lambda seed, d: evaluate_initial(CONFIG, common, seed, d,
+                                                                     a.collect_only))
     figs = {s.name: {**s.meta, **setting_figures(grid.runs[s.name], before=grid.before),
                      "gen_idle_frac": summarize([r["gen_idle_frac"]
                                                  for r in grid.runs[s.name].values()])}

@@ -190,6 +190,9 @@ def seed_args(p: argparse.ArgumentParser, *, steps: int, eval_problems: int = 51
     p.add_argument("--tiny-seed", type=int, default=1, help="model.tiny_seed: the fixed model")
     p.add_argument("--reuse", action="store_true",
                    help="read runs already finished in --runs-dir with the same command")
+    p.add_argument("--collect-only", action="store_true",
+                   help="run nothing: write the results from the runs (and before-training "
+                   "evaluations) already finished in --runs-dir; the others count as failures")
     p.add_argument("--out-dir", default=str(RESULTS), help="where NAME.json and NAME.png go")
 
 
@@ -236,16 +239,20 @@ def _cli(args: list[str], what: str) -> float:
     return time.time() - t0
 
 
-def pipeline_run(setting: Setting, seed: int, run_dir: Path, reuse: bool = False) -> dict[str, Any]:
+def pipeline_run(setting: Setting, seed: int, run_dir: Path, reuse: bool = False,
+                 collect_only: bool = False) -> dict[str, Any]:
     """The real run function of `run_grid`: `areal-sys run` of the setting with `seed=S`, then
     `collect_run`. With `reuse`, a run_dir whose finished run had the same command is read
-    instead of run again (an interrupted sweep continues where it stopped)."""
+    instead of run again (an interrupted sweep continues where it stopped); with
+    `collect_only`, such a run is read and any other is a failure (nothing runs)."""
     args = ["run", setting.config, "--overwrite", f"run_dir={run_dir}", *setting.overrides,
             f"seed={seed}"]
     stamp = run_dir / "bench_command.json"
-    if reuse and (run_dir / "results.json").is_file() and stamp.is_file() \
+    if (reuse or collect_only) and (run_dir / "results.json").is_file() and stamp.is_file() \
             and json.loads(stamp.read_text()) == args:
         return collect_run(run_dir)
+    if collect_only:
+        raise RuntimeError(f"{setting.name} seed {seed}: no finished run with this command")
     command_s = _cli(args, f"{setting.name} seed {seed}")
     stamp.write_text(json.dumps(args) + "\n")
     return {**collect_run(run_dir), "command_s": command_s}
@@ -275,7 +282,8 @@ def collect_run(run_dir: Path) -> dict[str, Any]:
             "groups_filtered": int(results.get("groups_filtered", 0))}
 
 
-def evaluate_initial(config: str, overrides: list[str], seed: int, run_dir: Path) -> dict[str, Any]:
+def evaluate_initial(config: str, overrides: list[str], seed: int, run_dir: Path,
+                     collect_only: bool = False) -> dict[str, Any]:
     """The held-out pass rate before training, for one seed: `areal-sys eval CONFIG --checkpoint
     MODEL` on the initial model (the one every run of the grid starts from: `resolve_model` of the
     same config, so the fixed `model.tiny_seed` and the task's model) with the runs' evaluation
@@ -288,6 +296,12 @@ def evaluate_initial(config: str, overrides: list[str], seed: int, run_dir: Path
     from controller.runtime import resolve_model
 
     args = [*overrides, f"seed={seed}"]
+    if collect_only:  # the evaluation an earlier invocation left in run_dir, if any
+        path = run_dir / "eval.jsonl"
+        if not path.is_file():
+            raise RuntimeError(f"evaluation before training, seed {seed}: not run")
+        line = read_jsonl(path)[-1]
+        return {"pass_rate": line["pass_rate"], "eval": line}
     model_dir = resolve_model(load_config(config, args), progress=False)
     shutil.rmtree(run_dir, ignore_errors=True)
     command_s = _cli(["eval", config, "--checkpoint", model_dir, f"run_dir={run_dir}", *args],

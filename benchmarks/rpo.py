@@ -93,9 +93,9 @@ def settings_for(task: str, families: list[str], common: list[str]) -> list[Sett
     return out
 
 
-def run_fn(reuse: bool):
+def run_fn(reuse: bool, collect_only: bool):
     def run(setting: Setting, seed: int, run_dir: Path) -> dict[str, Any]:
-        r = pipeline_run(setting, seed, run_dir, reuse=reuse)
+        r = pipeline_run(setting, seed, run_dir, reuse, collect_only)
         fill = json.loads((run_dir / "results.json").read_text()).get("rpo_cache_fill") or {}
         return {**r, "cache_fill_s": float(fill.get("seconds", 0.0))}
     return run
@@ -186,9 +186,9 @@ def main() -> None:
                   f"data.synthetic_train_size={a.train_size}"]
         families = ["grpo"] + (["dapo"] if task == "chain_tail" and not a.no_dapo else [])
         settings = settings_for(task, families, common)
-        grid = run_grid(settings, seeds, run_fn(a.reuse), Path(a.runs_dir) / task,
+        grid = run_grid(settings, seeds, run_fn(a.reuse, a.collect_only), Path(a.runs_dir) / task,
                         before_fn=lambda seed, d, c=common: evaluate_initial(
-                            CONFIGS["grpo"][0], c, seed, d))
+                            CONFIGS["grpo"][0], c, seed, d, a.collect_only))
         figs = {s.name.split("/")[1]: setting_figures(grid.runs[s.name], STEP_METRICS,
                                                       grid.before) for s in settings}
         by_task[task] = {"settings": figs, "window": window_arithmetic(REGEN_TOKENS[task])}

@@ -97,6 +97,27 @@ def test_collect_run_reads_the_final_evaluation_and_the_staleness(tmp_path: Path
     assert r["groups_filtered"] == 3 and len(r["metrics"]) == 4
 
 
+def test_collect_only_reads_finished_runs_and_runs_nothing(tmp_path: Path) -> None:
+    from benchmarks.common import Setting, evaluate_initial, pipeline_run
+
+    setting = Setting("a", "configs/local_tiny.yaml", ("trainer.total_steps=4",))
+    done = _fake_run_dir(tmp_path / "done")
+    args = ["run", setting.config, "--overwrite", f"run_dir={done}", *setting.overrides,
+            "seed=1"]
+    (done / "bench_command.json").write_text(json.dumps(args))
+    assert pipeline_run(setting, 1, done, collect_only=True)["pass_rate"] == 0.55
+    with pytest.raises(RuntimeError, match="no finished run"):  # another seed's command
+        pipeline_run(setting, 2, done, collect_only=True)
+    with pytest.raises(RuntimeError, match="no finished run"):  # never stamped
+        pipeline_run(setting, 1, _fake_run_dir(tmp_path / "unstamped"), collect_only=True)
+    before = tmp_path / "before"
+    before.mkdir()
+    _write_jsonl(before / "eval.jsonl", [{"tag": "checkpoint", "pass_rate": 0.3}])
+    assert evaluate_initial("x.yaml", [], 1, before, collect_only=True)["pass_rate"] == 0.3
+    with pytest.raises(RuntimeError, match="not run"):
+        evaluate_initial("x.yaml", [], 1, tmp_path / "none", collect_only=True)
+
+
 def test_collect_run_refuses_a_run_not_evaluated_at_its_last_step(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="no evaluation at the final step 4"):
         collect_run(_fake_run_dir(tmp_path / "run", final_version=3))
