@@ -273,7 +273,13 @@ def ray_head(log: Path) -> Iterator[str]:
             [RAY, "start", "--head", "--block", "--port", str(free_port()),
              "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
              "--dashboard-port", str(dash_port), "--num-cpus", "2", "--temp-dir", temp_dir,
-             "--disable-usage-stats"],
+             "--disable-usage-stats",
+             # the agents' own ports too: their defaults clash with any other Ray instance on
+             # the machine (its job agent then never registers: "No available agent")
+             "--dashboard-agent-listen-port", str(free_port()),
+             "--dashboard-agent-grpc-port", str(free_port()),
+             "--runtime-env-agent-port", str(free_port()),
+             "--metrics-export-port", str(free_port())],
             env=RAY_ENV, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     address = f"http://127.0.0.1:{dash_port}"
@@ -308,13 +314,18 @@ def ray_job_run(tmp: Path) -> dict[str, Any]:
         "data.synthetic_eval_size=32", "algorithm.max_oversample_rounds=1",
     )
     with ray_head(tmp / "ray_start.log") as address:
-        submit = subprocess.run(
-            [RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT),
-             "--runtime-env-json", json.dumps(runtime_env), "--submission-id", RayJob.SUBMISSION,
-             "--", *entrypoint],
-            env=RAY_ENV, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
-        )
-        logs = submit.stdout + submit.stderr
+        deadline = time.monotonic() + 120
+        while True:  # the head's job agent can register after the dashboard answers (slow host)
+            submit = subprocess.run(
+                [RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT),
+                 "--runtime-env-json", json.dumps(runtime_env), "--submission-id",
+                 RayJob.SUBMISSION, "--", *entrypoint],
+                env=RAY_ENV, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
+            )
+            logs = submit.stdout + submit.stderr
+            if "No available agent to submit job" not in logs or time.monotonic() > deadline:
+                break
+            time.sleep(2)
         assert submit.returncode == 0, logs[-5000:]
         status = subprocess.run(
             [RAY, "job", "status", "--address", address, RayJob.SUBMISSION],
