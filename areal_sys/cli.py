@@ -116,12 +116,9 @@ def main(argv: list[str] | None = None) -> int:
             print(_algorithms_listing())
             return 0
         if args.command == "make-tiny-model":
-            from areal_sys.models.tiny import ensure_tiny_model
+            from areal_sys.models.chain_model import ensure_task_model
 
-            kwargs: dict[str, Any] = {"seed": args.seed, "task": args.task}
-            if args.sft_steps is not None:
-                kwargs["sft_steps"] = args.sft_steps
-            print(ensure_tiny_model(**kwargs))
+            print(ensure_task_model(args.task, seed=args.seed, sft_steps=args.sft_steps))
             return 0
         if args.command == "bench":
             return _bench(args.name, args.args)

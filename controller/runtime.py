@@ -25,13 +25,11 @@ def resolve_model(cfg: ExperimentConfig, progress: bool = True) -> str:
     checked by `check_model` before anything starts."""
     path = cfg.model.path
     if path == TINY_MODEL:
-        from areal_sys.models.tiny import ensure_tiny_model
+        from areal_sys.models.chain_model import ensure_task_model
 
-        steps = cfg.model.tiny_sft_steps
-        extra = {} if steps is None else {"sft_steps": steps}
         seed = cfg.seed if cfg.model.tiny_seed is None else cfg.model.tiny_seed
-        local = str(ensure_tiny_model(seed=seed, progress=progress,
-                                      task=cfg.data.synthetic_task, **extra))
+        local = str(ensure_task_model(cfg.data.synthetic_task, seed=seed,
+                                      sft_steps=cfg.model.tiny_sft_steps, progress=progress))
     elif Path(path).expanduser().is_dir():
         local = str(Path(path).expanduser().resolve())
     else:

@@ -63,10 +63,12 @@ def load_rows(
     e.g. a remote reward service that knows its own). Raises DataError.
     """
     if source == "synthetic":
-        from areal_sys.data.synthetic import EVAL_SEED, make_problems
+        from areal_sys.data import chain, synthetic
 
-        rows = make_problems(synthetic_size, EVAL_SEED if split == "eval" else seed, split,
-                             synthetic_task)
+        seed = synthetic.EVAL_SEED if split == "eval" else seed
+        rows = (synthetic.make_problems(synthetic_size, seed, split)
+                if synthetic_task == "first_decision"
+                else chain.make_problems(synthetic_size, seed, split, synthetic_task))
         return [PromptRow(uid=r["uid"], prompt=r["prompt"], reference=r["answer"], task=task)
                 for r in rows]
     path = Path(source).expanduser()

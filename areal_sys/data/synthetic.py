@@ -1,5 +1,5 @@
 """Built-in CPU tasks; this module holds `first_decision`, the demo's task (the long-chain tasks
-are in `areal_sys.data.chain`; `make_problems` serves all three by name).
+are in `areal_sys.data.chain`, which shares its answer line and split rule).
 
 `first_decision`: multi-step integer addition/subtraction with a written chain of steps.
 
@@ -98,13 +98,8 @@ def make_problem(rng: random.Random) -> dict[str, str]:
     return _render(operands, ops)
 
 
-TASKS = ("first_decision", "chain_tail", "chain_uniform")
-
-
-def make_problems(n: int, seed: int, split: str = "train",
-                  task: str = "first_decision") -> list[dict[str, str]]:
-    """`n` problems of `split` ('train' | 'eval') of the built-in `task`, deterministic in
-    (`seed`, `split`, `task`).
+def make_problems(n: int, seed: int, split: str = "train") -> list[dict[str, str]]:
+    """`n` problems of `split` ('train' | 'eval'), deterministic in (`seed`, `split`).
 
     Rows: ``{"uid", "prompt", "answer", "solution"}``; uids are unique within (seed, split).
     Prompts may repeat within a split (short chains have few distinct values) but never across
@@ -114,12 +109,6 @@ def make_problems(n: int, seed: int, split: str = "train",
         raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    if task != "first_decision":
-        if task not in TASKS:
-            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
-        from areal_sys.data import chain
-
-        return chain.make_problems(n, seed, split, task)
     rng = random.Random(f"areal_sys.synthetic.v{TASK_VERSION}:{seed}:{split}")
     want_eval = split == "eval"
     rows: list[dict[str, str]] = []

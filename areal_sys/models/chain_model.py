@@ -67,6 +67,21 @@ def chain_model_key(task: str, seed: int, settings: ChainWarmStart) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def ensure_task_model(task: str = "first_decision", seed: int = 1, sft_steps: int | None = None,
+                      cache_dir: str | Path | None = None, progress: bool = True) -> Path:
+    """The tiny model of the built-in `task`: `first_decision`'s (`tiny.ensure_tiny_model`, with
+    `sft_steps` supervised steps, None: its default) or a long-chain task's, warm-started from
+    that one."""
+    from areal_sys.models.tiny import DEFAULT_SFT_STEPS, ensure_tiny_model
+
+    steps = DEFAULT_SFT_STEPS if sft_steps is None else sft_steps
+    if task == "first_decision":
+        return ensure_tiny_model(seed=seed, sft_steps=steps, cache_dir=cache_dir,
+                                 progress=progress)
+    return ensure_chain_model(task, seed=seed, cache_dir=cache_dir, progress=progress,
+                              settings=ChainWarmStart(base_sft_steps=steps))
+
+
 def ensure_chain_model(task: str, seed: int = 1, cache_dir: str | Path | None = None,
                        progress: bool = True, settings: ChainWarmStart | None = None) -> Path:
     """Path of `task`'s warm-started tiny model, built on first use (the base model too, if it

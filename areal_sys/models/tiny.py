@@ -150,13 +150,11 @@ def ensure_tiny_model(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     sft: SFTSettings | None = None,
-    task: str = "first_decision",
 ) -> Path:
     """Path of the warm-started tiny model, built on first use and then reused from the cache.
 
-    `task` picks the built-in task the model is warm-started for: `first_decision` (below) or a
-    long-chain task (`areal_sys.models.chain_model`, warm-started from this one, built with
-    `sft_steps` and the default `sft`).
+    This is the `first_decision` task's model; the long-chain tasks' are warm-started from it
+    (`areal_sys.models.chain_model.ensure_task_model` serves all three by name).
 
     Built with plain PyTorch on CPU in fp32, deterministic in `seed` for a given thread count
     (float reductions differ across thread counts). Measured on 2 cores (seed 1, 1000 steps):
@@ -164,11 +162,6 @@ def ensure_tiny_model(
     Location: `cache_dir`, else `$AREAL_SYS_CACHE`, else `~/.cache/areal_sys`, in a subdirectory
     named by `tiny_model_key`; written atomically (`build_cached`).
     """
-    if task != "first_decision":
-        from areal_sys.models.chain_model import ChainWarmStart, ensure_chain_model
-
-        return ensure_chain_model(task, seed=seed, cache_dir=cache_dir, progress=progress,
-                                  settings=ChainWarmStart(base_sft_steps=sft_steps))
     final = _cache_root(cache_dir) / f"tiny-qwen2-{tiny_model_key(seed, sft_steps, sft)}"
     return build_cached(final, lambda: _train_sft(seed, sft_steps, sft or SFTSettings(), progress))
 

@@ -7,12 +7,13 @@ import random
 import pytest
 
 from areal_sys.data import chain
-from areal_sys.data.synthetic import extract_answer, is_correct, is_eval_prompt, make_problems
+from areal_sys.data.chain import make_problems
+from areal_sys.data.synthetic import extract_answer, is_correct, is_eval_prompt
 
 
 @pytest.mark.parametrize("task", chain.CHAIN_TASKS)
 def test_problems_have_12_to_16_fixed_width_steps_and_a_checkable_answer(task: str) -> None:
-    rows = make_problems(300, seed=3, split="train", task=task)
+    rows = make_problems(300, 3, "train", task)
     for r in rows:
         lines = r["solution"].split("\n")
         start, ops = chain.parse_prompt(r["prompt"])
@@ -33,11 +34,11 @@ def test_a_hand_written_chain_wraps_modulo_100() -> None:
 
 
 def test_splits_are_disjoint_and_deterministic() -> None:
-    train = make_problems(200, seed=1, split="train", task="chain_tail")
-    held = make_problems(200, seed=1, split="eval", task="chain_tail")
+    train = make_problems(200, 1, "train", "chain_tail")
+    held = make_problems(200, 1, "eval", "chain_tail")
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in held}
     assert all(is_eval_prompt(r["prompt"]) for r in held)
-    assert held == make_problems(200, seed=1, split="eval", task="chain_tail")
+    assert held == make_problems(200, 1, "eval", "chain_tail")
     assert make_problems(5, 1, "train", "chain_uniform") != make_problems(5, 1, "train",
                                                                          "chain_tail")
 
@@ -74,7 +75,7 @@ def test_step_errors_reads_missing_malformed_and_copied_wrong_lines() -> None:
 @pytest.mark.parametrize("task", chain.CHAIN_TASKS)
 def test_demonstrator_slips_at_the_configured_rates(task: str) -> None:
     rng = random.Random(7)
-    rows = make_problems(3000, seed=2, split="train", task=task)
+    rows = make_problems(3000, 2, "train", task)
     errors = [chain.step_errors(r["prompt"], chain.demonstration(r, task, rng)) for r in rows]
     by_end = chain.error_by_position(errors)["step_error_from_end"]
     want = chain.slip_probabilities(task, 12)[::-1]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from areal_sys.data import chain
 from areal_sys.data.loading import DataError, PromptRow, load_rows, render_prompt
 from areal_sys.data.synthetic import make_problems
 from areal_sys.models.tiny import build_tokenizer
@@ -26,8 +27,8 @@ def test_synthetic_rows_match_the_generator() -> None:
     assert rows == [PromptRow(p["uid"], p["prompt"], p["answer"], "synthetic") for p in problems]
     rows = load_rows("synthetic", split="train", synthetic_size=4, seed=2,
                      synthetic_task="chain_tail")
-    assert [r.prompt for r in rows] == [p["prompt"] for p in make_problems(4, 2, "train",
-                                                                            "chain_tail")]
+    assert [r.prompt for r in rows] == [p["prompt"] for p in chain.make_problems(4, 2, "train",
+                                                                                  "chain_tail")]
 
 
 def test_the_synthetic_eval_set_is_the_same_whatever_the_seed() -> None:
