@@ -300,14 +300,22 @@ def evaluate_initial(config: str, overrides: list[str], seed: int, run_dir: Path
         path = run_dir / "eval.jsonl"
         if not path.is_file():
             raise RuntimeError(f"evaluation before training, seed {seed}: not run")
-        line = read_jsonl(path)[-1]
+        line = _portable(read_jsonl(path)[-1])
         return {"pass_rate": line["pass_rate"], "eval": line}
     model_dir = resolve_model(load_config(config, args), progress=False)
     shutil.rmtree(run_dir, ignore_errors=True)
     command_s = _cli(["eval", config, "--checkpoint", model_dir, f"run_dir={run_dir}", *args],
                      f"evaluation before training, seed {seed}")
-    line = read_jsonl(run_dir / "eval.jsonl")[-1]
+    line = _portable(read_jsonl(run_dir / "eval.jsonl")[-1])
     return {"pass_rate": line["pass_rate"], "eval": line, "command_s": command_s}
+
+
+def _portable(line: dict[str, Any]) -> dict[str, Any]:
+    """An eval.jsonl line without this machine's paths: the checkpoint by its directory name
+    (the results files are committed)."""
+    if "checkpoint" in line:
+        return {**line, "checkpoint": Path(line["checkpoint"]).name}
+    return line
 
 
 def per_step(runs: dict[int, dict[str, Any]], key: str) -> dict[int, list[float]]:

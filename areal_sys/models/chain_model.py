@@ -24,12 +24,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from areal_sys.models.tiny import DEFAULT_SFT_STEPS
+
 
 @dataclass(frozen=True)
 class ChainWarmStart:
     """Warm-start settings of the long-chain models (part of their cache key)."""
 
-    base_sft_steps: int = 1000  # the first_decision model it starts from (DEFAULT_SFT_STEPS)
+    base_sft_steps: int = DEFAULT_SFT_STEPS  # steps of the first_decision model it starts from
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 20
@@ -72,7 +74,7 @@ def ensure_task_model(task: str = "first_decision", seed: int = 1, sft_steps: in
     """The tiny model of the built-in `task`: `first_decision`'s (`tiny.ensure_tiny_model`, with
     `sft_steps` supervised steps, None: its default) or a long-chain task's, warm-started from
     that one."""
-    from areal_sys.models.tiny import DEFAULT_SFT_STEPS, ensure_tiny_model
+    from areal_sys.models.tiny import ensure_tiny_model
 
     steps = DEFAULT_SFT_STEPS if sft_steps is None else sft_steps
     if task == "first_decision":
@@ -86,10 +88,10 @@ def ensure_chain_model(task: str, seed: int = 1, cache_dir: str | Path | None = 
                        progress: bool = True, settings: ChainWarmStart | None = None) -> Path:
     """Path of `task`'s warm-started tiny model, built on first use (the base model too, if it
     is not cached yet) and then reused from the cache."""
-    from areal_sys.data.chain import slip_probabilities
+    from areal_sys.data.chain import MIN_STEPS, slip_probabilities
     from areal_sys.models.tiny import _cache_root, build_cached, ensure_tiny_model
 
-    slip_probabilities(task, 12)  # validates the name before any build
+    slip_probabilities(task, MIN_STEPS)  # validates the name before any build
     settings = settings or ChainWarmStart()
     base = ensure_tiny_model(seed=seed, sft_steps=settings.base_sft_steps, cache_dir=cache_dir,
                              progress=progress)
