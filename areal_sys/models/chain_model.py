@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -36,7 +37,8 @@ class ChainWarmStart:
     lr: float = 1e-3
     warmup_steps: int = 20
     chunk_steps: int = 100
-    max_chunks: int = 10
+    max_chunks: int = 12
+    final_lr_frac: float = 0.1  # cosine decay to lr x this at max_chunks x chunk_steps
     gate_problems: int = 128
     tolerance: float = 1.5
     slack: float = 0.02
@@ -50,6 +52,18 @@ def gate_passed(measured: Sequence[float], injected: Sequence[float], tolerance:
     if len(measured) != len(injected) or not measured:
         raise ValueError("measured and injected errors must be non-empty and by the same positions")
     return all(m <= tolerance * p + slack for m, p in zip(measured, injected, strict=True))
+
+
+def lr_factor(step: int, settings: ChainWarmStart) -> float:
+    """The warm start's learning-rate multiplier: linear warm-up, then cosine decay from 1 to
+    `final_lr_frac` at the last possible step (a constant rate left the sampled slip rate
+    oscillating around 1.6x the demonstrator's at the tail of `chain_tail`)."""
+    if step < settings.warmup_steps:
+        return (step + 1) / settings.warmup_steps
+    horizon = max(1, settings.max_chunks * settings.chunk_steps - settings.warmup_steps)
+    progress = min(1.0, (step - settings.warmup_steps) / horizon)
+    floor = settings.final_lr_frac
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def injected_from_end(task: str, positions: int) -> list[float]:
@@ -146,8 +160,7 @@ def _train_until_gate(base: Path, task: str, seed: int, settings: ChainWarmStart
     tok = build_tokenizer()
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: min(1.0, (step + 1) / settings.warmup_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, settings))
     noise = random.Random(seed)
     examples = ((r["prompt"], demonstration(r, task, noise))
                 for r in iter_problems(seed, "train", task))

@@ -13,6 +13,7 @@ from areal_sys.models.chain_model import (
     ensure_chain_model,
     gate_passed,
     injected_from_end,
+    lr_factor,
 )
 from areal_sys.models.tiny import ensure_tiny_model
 
@@ -31,6 +32,16 @@ def test_gate_holds_every_position_to_its_own_rate() -> None:
 def test_injected_rates_by_position_from_the_end() -> None:
     assert injected_from_end("chain_tail", 4) == [0.25, 0.25, 0.003, 0.003]
     assert injected_from_end("chain_uniform", 3) == [0.045] * 3
+
+
+def test_lr_warms_up_then_decays_to_its_floor() -> None:
+    s = ChainWarmStart(warmup_steps=10, chunk_steps=50, max_chunks=2, final_lr_frac=0.1)
+    assert lr_factor(0, s) == pytest.approx(0.1)
+    assert lr_factor(9, s) == pytest.approx(1.0)
+    assert lr_factor(10, s) == pytest.approx(1.0)
+    assert lr_factor(55, s) == pytest.approx(0.55)  # halfway through the cosine: the mean
+    assert lr_factor(100, s) == pytest.approx(0.1)
+    assert lr_factor(500, s) == pytest.approx(0.1)
 
 
 def test_cache_key_depends_on_task_seed_and_settings() -> None:
