@@ -1,7 +1,7 @@
 """Full GRPO against RPO + GRPO on the built-in tasks, over seeds (and DAPO on `chain_tail`).
 
     python benchmarks/rpo.py [--seeds 3] [--tasks first_decision,chain_tail,chain_uniform]
-                             [--steps 40] [--train-size 256] [--no-dapo]
+                             [--steps 40] [--train-size 256] [--no-dapo] [--guards scale]
     areal-sys bench rpo --seeds 3 ...
 
 RPO's premise is that the skill RL improves lives in the regenerated tail of a response (or in
@@ -11,7 +11,9 @@ the first token, which a partial rollout never regenerates (the negative control
 `areal-sys run configs/tiny/{grpo,rpo_grpo}.yaml` (DAPO: `{dapo,rpo_dapo}`) with the same steps,
 batch, seeds and `--train-size` train prompts (256: prompts are revisited, so the cache
 matters), the fixed model of each task, and one evaluation at the final step (`--eval-k` samples
-on `--eval-problems` held-out problems).
+on `--eval-problems` held-out problems). On `chain_tail`, RPO + GRPO runs once more under each
+sparse-signal guard mode in `--guards` (`trainer.sparse_signal`), compared with RPO + GRPO
+without it, paired by seed.
 
 The regeneration window is set in tokens per task (`rpo.max_regen_tokens`, `REGEN_TOKENS`):
 m ~ U{1..L}. On the long-chain tasks a line is 8 tokens (`vv±b=rr` + newline) and the answer line
@@ -82,14 +84,21 @@ def window_arithmetic(limit: int, mean_response_tokens: float = 120.0) -> dict[s
             "mean_response_tokens": mean_response_tokens}
 
 
-def settings_for(task: str, families: list[str], common: list[str]) -> list[Setting]:
+def settings_for(task: str, families: list[str], common: list[str],
+                 guards: tuple[str, ...] = ()) -> list[Setting]:
+    """Full and RPO runs per family; with `guards`, RPO + GRPO again under each
+    `trainer.sparse_signal` mode (does the sparse-signal guard change RPO's result?)."""
     regen = [f"rpo.max_regen_tokens={REGEN_TOKENS[task]}", "rpo.regen_fraction=null"]
+    meta = {"task": task, "rpo": True, "max_regen_tokens": REGEN_TOKENS[task]}
     out = []
     for fam in families:
         full, rpo = CONFIGS[fam]
         out.append(Setting(f"{task}/full_{fam}", full, tuple(common), {"task": task, "rpo": False}))
-        out.append(Setting(f"{task}/rpo_{fam}", rpo, (*common, *regen),
-                           {"task": task, "rpo": True, "max_regen_tokens": REGEN_TOKENS[task]}))
+        out.append(Setting(f"{task}/rpo_{fam}", rpo, (*common, *regen), meta))
+    for mode in guards:
+        out.append(Setting(f"{task}/rpo_grpo_{mode}", CONFIGS["grpo"][1],
+                           (*common, *regen, f"trainer.sparse_signal={mode}"),
+                           {**meta, "sparse_signal": mode}))
     return out
 
 
@@ -177,6 +186,9 @@ def main() -> None:
     p.add_argument("--tasks", default=",".join(TASKS))
     p.add_argument("--train-size", type=int, default=256, help="synthetic train prompts")
     p.add_argument("--no-dapo", action="store_true", help="leave out DAPO on chain_tail")
+    p.add_argument("--guards", default="scale",
+                   help="sparse-signal guard modes run with RPO + GRPO on chain_tail, comma "
+                   "separated (skip, scale; empty: none)")
     p.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench_rpo"))
     a = p.parse_args()
     seeds, by_task, record = seeds_of(a), {}, {}
@@ -185,7 +197,8 @@ def main() -> None:
         common = [*learning_overrides(t_args, curve_points=1),
                   f"data.synthetic_train_size={a.train_size}"]
         families = ["grpo"] + (["dapo"] if task == "chain_tail" and not a.no_dapo else [])
-        settings = settings_for(task, families, common)
+        guards = tuple(g for g in a.guards.split(",") if g) if task == "chain_tail" else ()
+        settings = settings_for(task, families, common, guards)
         grid = run_grid(settings, seeds, run_fn(a.reuse, a.collect_only), Path(a.runs_dir) / task,
                         before_fn=lambda seed, d, c=common: evaluate_initial(
                             CONFIGS["grpo"][0], c, seed, d, a.collect_only))
@@ -200,6 +213,9 @@ def main() -> None:
                 print(f"{task} RPO+{fam.upper()}: tokens -{fmt(c['tokens_reduction'], 100, 1, '%')}"
                       f", generation time -{fmt(c['gen_time_reduction'], 100, 1, '%')}, pass "
                       f"rate {fmt(c['pass_rate_diff'], unit=' points')}", flush=True)
+        for mode in guards:  # the guard's effect on RPO + GRPO, paired by seed
+            by_task[task][f"rpo_grpo_{mode}_vs_rpo_grpo"] = compare(
+                grid.runs[f"{task}/rpo_grpo"], grid.runs[f"{task}/rpo_grpo_{mode}"])
         record[task] = grid_record(grid, keep_metrics=STEP_METRICS)
     summary = {"goal_chain_tail": goal_on(by_task["chain_tail"])} if "chain_tail" in by_task \
         else {}

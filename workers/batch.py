@@ -59,6 +59,24 @@ def lr_at_step(
     return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def signal_lr_factor(mode: str, informative: int, groups: int, min_groups: int) -> float:
+    """The learning-rate multiplier of the sparse-signal guard (`trainer.sparse_signal`).
+
+    With many groups carrying no signal (shared RPO prefixes, easy or hopeless prompts), Adam's
+    normalisation turns the gradient of one or two informative groups into a full-size step.
+    `off`: 1. `skip`: 0 below `min_groups` informative groups, else 1 (the step's gradient still
+    enters Adam's moment estimates; the weights do not move). `scale`: the informative fraction
+    of the batch's groups, so a step's size follows the amount of signal in it.
+    """
+    if mode == "off":
+        return 1.0
+    if mode == "skip":
+        return 0.0 if informative < min_groups else 1.0
+    if mode == "scale":
+        return informative / max(groups, 1)
+    raise ValueError(f"unknown sparse_signal mode {mode!r}")
+
+
 @dataclass
 class TrainBatch:
     """The training view of a list of groups: one entry per trained sequence (batch order)."""
@@ -74,6 +92,8 @@ class TrainBatch:
     group_ids: list[int]
     positions: list[tuple[int, int]]  # (group index, member index) of each entry
     prefix_lens: list[int]  # RPO: leading response tokens taken from the experience cache
+    informative: int = 0  # groups with a nonzero advantage on some loss token (the signal)
+    num_groups: int = 0
 
     @property
     def lengths(self) -> list[int]:
@@ -94,8 +114,9 @@ def prepare_batch(
     """
     if advantages is None and algo.estimator is None:
         raise ValueError("a token-level estimator (gae) needs the critic's advantages")
-    b = TrainBatch([], [], [], [], [], [], [], [], [], [])
+    b = TrainBatch([], [], [], [], [], [], [], [], [], [], num_groups=len(groups))
     for gi, g in enumerate(groups):
+        signal = False
         lengths = [len(t.response_ids) for t in g.trajectories]
         rewards = algo.shaped_rewards(g, reward_bonus[gi] if reward_bonus else None)
         keep = algo.train_mask([t.finish_reason for t in g.trajectories])
@@ -126,6 +147,8 @@ def prepare_batch(
             b.group_ids.append(g.group_id)
             b.positions.append((gi, k))
             b.prefix_lens.append(t.prefix_len)
+            signal = signal or bool(torch.any((a * mask) != 0))
+        b.informative += signal
     return b
 
 

@@ -68,7 +68,7 @@ from areal_sys.packing import (
     to_padded,
 )
 from areal_sys.trajectory import Group
-from workers.batch import Nested, Proximal, TrainBatch, lr_at_step, prepare_batch
+from workers.batch import Nested, Proximal, TrainBatch, lr_at_step, prepare_batch, signal_lr_factor
 from workers.deepspeed_engine import (
     build_engine,
     join_process_group,
@@ -194,8 +194,10 @@ class TrainerWorker:
         ref_s = self._reference_pass(px) if kl_metric or self.algo.kl_in_loss else 0.0
         prox_s = self._proximal_pass(px, first=n_reused)
         t1 = time.perf_counter()
-        lr = lr_at_step(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
-                        total_steps=cfg.total_steps, schedule=cfg.lr_schedule)
+        signal = signal_lr_factor(cfg.sparse_signal, batch.informative, batch.num_groups,
+                                  cfg.min_informative_groups)
+        lr = signal * lr_at_step(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
+                                 total_steps=cfg.total_steps, schedule=cfg.lr_schedule)
         for group in self.engine.optimizer.param_groups:
             group["lr"] = lr
         grad_norms, j = [], 0
@@ -230,6 +232,7 @@ class TrainerWorker:
             "reward_shaped_mean": sum(batch.rewards) / len(batch.rewards),
             "grad_norm": sum(grad_norms) / len(grad_norms),
             "lr": float(lr),
+            "signal_lr_factor": signal,
             "n_tokens": float(sum(lengths)),
             "n_loss_tokens": s["n_loss_tokens"],
             "n_seqs": float(len(lengths)),

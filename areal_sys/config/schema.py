@@ -128,6 +128,14 @@ class TrainerConfig(Section):
     warmup_steps: int = Field(0, ge=0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     ppo_minibatches: int = Field(1, ge=1, description="optimiser updates per step")
+    sparse_signal: Literal["off", "skip", "scale"] = Field(
+        "off", description="guard for steps where few groups carry a learning signal (a nonzero "
+        "advantage): skip: no weight update below min_informative_groups such groups; scale: the "
+        "learning rate x the informative fraction of the batch's groups",
+    )
+    min_informative_groups: int = Field(
+        1, ge=1, description="sparse_signal=skip: the fewest informative groups that update",
+    )
     max_tokens_per_microbatch: int = Field(8192, ge=16, description="packing budget")
     keep_groups_together: bool = Field(
         False, description="split minibatches at group boundaries (advantages are computed per "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.rpo import compare, goal_on, window_arithmetic
+from benchmarks.rpo import compare, goal_on, settings_for, window_arithmetic
 from benchmarks.table import rpo as rpo_row
 
 
@@ -47,3 +47,15 @@ def test_goal_on_chain_tail_needs_every_check() -> None:
     row, _ = rpo_row({"by_task": {"chain_tail": figs}, "goal_chain_tail": goal_on(figs)})
     assert "chain_tail: tokens **-80 ± 0% (n = 2)**" in row
     assert row.endswith("(goal on chain_tail: not met)")
+
+
+def test_guard_settings_run_rpo_grpo_under_each_sparse_signal_mode() -> None:
+    settings = settings_for("chain_tail", ["grpo", "dapo"], ["seed=1"], guards=("scale",))
+    assert [s.name for s in settings] == ["chain_tail/full_grpo", "chain_tail/rpo_grpo",
+                                          "chain_tail/full_dapo", "chain_tail/rpo_dapo",
+                                          "chain_tail/rpo_grpo_scale"]
+    guard = settings[-1]
+    assert "trainer.sparse_signal=scale" in guard.overrides
+    assert "rpo.max_regen_tokens=40" in guard.overrides
+    assert guard.config == "configs/tiny/rpo_grpo.yaml"
+    assert all("trainer.sparse_signal=scale" not in s.overrides for s in settings[:-1])

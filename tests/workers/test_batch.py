@@ -10,7 +10,7 @@ import torch
 from areal_sys.algorithms import LossDenominators, build_algorithm, grpo_advantages
 from areal_sys.trajectory import Group, Trajectory
 from tests.workers.test_trainer import make_groups
-from workers.batch import lr_at_step, nest, prepare_batch
+from workers.batch import lr_at_step, nest, prepare_batch, signal_lr_factor
 
 
 def test_lr_schedule() -> None:
@@ -94,3 +94,31 @@ def test_a_filter_bypassed_group_gets_zero_advantage_and_leaves_the_denominators
     assert batch.group_ids == [0, 0, 1, 1]  # still in the batch: B groups, audited as trained
     denom = LossDenominators.from_masks(batch.mask)
     assert (denom.n_tokens, denom.n_seqs) == (5.0, 2.0)
+
+
+def test_informative_groups_are_those_with_a_nonzero_advantage_on_a_loss_token() -> None:
+    """GRPO: a mixed group carries signal; all-right and all-wrong groups do not (A = 0 on
+    every token); a filter-bypassed mixed group does not either (mask 0)."""
+    algo = build_algorithm({"name": "grpo"})
+    groups = [
+        _group([1.0, 0.0], [2, 3], ["stop"] * 2, group_id=0),
+        _group([1.0, 1.0], [2, 3], ["stop"] * 2, group_id=1),
+        _group([0.0, 0.0], [2, 3], ["stop"] * 2, group_id=2),
+        _group([1.0, 0.0], [2, 3], ["stop"] * 2, group_id=3, filter_bypassed=True),
+    ]
+    batch = prepare_batch(groups, algo)
+    assert (batch.informative, batch.num_groups) == (1, 4)
+
+
+@pytest.mark.parametrize(("mode", "informative", "expected"), [
+    ("off", 0, 1.0), ("off", 3, 1.0),
+    ("skip", 1, 0.0), ("skip", 2, 1.0), ("skip", 8, 1.0),
+    ("scale", 0, 0.0), ("scale", 2, 0.25), ("scale", 8, 1.0),
+])
+def test_sparse_signal_lr_factor(mode: str, informative: int, expected: float) -> None:
+    assert signal_lr_factor(mode, informative, groups=8, min_groups=2) == expected
+
+
+def test_sparse_signal_rejects_an_unknown_mode() -> None:
+    with pytest.raises(ValueError, match="sparse_signal"):
+        signal_lr_factor("halve", 1, groups=8, min_groups=1)

@@ -199,3 +199,23 @@ def test_kl_in_loss_against_a_frozen_reference(worker: TrainerWorker) -> None:
         assert max_diff(worker.reference_logprobs(groups), initial) < 1e-5
     finally:
         worker.algo, worker.reference, worker.kl_metric_every = saved
+
+
+@pytest.mark.slow
+def test_sparse_signal_skip_leaves_the_weights_unchanged(worker: TrainerWorker) -> None:
+    """`trainer.sparse_signal=skip` with 2 informative groups required: a batch with one mixed
+    group and three all-equal ones runs the step at learning rate 0, so every log-prob stays."""
+    cfg = worker.train_cfg
+    groups = make_groups(4, 4, seed=5)
+    for g in groups[1:]:
+        for t in g.trajectories:
+            t.reward = 1.0
+    worker.train_cfg = cfg.model_copy(update={"sparse_signal": "skip", "min_informative_groups": 2})
+    try:
+        before = worker.compute_logprobs(groups)
+        m = worker.train_step(groups, step=10)
+        after = worker.compute_logprobs(groups)
+    finally:
+        worker.train_cfg = cfg
+    assert m["signal_lr_factor"] == 0.0 and m["lr"] == 0.0 and m["grad_norm"] > 0
+    assert max_diff(before, after) == 0.0
