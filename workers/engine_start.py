@@ -169,14 +169,16 @@ def refuse_cpu_attention(model_path: str, worker: int) -> None:
         raise EngineStartError(f"rollout worker {worker}: {problem}")
 
 
-def start_engine(args: Any, model_path: str, worker: int) -> Any:
-    """`AsyncLLM.from_engine_args(args)`; any failure is an EngineStartError of one line with
-    its root cause (read from the engine process's log when only that process knew it)."""
+def start_engine(args: Any, model_path: str, worker: int,
+                 stat_loggers: list[Any] | None = None) -> Any:
+    """`AsyncLLM.from_engine_args(args, stat_loggers=...)`; any failure is an EngineStartError of
+    one line with its root cause (read from the engine process's log when only that process knew
+    it)."""
     from vllm.v1.engine.async_llm import AsyncLLM
 
     logs = log_files()  # a failed engine process's traceback lands in them
     try:
-        return AsyncLLM.from_engine_args(args)
+        return AsyncLLM.from_engine_args(args, stat_loggers=stat_loggers)
     except Exception as e:  # noqa: BLE001 - any failure: one line with its root cause
         raise EngineStartError(f"rollout worker {worker}: the vLLM engine for {model_path} did "
                                f"not start: {start_failure_cause(e, logs)}") from None

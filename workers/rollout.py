@@ -63,6 +63,7 @@ from workers.engine_start import (
     refuse_cpu_attention,
     start_engine,
 )
+from workers.vllm_ext import EngineCounters
 
 __all__ = ["RolloutWorker", "actor_runtime_env"]
 
@@ -142,6 +143,7 @@ class RolloutWorker:
         self._accepting.set()
         self._update_lock = asyncio.Lock()
         self._broken: BaseException | None = None
+        self._counters = EngineCounters()  # vLLM's prefill and preemption counts
 
     # ------------------------------------------------------------------ engine lifecycle
     async def start(self) -> None:
@@ -172,7 +174,8 @@ class RolloutWorker:
             worker_extension_cls=WEIGHT_SYNC_EXTENSION,
             disable_log_stats=True,
         )
-        self._engine = start_engine(args, self.model_path, self.worker_id)
+        self._engine = start_engine(args, self.model_path, self.worker_id,
+                                    stat_loggers=[self._counters.stat_logger()])
         await self._engine.update_weight_version(str(self._version))  # labels every token
 
     async def shutdown(self) -> None:
@@ -408,12 +411,18 @@ class RolloutWorker:
         return self._tokens_generated
 
     async def stats(self) -> dict[str, float]:
-        """`tokens_generated` and `busy_s`: seconds so far with at least one request in the
-        engine (generation time; idle time = wall time − busy_s)."""
+        """`tokens_generated`; `busy_s`: seconds so far with at least one request in the engine
+        (generation time; idle time = wall time − busy_s); vLLM's own `prefill_tokens`,
+        `cached_prompt_tokens` and `preemptions` (vllm_ext.EngineCounters): an abort-mode update
+        re-prefills what it interrupts, a keep-mode update does not."""
         busy = self._busy_s
         if self._inflight:
             busy += time.perf_counter() - self._busy_since
-        return {"tokens_generated": float(self._tokens_generated), "busy_s": busy}
+        c = self._counters
+        return {"tokens_generated": float(self._tokens_generated), "busy_s": busy,
+                "prefill_tokens": float(c.prefill_tokens),
+                "cached_prompt_tokens": float(c.cached_prompt_tokens),
+                "preemptions": float(c.preemptions)}
 
     async def get_version(self) -> int:
         """Policy version of the loaded weights."""
