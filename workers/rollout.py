@@ -7,14 +7,11 @@ The controller runs it as an async Ray actor, so `generate_group` calls for many
     actor = actor.remote(model_path, worker_id=i, ...)
 
 Runtime environment. The actor process must import `workers.rollout` (an installed project, a Ray
-`working_dir`, or `actor_runtime_env()`, which puts the project root on `PYTHONPATH`). vLLM starts
-its engine core in a spawned process that must import `workers.vllm_ext`; `start()` prepends the
-project root to `PYTHONPATH` before building the engine, so nothing more is needed. On CPU,
-`start()` also sets `VLLM_CPU_KVCACHE_SPACE` (GiB, from `kv_cache_gib`) and, unless the
-environment already names them, binds the engine's OpenMP threads to every core in the process's
-affinity mask (`VLLM_CPU_OMP_THREADS_BIND=<cores>`, `VLLM_CPU_NUM_OF_RESERVED_CPU=0`). Several
-workers on one machine should each get their own cores through `env_vars` in the runtime_env.
-On CUDA none of the CPU settings are touched.
+`working_dir`, or `actor_runtime_env()`, which puts the project root on `PYTHONPATH`); `start()`
+puts it there for vLLM's spawned engine process too (it imports `workers.vllm_ext`). On CPU,
+`start()` sets the KV cache size and binds the engine's OpenMP threads to this process's cores
+(engine_start.configure_cpu_env); several workers on one machine should each get their own cores
+through `env_vars` in the runtime_env. On CUDA none of the CPU settings are touched.
 
 Weight updates (`update_mode`; vLLM's pause API, `AsyncLLM.pause_generation`). Every update
 closes the gate for new submissions, loads, labels the engine with the new version
