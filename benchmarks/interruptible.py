@@ -159,7 +159,8 @@ def train(a: argparse.Namespace) -> dict[str, Any]:
     base = learning_overrides(argparse.Namespace(
         tiny_seed=a.tiny_seed, task="first_decision", steps=a.train_steps, batch_size=16,
         n_samples=a.n_samples, eval_problems=a.eval_problems, eval_k=4), curve_points=1)
-    settings = [Setting(m, "configs/local_tiny.yaml", (*base, f"rollout.update_mode={m}"),
+    modes = ("rollout.interruptible=null",)  # the config may still name the old flag
+    settings = [Setting(m, "configs/local_tiny.yaml", (*base, *modes, f"rollout.update_mode={m}"),
                         {"update_mode": m}) for m in MODES]
     grid = run_grid(settings, list(range(1, a.train_seeds + 1)), pipeline_run,
                     Path(a.runs_dir))

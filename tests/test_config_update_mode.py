@@ -1,8 +1,12 @@
 """rollout.update_mode and its alias, the old rollout.interruptible flag."""
 
+from pathlib import Path
+
 import pytest
 
 from areal_sys.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("mode", ["abort", "keep", "wait"])
@@ -34,3 +38,9 @@ def test_unknown_update_mode_is_refused_naming_the_field():
     with pytest.raises(ConfigError) as err:
         load_config(None, ["rollout.update_mode=pause"])
     assert str(err.value).startswith("rollout.update_mode:")
+
+
+def test_a_shipped_config_naming_interruptible_takes_another_mode_once_the_flag_is_dropped():
+    cfg = load_config(ROOT / "configs/local_tiny.yaml",
+                      ["rollout.interruptible=null", "rollout.update_mode=keep"])
+    assert cfg.rollout.update_mode == "keep" and cfg.rollout.interruptible is None

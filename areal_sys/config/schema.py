@@ -125,8 +125,9 @@ class RolloutConfig(Section):
             return data
         mode = "abort" if data["interruptible"] else "wait"
         if data.get("update_mode", mode) != mode:
-            raise ValueError(f"interruptible={str(data['interruptible']).lower()} means "
-                             f"update_mode={mode!r}, but update_mode={data['update_mode']!r}")
+            raise ValueError(f"interruptible={str(data['interruptible']).lower()} (the old name "
+                             f"of update_mode) means update_mode={mode!r}, but update_mode="
+                             f"{data['update_mode']!r}: drop one (rollout.interruptible=null)")
         return {**data, "update_mode": mode}
 
 
