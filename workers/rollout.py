@@ -368,6 +368,8 @@ class RolloutWorker:
                 else:  # the engine holds (keep) or finishes (wait) what it has; adds queue
                     kept = len(self._inflight) if mode == "keep" else 0
                     paused = True
+                    # keep must not clear the cache: vLLM would preempt every running request
+                    # (reset_running_requests=True) and recompute its KV, i.e. re-prefill it
                     await engine.pause_generation(mode=mode, clear_cache=mode == "wait")
                 t1 = time.perf_counter()
                 try:
