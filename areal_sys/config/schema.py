@@ -100,8 +100,14 @@ class RolloutConfig(Section):
     max_new_tokens: int = Field(160, ge=1, description="generation budget per response")
     temperature: float = Field(1.0, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    interruptible: bool = Field(
-        True, description="abort in-flight requests on a weight update and resume them"
+    update_mode: Literal["abort", "keep", "wait"] = Field(
+        "abort", description="what a weight update does to in-flight requests: 'abort' them and "
+        "resubmit prompt + partial tokens (re-prefill; AReaL), 'keep' them paused in the engine "
+        "and continue on the new weights without re-prefill (the KV of earlier tokens stays from "
+        "older weights), or 'wait' until they finish on the old weights (baseline)",
+    )
+    interruptible: bool | None = Field(
+        None, description="deprecated alias of update_mode: true = 'abort', false = 'wait'"
     )
     max_concurrent_groups: int = Field(
         64, ge=1, description="groups a worker generates at once (the gate may admit fewer)"
@@ -110,6 +116,19 @@ class RolloutConfig(Section):
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1.0)
     max_model_len: int = Field(512, ge=16)
     enforce_eager: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _interruptible_alias(cls, data: Any) -> Any:
+        """Map the old `interruptible` flag onto `update_mode`; refuse the two disagreeing."""
+        if not isinstance(data, dict) or not isinstance(data.get("interruptible"), bool):
+            return data
+        mode = "abort" if data["interruptible"] else "wait"
+        if data.get("update_mode", mode) != mode:
+            raise ValueError(f"interruptible={str(data['interruptible']).lower()} (the old name "
+                             f"of update_mode) means update_mode={mode!r}, but update_mode="
+                             f"{data['update_mode']!r}: drop one (rollout.interruptible=null)")
+        return {**data, "update_mode": mode}
 
 
 class TrainerConfig(Section):

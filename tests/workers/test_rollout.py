@@ -258,7 +258,7 @@ class TestInProcess:
     ) -> None:
         w = engine.worker
         v0 = engine.load(tiny_models["A"])
-        w.interruptible = False
+        w.update_mode = "wait"
         n, budget = 32, 120
 
         async def scenario() -> tuple[list[Trajectory], list[Trajectory], dict]:
@@ -282,7 +282,7 @@ class TestInProcess:
         try:
             old, new, result = engine.run(scenario())
         finally:
-            w.interruptible = True
+            w.update_mode = "abort"
         assert result["interrupted"] == 0
         assert result["drain_s"] > 0.0
         assert all(t.num_interrupts == 0 and t.versions == [v0] * len(t.response_ids) for t in old)
