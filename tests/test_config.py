@@ -12,11 +12,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_overrides_apply_and_parse_types():
     cfg = load_config(ROOT / "configs/local_tiny.yaml",
                       ["trainer.total_steps=5", "controller.max_staleness=0", "trainer.lr=3e-4",
-                       "rollout.interruptible=false", "run_dir=/tmp/x"])
+                       "rollout.update_mode=wait", "run_dir=/tmp/x"])
     assert cfg.trainer.total_steps == 5
     assert cfg.controller.max_staleness == 0
     assert cfg.trainer.lr == pytest.approx(3e-4)
-    assert cfg.rollout.interruptible is False
+    assert cfg.rollout.update_mode == "wait"
     assert cfg.run_dir == "/tmp/x"
 
 

@@ -40,7 +40,8 @@ def test_unknown_update_mode_is_refused_naming_the_field():
     assert str(err.value).startswith("rollout.update_mode:")
 
 
-def test_a_shipped_config_naming_interruptible_takes_another_mode_once_the_flag_is_dropped():
-    cfg = load_config(ROOT / "configs/local_tiny.yaml",
-                      ["rollout.interruptible=null", "rollout.update_mode=keep"])
+def test_the_shipped_configs_name_update_mode_so_an_override_takes_another_mode():
+    assert load_config(ROOT / "configs/local_tiny.yaml", []).rollout.update_mode == "abort"
+    cfg = load_config(ROOT / "configs/local_tiny.yaml", ["rollout.update_mode=keep"])
     assert cfg.rollout.update_mode == "keep" and cfg.rollout.interruptible is None
+    assert not any("interruptible" in p.read_text() for p in (ROOT / "configs").rglob("*.yaml"))
