@@ -149,11 +149,20 @@ def _isatty(stream: Any) -> bool:
 def capture(log_file: Path | None) -> Iterator[Console]:
     """For the duration, `sys.stdout` is a Console on the terminal; with `log_file`, this
     process's fd 1 and 2 (so `sys.stderr`, C code, logging handlers, child processes) go to that
-    file. Both are restored on exit, also on an exception (which the CLI then prints)."""
+    file. Both are restored on exit, also on an exception (which the CLI then prints). A log
+    file that cannot be written is said in one line, and the output stays on the console."""
     saved_stdout = sys.stdout
     terminal: TextIO = saved_stdout
     saved_fds: tuple[int, int] | None = None
     saved_stdout.flush()
+    if log_file is not None:
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644))
+        except OSError as e:
+            print(f"note: cannot write {log_file} ({e.strerror or e}): third-party output stays "
+                  "on the console")
+            log_file = None
     if log_file is not None:
         try:  # the terminal, kept open on its own descriptor while fd 1 goes to the file
             terminal = os.fdopen(os.dup(saved_stdout.fileno()), "w", buffering=1,

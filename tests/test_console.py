@@ -158,3 +158,18 @@ def test_logged_redirects_in_the_constructor_and_keeps_the_class_name(tmp_path, 
 def test_log_dir_is_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert log_dir("runs/x") == tmp_path.resolve() / "runs" / "x" / "logs"
+
+
+def test_a_log_file_that_cannot_be_written_leaves_the_output_on_the_console(tmp_path):
+    res = child("""
+        import os, sys
+        from pathlib import Path
+        from areal_sys.console import capture
+        blocker = Path(os.environ["TMP_DIR"]) / "run"
+        blocker.write_text("a file where the run_dir should be")
+        with capture(blocker / "logs" / "driver.log"):
+            print("theirs", file=sys.stderr)
+        """, tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("note: cannot write ") and "driver.log" in res.stdout
+    assert res.stderr == "theirs\n"
