@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from areal_sys.config import ConfigError, ExperimentConfig, load_config
-from areal_sys.console import VERBOSE_ENV, verbose_from_env
+from areal_sys.console import OWN_LOGGERS, VERBOSE_ENV, verbose_from_env
 from controller.preflight import (  # light: the run's checks import their tools when they run
     RUN_OUTPUTS,
     UserError,
@@ -215,9 +215,6 @@ def _reward_serve(argv: list[str]) -> int:
         handler.addFilter(_own_or_warning)
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     return reward_serve([a for a in argv if a not in ("-v", "--verbose")])
-
-
-OWN_LOGGERS = ("areal_sys", "controller", "workers", "reward_service", "benchmarks")
 
 
 def _own_or_warning(record: Any) -> bool:

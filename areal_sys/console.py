@@ -19,7 +19,9 @@ Nothing here imports more than the standard library: `import areal_sys` stays li
 from __future__ import annotations
 
 import io
+import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -33,6 +35,12 @@ LOG_FILE_ENV = "AREAL_SYS_LOG_FILE"
 # "1": every areal-sys command started below this one runs as with --verbose (`bench`)
 VERBOSE_ENV = "AREAL_SYS_VERBOSE"
 CLEAR_LINE = "\r\x1b[K"
+# our own packages' loggers: in an actor's log with this format, their warnings and errors are
+# found again by `own_warnings` and shown on the driver's console
+OWN_LOGGERS = ("areal_sys", "controller", "workers", "reward_service")
+OWN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_OWN = "|".join(OWN_LOGGERS)
+OWN_RECORD = re.compile(rf"^\S+ \S+ (WARNING|ERROR|CRITICAL) ((?:{_OWN})(?:\.\w+)*): (.*)$")
 
 
 def log_dir(run_dir: str | Path) -> Path:
@@ -73,10 +81,43 @@ def logged(cls: type) -> type:
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         if path := os.environ.get(LOG_FILE_ENV):
             redirect_output(Path(path))
+            log_own_records()
         cls.__init__(self, *args, **kwargs)
 
     return type(cls.__name__, (cls,), {"__init__": __init__, "__doc__": cls.__doc__,
                                        "__qualname__": cls.__qualname__})
+
+
+def log_own_records() -> None:
+    """Our own loggers write INFO and above to this process's stderr in OWN_FORMAT (once per
+    process), not through whatever handlers a library gave the root logger."""
+    for name in OWN_LOGGERS:
+        logger = logging.getLogger(name)
+        if any(getattr(h, "own_format", False) for h in logger.handlers):
+            continue
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(OWN_FORMAT))
+        handler.own_format = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def own_warnings(logs: Path, limit: int = 8) -> list[str]:
+    """Console lines for the warnings and errors our own code logged into the files of `logs`
+    (OWN_FORMAT lines), each once, with the file that has the details: `warning: MESSAGE (see
+    FILE)`; at most `limit`, then one line counting the rest."""
+    found: dict[str, None] = {}
+    for path in sorted(logs.glob("*.log")) if logs.is_dir() else []:
+        with path.open(encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if m := OWN_RECORD.match(line.rstrip("\n")):
+                    level = "warning" if m[1] == "WARNING" else "error"
+                    found[f"{level}: {m[3]} (see {path})"] = None
+    lines = list(found)
+    if len(lines) > limit:
+        return lines[:limit] + [f"... and {len(lines) - limit} more warnings in {logs}"]
+    return lines
 
 
 class Console(io.TextIOBase):

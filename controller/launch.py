@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from areal_sys.config import ExperimentConfig, dump_config
-from areal_sys.console import capture, log_dir
+from areal_sys.console import capture, log_dir, own_warnings
 from controller import runtime
 from controller.preflight import (
     UserError,
@@ -100,6 +100,8 @@ def run(cfg: ExperimentConfig, overwrite: bool = False) -> int:
         before, after = results["pass_rate_before"], results["pass_rate_after"]
         print(f"held-out pass rate: before {100 * before:.1f}% -> after {100 * after:.1f}% "
               f"({100 * (after - before):+.1f} points)")
+    for line in [] if cfg.logging.verbose else own_warnings(log_dir(cfg.run_dir)):
+        print(line)  # the workers' own warnings, each with the log that has the details
     logs = "" if cfg.logging.verbose else f", logs in {run_dir / 'logs'}"
     print(f"done: {results['steps']} steps in {elapsed:.0f} s; outputs in {run_dir}{logs}")
     return 0

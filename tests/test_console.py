@@ -173,3 +173,33 @@ def test_a_log_file_that_cannot_be_written_leaves_the_output_on_the_console(tmp_
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("note: cannot write ") and "driver.log" in res.stdout
     assert res.stderr == "theirs\n"
+
+
+def test_an_actors_own_warnings_are_found_again_with_their_file(tmp_path):
+    """What `logged` sets up in an actor (our loggers in OWN_FORMAT into the redirected
+    stderr), read back by the driver: our warnings and errors, once each, not the libraries'."""
+    res = child("""
+        import logging, os
+        from pathlib import Path
+        from areal_sys.console import log_own_records, redirect_output
+        redirect_output(Path(os.environ["TMP_DIR"]) / "logs" / "reward.log")
+        log_own_records()
+        log_own_records()  # a restarted actor: still one handler
+        sandbox = logging.getLogger("reward_service.sandbox")
+        sandbox.info("grader processes started")
+        sandbox.warning("isolation mode 'none'")
+        sandbox.warning("isolation mode 'none'")
+        logging.getLogger("workers.rollout").error("engine died")
+        logging.getLogger("vllm.engine").warning("Failed to load weights")
+        """, tmp_path)
+    assert res.returncode == 0, res.stderr
+    from areal_sys.console import own_warnings
+
+    log = tmp_path / "logs" / "reward.log"
+    assert log.read_text().count("grader processes started") == 1  # INFO is logged, once
+    assert own_warnings(tmp_path / "logs") == [
+        f"warning: isolation mode 'none' (see {log})", f"error: engine died (see {log})"]
+    assert own_warnings(tmp_path / "logs", limit=1) == [
+        f"warning: isolation mode 'none' (see {log})",
+        f"... and 1 more warnings in {tmp_path / 'logs'}"]
+    assert own_warnings(tmp_path / "nowhere") == []
