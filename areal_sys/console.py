@@ -219,6 +219,7 @@ def capture(log_file: Path | None) -> Iterator[Console]:
         yield console
     finally:
         console.end_live()
+        console.stream = saved_stdout  # whoever kept `sys.stdout` (Ray's colorama) writes on
         sys.stdout = saved_stdout
         if saved_fds is not None:
             sys.stderr.flush()

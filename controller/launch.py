@@ -96,12 +96,12 @@ def run(cfg: ExperimentConfig, overwrite: bool = False) -> int:
     elapsed = time.time() - t_start
     results["wall_time_s"] = elapsed
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    for line in [] if cfg.logging.verbose else own_warnings(log_dir(cfg.run_dir)):
+        print(line)  # the workers' own warnings, each with the log that has the details
     if results.get("pass_rate_before") is not None and "pass_rate_after" in results:
         before, after = results["pass_rate_before"], results["pass_rate_after"]
         print(f"held-out pass rate: before {100 * before:.1f}% -> after {100 * after:.1f}% "
               f"({100 * (after - before):+.1f} points)")
-    for line in [] if cfg.logging.verbose else own_warnings(log_dir(cfg.run_dir)):
-        print(line)  # the workers' own warnings, each with the log that has the details
     logs = "" if cfg.logging.verbose else f", logs in {run_dir / 'logs'}"
     print(f"done: {results['steps']} steps in {elapsed:.0f} s; outputs in {run_dir}{logs}")
     return 0

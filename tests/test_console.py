@@ -203,3 +203,18 @@ def test_an_actors_own_warnings_are_found_again_with_their_file(tmp_path):
         f"warning: isolation mode 'none' (see {log})",
         f"... and 1 more warnings in {tmp_path / 'logs'}"]
     assert own_warnings(tmp_path / "nowhere") == []
+
+
+def test_a_library_that_kept_the_console_still_writes_after_the_capture(tmp_path):
+    """Ray's colorama keeps `sys.stdout` as it found it at import, inside the capture, and
+    writes to it at exit."""
+    res = child("""
+        import os, sys
+        from pathlib import Path
+        from areal_sys.console import capture
+        with capture(Path(os.environ["TMP_DIR"]) / "driver.log"):
+            kept = sys.stdout
+        kept.write("written at exit\\n")
+        """, tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "written at exit\n"
