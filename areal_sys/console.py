@@ -88,9 +88,11 @@ def logged(cls: type) -> type:
                                        "__qualname__": cls.__qualname__})
 
 
-def log_own_records() -> None:
+def log_own_records() -> list[tuple[logging.Logger, logging.Handler, int, bool]]:
     """Our own loggers write INFO and above to this process's stderr in OWN_FORMAT (once per
-    process), not through whatever handlers a library gave the root logger."""
+    process), not through whatever handlers a library gave the root logger. Returns what
+    `unlog_own_records` needs to undo it."""
+    added = []
     for name in OWN_LOGGERS:
         logger = logging.getLogger(name)
         if any(getattr(h, "own_format", False) for h in logger.handlers):
@@ -98,20 +100,31 @@ def log_own_records() -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(OWN_FORMAT))
         handler.own_format = True  # type: ignore[attr-defined]
+        added.append((logger, handler, logger.level, logger.propagate))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
+    return added
 
 
-def own_warnings(logs: Path, limit: int = 8) -> list[str]:
+def unlog_own_records(added: list[tuple[logging.Logger, logging.Handler, int, bool]]) -> None:
+    for logger, handler, level, propagate in added:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+def own_warnings(logs: Path, since: float = 0.0, limit: int = 8) -> list[str]:
     """Console lines for the warnings and errors our own code logged into the files of `logs`
-    (OWN_FORMAT lines), each once, with the file that has the details: `warning: MESSAGE (see
-    FILE)`; at most `limit`, then one line counting the rest."""
+    (OWN_FORMAT lines) from Unix time `since` on (the files are appended to across attempts),
+    each once, with the file that has the details: `warning: MESSAGE (see FILE)`; at most
+    `limit`, then one line counting the rest."""
+    start = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
     found: dict[str, None] = {}
     for path in sorted(logs.glob("*.log")) if logs.is_dir() else []:
         with path.open(encoding="utf-8", errors="replace") as f:
             for line in f:
-                if m := OWN_RECORD.match(line.rstrip("\n")):
+                if (m := OWN_RECORD.match(line.rstrip("\n"))) and line[:19] >= start:
                     level = "warning" if m[1] == "WARNING" else "error"
                     found[f"{level}: {m[3]} (see {path})"] = None
     lines = list(found)
@@ -195,6 +208,7 @@ def capture(log_file: Path | None) -> Iterator[Console]:
     saved_stdout = sys.stdout
     terminal: TextIO = saved_stdout
     saved_fds: tuple[int, int] | None = None
+    own_records: list[tuple[logging.Logger, logging.Handler, int, bool]] = []
     saved_stdout.flush()
     if log_file is not None:
         try:
@@ -213,6 +227,7 @@ def capture(log_file: Path | None) -> Iterator[Console]:
             terminal = saved_stdout  # a stream without a descriptor (pytest's capture)
         saved_fds = (os.dup(1), os.dup(2))
         redirect_output(log_file)
+        own_records = log_own_records()  # the driver's own warnings, for `own_warnings`
     console = Console(terminal)
     sys.stdout = console
     try:
@@ -221,6 +236,7 @@ def capture(log_file: Path | None) -> Iterator[Console]:
         console.end_live()
         console.stream = saved_stdout  # whoever kept `sys.stdout` (Ray's colorama) writes on
         sys.stdout = saved_stdout
+        unlog_own_records(own_records)
         if saved_fds is not None:
             sys.stderr.flush()
             os.dup2(saved_fds[0], 1)

@@ -96,7 +96,7 @@ def run(cfg: ExperimentConfig, overwrite: bool = False) -> int:
     elapsed = time.time() - t_start
     results["wall_time_s"] = elapsed
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    for line in [] if cfg.logging.verbose else own_warnings(log_dir(cfg.run_dir)):
+    for line in [] if cfg.logging.verbose else own_warnings(log_dir(cfg.run_dir), t_start):
         print(line)  # the workers' own warnings, each with the log that has the details
     if results.get("pass_rate_before") is not None and "pass_rate_after" in results:
         before, after = results["pass_rate_before"], results["pass_rate_after"]

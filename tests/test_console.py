@@ -11,6 +11,7 @@ import io
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 from areal_sys.console import CLEAR_LINE, Console, log_dir
@@ -136,8 +137,9 @@ def test_a_live_line_wider_than_the_terminal_is_cut(monkeypatch):
 def test_logged_redirects_in_the_constructor_and_keeps_the_class_name(tmp_path, monkeypatch):
     from areal_sys import console
 
-    seen: list[Path] = []
+    seen: list[object] = []
     monkeypatch.setattr(console, "redirect_output", seen.append)
+    monkeypatch.setattr(console, "log_own_records", lambda: seen.append("own records"))
 
     class RolloutWorker:
         """A rollout worker (fake)."""
@@ -151,7 +153,7 @@ def test_logged_redirects_in_the_constructor_and_keeps_the_class_name(tmp_path, 
     monkeypatch.setenv(console.LOG_FILE_ENV, str(tmp_path / "rollout-0.log"))
     worker = cls("m", worker_id=1)
     assert worker.args == ("m", 1) and isinstance(worker, RolloutWorker)
-    assert seen == [tmp_path / "rollout-0.log"]
+    assert seen == [tmp_path / "rollout-0.log", "own records"]
     assert (cls.__name__, cls.__doc__) == ("RolloutWorker", RolloutWorker.__doc__)
 
 
@@ -199,6 +201,7 @@ def test_an_actors_own_warnings_are_found_again_with_their_file(tmp_path):
     assert log.read_text().count("grader processes started") == 1  # INFO is logged, once
     assert own_warnings(tmp_path / "logs") == [
         f"warning: isolation mode 'none' (see {log})", f"error: engine died (see {log})"]
+    assert own_warnings(tmp_path / "logs", since=time.time() + 5) == []  # an earlier attempt's
     assert own_warnings(tmp_path / "logs", limit=1) == [
         f"warning: isolation mode 'none' (see {log})",
         f"... and 1 more warnings in {tmp_path / 'logs'}"]
@@ -218,3 +221,15 @@ def test_a_library_that_kept_the_console_still_writes_after_the_capture(tmp_path
         """, tmp_path)
     assert res.returncode == 0, res.stderr
     assert res.stdout == "written at exit\n"
+
+
+def test_the_capture_leaves_our_loggers_as_it_found_them(tmp_path):
+    import logging
+
+    from areal_sys.console import capture
+
+    logger = logging.getLogger("reward_service")
+    before = (list(logger.handlers), logger.level, logger.propagate)
+    with capture(tmp_path / "driver.log"):
+        assert logger.propagate is False and len(logger.handlers) == len(before[0]) + 1
+    assert (list(logger.handlers), logger.level, logger.propagate) == before
