@@ -5,6 +5,11 @@ Everything a user can get wrong (run_dir, datasets, model, prompt lengths, an un
 checkpoint) is checked before Ray starts and raises UserError / ConfigError, which the CLI prints
 as one line with exit code 2 (areal_sys/cli.py). `areal_sys` itself never imports this package:
 the CLI imports this module inside its command functions only.
+
+Once validation has passed, the console holds our own lines only (areal_sys/console.py): the
+driver's third-party output goes to RUN_DIR/logs/driver.log (eval.log for `eval`), each actor's to
+its own file there, unless `logging.verbose`. An error leaving the run carries a note naming that
+directory, which the CLI prints with it.
 """
 
 from __future__ import annotations
@@ -12,10 +17,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from areal_sys.config import ExperimentConfig, dump_config
+from areal_sys.console import capture, log_dir, own_warnings
 from controller import runtime
 from controller.preflight import (
     UserError,
@@ -63,36 +71,54 @@ def run(cfg: ExperimentConfig, overwrite: bool = False) -> int:
     print(f"algorithm: {algo.summary}")  # which path is active, before anything starts
     if warning := cfg.algorithm.reward_warning(cfg.reward.correct_reward, cfg.reward.wrong_reward):
         print(f"warning: {warning}")
-    import ray
+    with _console(cfg, "driver"):
+        import ray
 
-    from controller.controller import Controller
+        from controller.controller import Controller
 
-    runtime.start_ray(cfg)
-    actors = None
-    try:
-        actors = runtime.create_actors(cfg, model_path, needs_critic=algo.needs_critic)
+        runtime.start_ray(cfg)
+        actors = None
+        try:
+            actors = runtime.create_actors(cfg, model_path, needs_critic=algo.needs_critic)
 
-        async def go() -> dict[str, Any]:
-            await runtime.start_actors(cfg, actors)
-            controller = Controller(cfg, algo, actors, train, held_out, put=ray.put,
-                                    resume=resume)
-            try:
-                return await controller.run()
-            finally:
-                controller.close()  # metric sinks (W&B, TensorBoard) before Ray shuts down
+            async def go() -> dict[str, Any]:
+                await runtime.start_actors(cfg, actors)
+                controller = Controller(cfg, algo, actors, train, held_out, put=ray.put,
+                                        resume=resume)
+                try:
+                    return await controller.run()
+                finally:
+                    controller.close()  # metric sinks (W&B, TensorBoard) before Ray shuts down
 
-        results = asyncio.run(go())
-    finally:
-        runtime.shutdown(actors)
+            results = asyncio.run(go())
+        finally:
+            runtime.shutdown(actors)
     elapsed = time.time() - t_start
     results["wall_time_s"] = elapsed
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    for line in [] if cfg.logging.verbose else own_warnings(log_dir(cfg.run_dir), t_start):
+        print(line)  # the workers' own warnings, each with the log that has the details
     if results.get("pass_rate_before") is not None and "pass_rate_after" in results:
         before, after = results["pass_rate_before"], results["pass_rate_after"]
         print(f"held-out pass rate: before {100 * before:.1f}% -> after {100 * after:.1f}% "
               f"({100 * (after - before):+.1f} points)")
-    print(f"done: {results['steps']} steps in {elapsed:.0f} s; outputs in {run_dir}")
+    logs = "" if cfg.logging.verbose else f", logs in {run_dir / 'logs'}"
+    print(f"done: {results['steps']} steps in {elapsed:.0f} s; outputs in {run_dir}{logs}")
     return 0
+
+
+@contextmanager
+def _console(cfg: ExperimentConfig, process: str) -> Iterator[None]:
+    """Our own lines on the console, the rest in RUN_DIR/logs/PROCESS.log (verbose: all on the
+    console); an exception leaving it carries a note naming the logs."""
+    where = log_dir(cfg.run_dir)
+    try:
+        with capture(None if cfg.logging.verbose else where / f"{process}.log"):
+            yield
+    except Exception as e:
+        if not cfg.logging.verbose:
+            e.add_note(f"the processes' logs are in {where}")
+        raise
 
 
 def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint_dir: str) -> int:
@@ -111,26 +137,28 @@ def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint_dir: str) -> int:
     tokenizer = load_tokenizer(policy, "eval --checkpoint")
     held_out = encode_prompts(cfg, rows["eval"], "eval", tokenizer)[: cfg.eval.num_problems]
 
-    runtime.start_ray(cfg)
-    actors = None
-    try:
-        actors = runtime.create_eval_actors(cfg, str(policy))
+    with _console(cfg, "eval"):
+        runtime.start_ray(cfg)
+        actors = None
+        try:
+            actors = runtime.create_eval_actors(cfg, str(policy))
 
-        async def go() -> dict[str, Any]:
-            await runtime.start_actors(cfg, actors)
-            events = Events(Path(cfg.run_dir) / "events.jsonl", lambda: 0)
-            rollout = RolloutPool(actors.rollout, weight_sync="shm_file", events=events)
-            reward = Reward(actors.reward, max_restarts=cfg.controller.max_worker_restarts,
-                            events=events)
-            figures, _ = await evaluate_prompts(
-                held_out, k=cfg.eval.k, rollout=rollout, score=reward.score,
-                max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.eval.temperature,
-                correct_reward=cfg.reward.correct_reward, step_errors=step_checker(cfg))
-            return figures
+            async def go() -> dict[str, Any]:
+                await runtime.start_actors(cfg, actors)
+                events = Events(Path(cfg.run_dir) / "events.jsonl", lambda: 0)
+                rollout = RolloutPool(actors.rollout, weight_sync="shm_file", events=events)
+                reward = Reward(actors.reward, max_restarts=cfg.controller.max_worker_restarts,
+                                events=events)
+                figures, _ = await evaluate_prompts(
+                    held_out, k=cfg.eval.k, rollout=rollout, score=reward.score,
+                    max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.eval.temperature,
+                    correct_reward=cfg.reward.correct_reward, progress=cfg.logging.progress_bar,
+                    step_errors=step_checker(cfg))
+                return figures
 
-        figures = asyncio.run(go())
-    finally:
-        runtime.shutdown(actors)
+            figures = asyncio.run(go())
+        finally:
+            runtime.shutdown(actors)
     append_eval_line(make_run_dir(cfg.run_dir, []),
                      {"tag": "checkpoint", "checkpoint": str(ckpt), **figures})
     k = int(figures["k"])

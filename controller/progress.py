@@ -1,8 +1,9 @@
-"""The console during training: a progress bar (`logging.progress_bar`) and, every
-`logging.log_every` steps and after the last, one line of the step's metrics.
+"""The console during training: a live progress line (`logging.progress_bar`) and, every
+`logging.log_every` steps and after the last, one printed line of the step's metrics.
 
-The line goes through tqdm, so it scrolls above the bar instead of breaking it, and it prints with
-the bar turned off too (a Ray job's log, a redirected run). Only the console is thinned:
+The live line (step/total, ETA, reward, staleness, tokens/s, sync time) is drawn by the
+terminal's Console (areal_sys/console.py) below the printed lines, and only on a terminal: a Ray
+job's log or a redirected run gets the printed lines alone. Only the console is thinned:
 metrics.jsonl, TensorBoard and W&B get every step, because resume and `areal-sys report` read
 every step back.
 """
@@ -10,16 +11,80 @@ every step back.
 from __future__ import annotations
 
 import math
+import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 from areal_sys.config import ExperimentConfig
+from areal_sys.console import Console
+
+# how each live field reads (`set_postfix` keywords); others read "name value"
+LIVE_FIELDS = {"reward": "reward {}", "stale": "staleness {}", "tok_s": "{} tok/s",
+               "sync": "sync {} s"}
 
 
-def progress_bar(cfg: ExperimentConfig, first_step: int = 0) -> Any:
-    from tqdm import tqdm
+def duration(seconds: float) -> str:
+    """`seconds` as m:ss, or h:mm:ss from an hour."""
+    s = max(0, round(seconds))
+    h, m = divmod(s // 60, 60)
+    return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m}:{s % 60:02d}"
 
-    return tqdm(total=cfg.trainer.total_steps, initial=first_step, desc="train", unit="step",
-                disable=not cfg.logging.progress_bar, dynamic_ncols=True)
+
+def live_line(label: str, done: int, total: int, elapsed_s: float, timed: int,
+              fields: dict[str, Any]) -> str:
+    """`label done/total`, the ETA from the `timed` steps of this process that took
+    `elapsed_s`, and the fields. E.g. `train 12/100 ETA 3:05 | reward 0.412, staleness 1`."""
+    if done >= total:
+        when = f"in {duration(elapsed_s)}"
+    elif timed > 0:
+        when = f"ETA {duration(elapsed_s / timed * (total - done))}"
+    else:
+        when = "ETA -"
+    parts = [LIVE_FIELDS.get(k, k + " {}").format(v) for k, v in fields.items()]
+    return f"{label} {done}/{total} {when}" + (" | " + ", ".join(parts) if parts else "")
+
+
+class Progress:
+    """A loop's live line on the terminal's Console, with the part of tqdm's interface the
+    loops use (`update`, `set_postfix`, `write`, `close`). Without a Console on `sys.stdout`
+    (verbose off a terminal, tests) or when disabled, only `write` prints."""
+
+    def __init__(self, total: int, label: str, initial: int = 0, enabled: bool = True,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.total, self.label, self.done, self.initial = total, label, initial, initial
+        self.fields: dict[str, Any] = {}
+        self.clock = clock
+        self.t0 = clock()
+        console = sys.stdout
+        self.console = console if enabled and isinstance(console, Console) else None
+        self._show()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        self._show()
+
+    def set_postfix(self, **fields: Any) -> None:
+        self.fields = fields
+        self._show()
+
+    def write(self, line: str) -> None:
+        print(line, flush=True)
+
+    def close(self) -> None:
+        if self.console is not None:
+            self.console.end_live(keep=True)
+
+    def _show(self) -> None:
+        if self.console is not None:
+            self.console.set_live(live_line(self.label, self.done, self.total,
+                                            self.clock() - self.t0, self.done - self.initial,
+                                            self.fields))
+
+
+def progress_bar(cfg: ExperimentConfig, first_step: int = 0) -> Progress:
+    return Progress(cfg.trainer.total_steps, "train", initial=first_step,
+                    enabled=cfg.logging.progress_bar)
 
 
 def log_due(step: int, every: int, total_steps: int) -> bool:
@@ -43,3 +108,10 @@ def step_line(record: dict[str, Any], total_steps: int) -> str:
             + (f", loss {_fmt(loss, '.4f')}" if loss is not None else "")
             + (f", {record['groups_filtered']} groups filtered" if record.get("groups_filtered")
                else ""))
+
+
+def eval_line(tag: str, figures: dict[str, Any]) -> str:
+    """One line of an evaluation (controller/evaluation.py's figures): its pass rate."""
+    k = int(figures.get("k", 1))
+    return (f"eval {tag}: pass rate {_fmt(100 * figures['pass_rate'], '.1f')}% "
+            f"(avg@{k} over {int(figures.get('n', 0))} problems)")

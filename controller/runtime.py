@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from areal_sys.config import TINY_MODEL, ConfigError, ExperimentConfig
+from areal_sys.console import LOG_FILE_ENV, log_dir, logged
 from areal_sys.ports import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -66,14 +67,18 @@ def check_model(cfg: ExperimentConfig, model_dir: str) -> None:
 
 
 def start_ray(cfg: ExperimentConfig) -> None:
-    """Join the cluster of a Ray job / `cluster.address`, else start a local instance."""
+    """Join the cluster of a Ray job / `cluster.address`, else start a local instance.
+
+    Ray streams its workers' output to the driver only with `logging.verbose`: otherwise each
+    actor writes into its own RUN_DIR/logs file (`_env`, areal_sys/console.py)."""
     import ray
 
     if ray.is_initialized():
         return
+    to_driver = cfg.logging.verbose
     in_job = "RAY_JOB_ID" in os.environ or os.environ.get("RAY_ADDRESS")
     if cfg.cluster.address or in_job:
-        ray.init(address=cfg.cluster.address or None, log_to_driver=True)
+        ray.init(address=cfg.cluster.address or None, log_to_driver=to_driver)
         return
     ray.init(
         # "local": a new instance even when a cluster started with `ray start` runs on this
@@ -82,7 +87,7 @@ def start_ray(cfg: ExperimentConfig) -> None:
         num_cpus=cfg.cluster.num_cpus or os.cpu_count(),
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
-        log_to_driver=True,
+        log_to_driver=to_driver,
         runtime_env={"env_vars": {"PYTHONPATH": str(PROJECT_ROOT)}},
     )
 
@@ -143,11 +148,11 @@ def create_actors(cfg: ExperimentConfig, model_path: str, *, needs_critic: bool)
 
     rollout = rollout_actors(cfg, model_path, placement, rollout_pins)
     port = free_port()
-    trainer_cls = ray.remote(TrainerWorker)
+    trainer_cls = ray.remote(logged(TrainerWorker))
     trainers = [
         trainer_cls.options(
             num_cpus=cfg.cluster.trainer_cpus, num_gpus=cfg.cluster.trainer_gpus,
-            runtime_env=_env(trainer_pins[r]),
+            runtime_env=_env(trainer_pins[r], _log(cfg, f"trainer-{r}")),
             scheduling_strategy=placement.strategy("trainer", r),
         ).remote(model_path, cfg, rank=r, world_size=cfg.trainer.num_workers, master_port=port)
         for r in range(cfg.trainer.num_workers)
@@ -157,9 +162,9 @@ def create_actors(cfg: ExperimentConfig, model_path: str, *, needs_critic: bool)
         from workers.critic import CriticWorker
 
         # one rank of its own process group; on local CPU it shares trainer rank 0's cores
-        critic = ray.remote(CriticWorker).options(
+        critic = ray.remote(logged(CriticWorker)).options(
             num_cpus=cfg.cluster.critic_cpus, num_gpus=cfg.cluster.critic_gpus,
-            runtime_env=_env(trainer_pins[0]),
+            runtime_env=_env(trainer_pins[0], _log(cfg, "critic")),
             scheduling_strategy=placement.strategy("critic"),
         ).remote(model_path, cfg, master_port=free_port())
     reward = reward_actor(cfg, placement)
@@ -168,8 +173,19 @@ def create_actors(cfg: ExperimentConfig, model_path: str, *, needs_critic: bool)
     return Actors(rollout, trainers, reward, sync_dir, critic=critic, placement=placement)
 
 
-def _env(extra: dict[str, str] | None = None) -> dict[str, Any]:
-    return {"env_vars": {"PYTHONPATH": str(PROJECT_ROOT), **(extra or {})}}
+def _env(*extra: dict[str, str]) -> dict[str, Any]:
+    env: dict[str, str] = {"PYTHONPATH": str(PROJECT_ROOT)}
+    for more in extra:
+        env.update(more)
+    return {"env_vars": env}
+
+
+def _log(cfg: ExperimentConfig, process: str) -> dict[str, str]:
+    """The environment that sends an actor's output to RUN_DIR/logs/PROCESS.log (a `logged`
+    class reads it in its constructor); none with `logging.verbose`."""
+    if cfg.logging.verbose:
+        return {}
+    return {LOG_FILE_ENV: str(log_dir(cfg.run_dir) / f"{process}.log")}
 
 
 def rollout_actors(cfg: ExperimentConfig, model_path: str, placement: Any,
@@ -179,11 +195,11 @@ def rollout_actors(cfg: ExperimentConfig, model_path: str, placement: Any,
 
     from workers.rollout import RolloutWorker
 
-    rollout_cls = ray.remote(RolloutWorker)
+    rollout_cls = ray.remote(logged(RolloutWorker))
     return [
         rollout_cls.options(
             num_cpus=cfg.cluster.rollout_cpus, num_gpus=cfg.cluster.rollout_gpus,
-            runtime_env=_env(pins[i]), max_concurrency=1000,
+            runtime_env=_env(pins[i], _log(cfg, f"rollout-{i}")), max_concurrency=1000,
             max_restarts=cfg.controller.max_worker_restarts,  # controller/actors.py
             scheduling_strategy=placement.strategy("rollout", i),
         ).remote(
@@ -206,14 +222,15 @@ def reward_actor(cfg: ExperimentConfig, placement: Any) -> Any:
 
         token = cfg.reward.resolve_token()  # read here: the actor's node may lack the file/env
         print(f"reward: HTTP server {cfg.reward.url}", flush=True)
-        return ray.remote(HttpRewardClient).options(
-            num_cpus=0, runtime_env=_env(), max_concurrency=1000,
+        return ray.remote(logged(HttpRewardClient)).options(
+            num_cpus=0, runtime_env=_env(_log(cfg, "reward")), max_concurrency=1000,
         ).remote(cfg.reward.url, timeout_s=cfg.reward.timeout_s,
                  wrong_reward=cfg.reward.wrong_reward, token=token)
     from reward_service.service import RewardService
 
-    return ray.remote(RewardService).options(
-        num_cpus=cfg.cluster.reward_cpus, runtime_env=_env(), max_concurrency=1000,
+    return ray.remote(logged(RewardService)).options(
+        num_cpus=cfg.cluster.reward_cpus, runtime_env=_env(_log(cfg, "reward")),
+        max_concurrency=1000,
         max_restarts=cfg.controller.max_worker_restarts,
         scheduling_strategy=placement.strategy("reward"),
     ).remote(cfg.reward)

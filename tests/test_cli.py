@@ -3,6 +3,7 @@
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -310,3 +311,103 @@ def test_a_checkpoint_of_the_pickle_format_is_refused_in_one_line(tmp_path, caps
     line = error_in_process(capsys, "run", CONFIG, f"run_dir={tmp_path}", "trainer.total_steps=3",
                             "--resume")
     assert "controller.pkl" in line and "--overwrite" in line
+
+
+def test_version_prints_the_installed_version():
+    from importlib.metadata import version
+
+    res = areal_sys("--version")
+    assert res.returncode == 0 and res.stdout.strip() == f"areal-sys {version('areal-sys')}"
+
+
+def _subcommands() -> dict[str, Any]:
+    import argparse
+
+    from areal_sys.cli import _parser
+
+    parsers: dict[str, Any] = {}
+    pending = [("", _parser())]
+    while pending:  # nested ones too: `config show`
+        prefix, parser = pending.pop()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    parsers[prefix + name] = child
+                    pending.append((prefix + name + " ", child))
+    return parsers
+
+
+def test_every_option_of_every_subcommand_has_help_and_shows_its_default():
+    import argparse
+
+    subcommands = _subcommands()
+    assert {"run", "eval", "validate", "report", "bench", "config show"} <= set(subcommands)
+    for name, parser in subcommands.items():
+        if name == "reward-serve":  # its own parser: reward_service/cli.py
+            continue
+        text = parser.format_help()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction | argparse._HelpAction):
+                continue
+            assert action.help, (name, action.dest)
+            if action.option_strings and action.default is not None:
+                assert f"(default: {action.default})" in " ".join(text.split()), \
+                    (name, action.dest)
+
+
+def test_help_names_the_defaults_in_a_subprocess():
+    res = areal_sys("make-tiny-model", "--help")
+    text = " ".join(res.stdout.split())  # argparse wraps to the terminal's width
+    assert res.returncode == 0
+    assert "(default: 1)" in text and "(default: first_decision)" in text
+    assert "--verbose" in areal_sys("run", "--help").stdout
+
+
+def test_config_show_prints_yaml_that_loads_back_with_the_descriptions(tmp_path):
+    import yaml
+
+    from areal_sys.config import load_config
+    from areal_sys.config.schema import LoggingConfig, ModelConfig
+
+    res = areal_sys("config", "show", "configs/local_tiny.yaml", "trainer.total_steps=7",
+                    "logging.verbose=true")
+    assert res.returncode == 0, res.stderr
+    shown = yaml.safe_load(res.stdout)
+    cfg = load_config("configs/local_tiny.yaml", ["trainer.total_steps=7", "logging.verbose=true"])
+    assert shown == cfg.model_dump(mode="json")
+    assert shown["trainer"]["total_steps"] == 7 and shown["logging"]["verbose"] is True
+    # the YAML is a config: loaded again it is the same configuration
+    again = tmp_path / "shown.yaml"
+    again.write_text(res.stdout)
+    assert load_config(str(again), []) == cfg
+    # each field's description, as comments right above it, indented with it
+    lines = res.stdout.splitlines()
+    at = lines.index("  verbose: true")
+    start = at
+    while lines[start - 1].startswith("  # "):
+        start -= 1
+    comment = " ".join(ln.removeprefix("  # ") for ln in lines[start:at])
+    assert comment == " ".join(LoggingConfig.model_fields["verbose"].description.split())
+    path_doc = " ".join(ModelConfig.model_fields["path"].description.split()[:5])
+    assert f"  # {path_doc}" in res.stdout
+
+
+def test_config_show_without_a_file_shows_the_defaults_and_bad_overrides_fail():
+    res = areal_sys("config", "show")
+    assert res.returncode == 0 and "run_dir: runs/default" in res.stdout
+    assert "trainer.nope: unknown key" in one_error_line(
+        areal_sys("config", "show", "configs/local_tiny.yaml", "trainer.nope=1"))
+
+
+def test_reward_serve_shows_our_own_logs_and_only_the_warnings_of_others():
+    import logging
+
+    from areal_sys.cli import _own_or_warning
+
+    def record(name: str, level: int) -> logging.LogRecord:
+        return logging.LogRecord(name, level, __file__, 1, "m", None, None)
+
+    assert _own_or_warning(record("reward_service.http", logging.INFO))
+    assert not _own_or_warning(record("uvicorn.error", logging.INFO))
+    assert not _own_or_warning(record("httpx", logging.DEBUG))
+    assert _own_or_warning(record("uvicorn.error", logging.WARNING))

@@ -25,8 +25,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 def test_run_as_a_ray_job(ray_job_run: dict[str, Any]) -> None:
     logs, run_dir = ray_job_run["logs"], ray_job_run["run_dir"]
     assert f"Job '{RayJob.SUBMISSION}' succeeded" in ray_job_run["status"], ray_job_run["status"]
-    # the driver joined this cluster and reserved its roles there
-    assert "Connecting to existing Ray cluster" in logs
+    # the driver joined this cluster (Ray's line: in the driver's log, not the job's console)
+    # and reserved its roles there
+    assert "Connecting to existing Ray cluster" in (run_dir / "logs" / "driver.log").read_text()
+    assert "Connecting to existing Ray cluster" not in logs
     assert "cluster: reserved rollout 1 x {CPU 1}; trainer 1 x {CPU 1}" in logs
     assert f"done: {RayJob.STEPS} steps" in logs
     metrics = read_jsonl(run_dir / "metrics.jsonl")

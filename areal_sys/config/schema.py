@@ -210,8 +210,18 @@ class ClusterConfig(Section):
 
 
 class LoggingConfig(Section):
-    progress_bar: bool = True
-    log_every: int = Field(1, ge=1)
+    progress_bar: bool = Field(
+        True, description="a live progress line (step/total, ETA, reward, staleness, tokens/s, "
+        "sync time) at the bottom of a terminal; never drawn off a terminal",
+    )
+    log_every: int = Field(
+        10, ge=1, description="print one line of a step's metrics every this many steps and "
+        "after the last (metrics.jsonl gets every step)",
+    )
+    verbose: bool = Field(
+        False, description="show every process's output on the console (vLLM, Ray, DeepSpeed, "
+        "...; `--verbose`); otherwise it goes to run_dir/logs/<process>.log",
+    )
     kl_to_initial: bool = Field(
         False, description="log train/kl_to_initial (k3 KL of the policy to the initial one) every "
         "kl_to_initial_every steps: keeps a frozen copy of the initial policy in each trainer rank "
