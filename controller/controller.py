@@ -34,7 +34,7 @@ from controller import checkpoint, records, rpo_cache
 from controller.actors import Events, Reward, RolloutPool, Trainers
 from controller.admission import Admission, Admitted
 from controller.evaluation import append_eval_line, evaluate_prompts, step_checker
-from controller.progress import log_due, progress_bar, step_line
+from controller.progress import eval_line, log_due, progress_bar, step_line
 
 __all__ = ["Controller", "Prompt"]
 
@@ -159,7 +159,8 @@ class Controller:
             await self.evaluate(f"step_{step + 1}")
         bar.update(1)
         bar.set_postfix(reward=f"{record['reward_mean']:.3f}", stale=staleness,
-                        tok_s=f"{record['tokens_per_s']:.0f}")
+                        tok_s=f"{record['tokens_per_s']:.0f}",
+                        sync=f"{record.get('sync_s', 0.0):.2f}")
         if log_due(step, self.cfg.logging.log_every, self.cfg.trainer.total_steps):
             bar.write(step_line(record, self.cfg.trainer.total_steps))
         return gen["busy_s"]
@@ -191,6 +192,7 @@ class Controller:
             progress=self.cfg.logging.progress_bar, step_errors=step_checker(self.cfg))
         self.timeline.trajectories(trajs, "eval", version=self.version)
         append_eval_line(self.run_dir, {"tag": tag, "version": self.version, **figures})
+        print(eval_line(tag, figures), flush=True)
         self.metrics.log({f"eval/{k}": v for k, v in figures.items()
                           if k not in ("k", "n") and not isinstance(v, list)}, step=self.version)
         return figures["pass_rate"]

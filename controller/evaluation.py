@@ -24,6 +24,7 @@ from areal_sys.config import ExperimentConfig
 from areal_sys.metrics import JsonlWriter
 from areal_sys.trajectory import Prompt, Trajectory
 from controller.actors import RolloutPool
+from controller.progress import Progress
 
 
 def summarize(correct: Sequence[Sequence[bool]]) -> dict[str, float]:
@@ -59,10 +60,7 @@ async def evaluate_prompts(
     trajectories. A progress bar counts the problems sampled. With `step_errors` (prompt text,
     response text -> per-step errors, see `step_checker`) the figures also hold the error rate
     by step position, from the start and from the end."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(prompts), desc="eval", unit="problem", disable=not progress,
-               dynamic_ncols=True)
+    bar = Progress(len(prompts), "eval", enabled=progress)
 
     async def sample(i: int, p: Prompt) -> list[Trajectory]:
         group = await rollout.generate_group(p, group_id=-1 - i, n=k, worker=i % len(rollout),

@@ -18,7 +18,7 @@ from areal_sys.config import ExperimentConfig
 # What a run writes into run_dir: their presence means run_dir holds an earlier run.
 RUN_OUTPUTS = ("config.yaml", "results.json", "metrics.jsonl", "staleness.jsonl",
                "filtered.jsonl", "timeline.jsonl", "eval.jsonl", "events.jsonl", "checkpoints",
-               "tensorboard", "wandb", "report")
+               "tensorboard", "wandb", "report", "logs")
 
 
 class UserError(Exception):

@@ -18,18 +18,16 @@ from areal_sys.config import ExperimentConfig
 from areal_sys.metrics import Timeline
 from areal_sys.trajectory import Group, Prompt
 from controller.actors import RolloutPool
+from controller.progress import Progress
 
 
 async def fill(cfg: ExperimentConfig, rpo: RpoPlanner, rollout: RolloutPool,
                prompts: list[Prompt], timeline: Timeline) -> dict[str, float]:
     """One full response per prompt with the current policy (not filtered for correctness), into
     the cache; returns its `seconds`, `entries` and `tokens` generated."""
-    from tqdm import tqdm
-
     t0, tokens = time.time(), 0
     window = 64 * len(rollout)
-    bar = tqdm(total=len(prompts), desc="rpo cache fill", unit="prompt",
-               disable=not cfg.logging.progress_bar, dynamic_ncols=True)
+    bar = Progress(len(prompts), "rpo cache fill", enabled=cfg.logging.progress_bar)
     for start in range(0, len(prompts), window):
         chunk = prompts[start:start + window]
         groups = await asyncio.gather(*[

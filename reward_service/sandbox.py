@@ -322,6 +322,8 @@ def detect_mode(force: bool = False) -> Mode:
     shutil.rmtree(outside, ignore_errors=True)
     _detected = chosen
     os.environ[MODE_ENV] = chosen
-    log.warning("reward sandbox: isolation mode %r%s", chosen,
-                f" (rejected: {'; '.join(notes)})" if notes else "")
+    # the strongest mode is news only in verbose logs; a weaker one is worth a warning
+    log.log(logging.INFO if chosen == "namespaces" else logging.WARNING,
+            "reward sandbox: isolation mode %r%s", chosen,
+            f" (rejected: {'; '.join(notes)})" if notes else "")
     return chosen
