@@ -82,6 +82,20 @@ class AlgorithmConfig(Section):
     behav_cap_mode: Literal["mask", "clamp"] = Field(
         "mask", description="tokens over the cap: mask them out, or clamp the weight to the cap"
     )
+    # train-inference mismatch corrections of the same weight (algorithms/mismatch.py); off
+    tis_cap: float | None = Field(
+        None, gt=1.0, description="TIS: truncate pi_prox/pi_behav at this value, w := min(w, C) "
+        "(verl tis_imp_ratio_cap; usual 2; None: off). Applied to the one behaviour weight, "
+        "never as a second factor",
+    )
+    mis_low: float | None = Field(
+        None, gt=0, lt=1.0, description="MIS / IcePop: mask tokens with pi_prox/pi_behav below "
+        "this (usual 0.5; None: no lower bound)",
+    )
+    mis_high: float | None = Field(
+        None, gt=1.0, description="MIS / IcePop: mask tokens with pi_prox/pi_behav above this "
+        "(usual 2 to 5; None: no upper bound)",
+    )
     aggregation: str = Field(
         "token-mean", description="per-token losses -> scalar over the global batch (registered)"
     )
