@@ -174,10 +174,8 @@ class TrainerWorker:
         bonus = None
         if self.algo.kl_in_reward and self.algo.estimator is not None:
             bonus = self._reference().kl_reward_sums(groups, self.algo, self.engine.device)
-        batch = prepare_batch(
-            groups, self.algo, reward_bonus=bonus,
-            advantages=advantages if self.algo.estimator is None else None,
-        )
+        batch = prepare_batch(groups, self.algo, reward_bonus=bonus,
+                              advantages=advantages if self.algo.estimator is None else None)
         if not batch.prompts:
             raise ValueError("train_step got no response tokens to train on")
         cfg = self.train_cfg
