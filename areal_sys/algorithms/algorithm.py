@@ -59,7 +59,8 @@ class Algorithm:
       `critic.masked_whiten(A, mask)` over the whole batch. Train the critic with
       `value_loss(V_new, V, returns, mask) -> (loss, stats)` aggregated by `aggregate`.
     Loss (unchanged): `policy_loss(logp, prox, behav, adv, mask) -> (loss, stats)` (the
-      mismatch corrections TIS / MIS, when set, are options of the loss: mismatch.py); if
+      mismatch corrections TIS / MIS, when set, are options of the loss, and the config refuses
+      them for a loss without a behaviour weight: mismatch.py); if
       `kl_in_loss` add `kl_loss(logp, ref_logp, mask)` to the per-token loss; then
       `aggregate(loss, mask, denominators)`.
     KL needs the reference model's logπ_ref of the sampled tokens: `needs_reference`. In the
@@ -148,10 +149,6 @@ class Algorithm:
         )
 
 
-# the train-inference mismatch corrections (algorithms/mismatch.py): config fields a loss takes
-_CORRECTIONS = ("tis_cap", "mis_low", "mis_high")
-
-
 def _describe(kind: str, name: str, cfg: Mapping[str, Any]) -> str:
     opts = {arg: cfg.get(f) for arg, f in get_plugin(kind, name).options.items()}
     return f"{kind}={name}{opts if opts else ''}"
@@ -189,12 +186,6 @@ def build_algorithm(
         if max_new_tokens is None and GENERATION_BUDGET in get_plugin(kind, name).options.values():
             raise ValueError(f"{kind} {name!r} needs the generation budget: "
                              "build_algorithm(..., max_new_tokens=rollout.max_new_tokens)")
-    corrections = [f for f in _CORRECTIONS if opts.get(f) is not None]
-    takes = get_plugin(POLICY_LOSS, c.loss).options.values()
-    if unused := [f for f in corrections if f not in takes]:
-        raise ValueError(f"algorithm.{', algorithm.'.join(unused)}: the loss {c.loss!r} applies "
-                         "no behaviour weight pi_prox/pi_behav for the mismatch correction to "
-                         "act on (use decoupled_ppo or raft_pp, or unset them)")
     est = get_plugin(ESTIMATOR, c.estimator)
     token_level = bool(est.meta.get("token_level"))
     needs_critic = bool(est.meta.get("needs_critic"))

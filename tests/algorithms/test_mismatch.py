@@ -142,8 +142,11 @@ def test_thresholds_validated(bad: dict) -> None:
 
 
 def test_corrections_refused_for_a_loss_without_behaviour_weight() -> None:
-    """ppo_clip has no π_prox/π_b weight: a TIS cap there would silently do nothing."""
+    """ppo_clip has no π_prox/π_b weight: a TIS cap there would silently do nothing, so the
+    config refuses it (validate, before Ray starts)."""
     with pytest.raises(ValueError, match="tis_cap.*ppo_clip"):
-        build_algorithm({"loss": "ppo_clip", "tis_cap": 2.0})
+        AlgorithmConfig.model_validate({"loss": "ppo_clip", "tis_cap": 2.0})
+    with pytest.raises(ValueError, match="mis_low.*raft_sft"):
+        AlgorithmConfig.model_validate({"loss": "raft_sft", "mis_low": 0.5})
     algo = build_algorithm({"tis_cap": 2.0, "mis_low": 0.5, "mis_high": 5.0})
     assert "'tis_cap': 2.0" in algo.summary and "'mis_high': 5.0" in algo.summary
