@@ -75,6 +75,27 @@ def test_simulated_bf16_engine_is_detected(worker: TrainerWorker, tmp_path: Path
 
 
 @pytest.mark.slow
+def test_corrections_reach_the_trainer(worker: TrainerWorker, tmp_path: Path) -> None:
+    """TIS and MIS set tight enough to act on bf16 rounding: the trainer reports how many loss
+    tokens each hit (MIS masks those off by more than 0.5%, TIS truncates the rest above 1.001),
+    and the uncorrected metrics stay the same kind of figures."""
+    from areal_sys.algorithms import build_algorithm
+
+    plain = worker.algo
+    worker.algo = build_algorithm({"tis_cap": 1.001, "mis_low": 0.995, "mis_high": 1.005},
+                                  max_new_tokens=24)
+    try:
+        groups = make_groups(3, 4, seed=14)
+        behave(groups, exported_model(worker, tmp_path / "w.safetensors").to(torch.bfloat16), 10)
+        m = worker.train_step(groups, step=10)
+    finally:
+        worker.algo = plain
+    assert 0 < m["mismatch/mis_masked_frac"] < 1
+    assert 0 < m["mismatch/tis_truncated_frac"] < 1
+    assert m["mismatch/weight_max"] > 1.001
+
+
+@pytest.mark.slow
 def test_older_tokens_are_left_out(worker: TrainerWorker, tmp_path: Path) -> None:
     """Every other trajectory generated at the previous version with far-off log-probs
     (staleness, not mismatch): the decoupled objective sees them (approx_kl_behav), the mismatch
