@@ -38,20 +38,26 @@ change how w is treated, never multiply a second ratio in:
    `behav_imp_weight_cap`, areal/utils/functional.py `ppo_actor_loss_fn`: tokens whose weight
    exceeds the cap are filtered out);
 2. masked where w < `mis_low` or w > `mis_high`: MIS / IcePop, token-level masked importance
-   sampling (IcePop in slime's examples/train_infer_mismatch_helper and OpenRLHF's `--use_icepop`
-   zero the coefficient outside [low, high]; verl's token-level rejection sampling `rollout_rs =
-   "token"` with `rollout_rs_threshold(_lower)`, rollout_corr_helper.py, is the same set);
+   sampling. The same token set as slime's MIS (examples/train_infer_mismatch_helper/mis.py,
+   `--mis-mode mask` at `--mis-level token` with `--mis-lower-bound` / `--mis-upper-bound`), as
+   IcePop (OpenRLHF's `--use_icepop` zeroes the coefficient outside `--vllm_is_truncated_threshold
+   low high`) and as verl's token-level rejection sampling (`rollout_rs = "token"` with
+   `rollout_rs_threshold` and its lower bound, verl/trainer/ppo/rollout_corr_helper.py);
 3. the kept weights truncated: w := min(w, C) with C = `tis_cap` (TIS: verl's
    `actor.tis_imp_ratio_cap` in verl/trainer/ppo/core_algos.py multiplies the clipped PPO loss by
    min(exp(old_log_prob − rollout_log_probs), C), and its `rollout_is = "token"` with
    `rollout_is_threshold` does the same; old_log_prob is the trainer's recomputation, our π_prox),
    and by `behav_weight_cap` too in mode `clamp`.
 
+The trainer reports `mismatch/mis_masked_frac` and `mismatch/tis_truncated_frac`: the fractions
+of all loss tokens (every version: the corrections act on stale tokens too) that MIS masked and
+TIS truncated (0 while off); AReaL's cap keeps its `behav_capped_frac`.
+
 So TIS on top of the decoupled loss is the decoupled loss with a clamp, never w·min(w, C): verl's
 own decoupled mode multiplies its PPO term (ratio against π_old) by that one truncated ratio.
 Masked tokens keep counting in the aggregation denominator, as AReaL's cap and OpenRLHF's IcePop
-do (verl's rejection sampling removes them from the denominator instead: with token-mean the
-difference is a factor of (kept tokens / all tokens) on the loss scale).
+do (verl's and slime's rejection sampling remove them from the denominator instead: with
+token-mean the difference is a factor of (kept tokens / all tokens) on the loss scale).
 """
 
 from __future__ import annotations
