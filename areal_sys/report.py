@@ -7,6 +7,7 @@
 | staleness.png | staleness.jsonl | histogram of trainer_version - min_token_version |
 | throughput.png | metrics.jsonl | generated tokens per second of step time, per step |
 | timeline.png | timeline.jsonl | Gantt chart: each worker's spans by kind; white is idle |
+| mismatch.png | metrics.jsonl | train–inference mismatch on tokens of the trainer's version |
 
 Busy fraction of a worker = |union of its spans| / (last end - first start over all spans), so a
 worker's overlapping spans (many groups in one engine) count once and its idle gaps show.
@@ -75,6 +76,7 @@ def _write_report(run: Path) -> Report:
     panels: list[tuple[str, str, Callable[..., Path]]] = [
         ("reward.png", "metrics.jsonl", fig.plot_reward),
         ("throughput.png", "metrics.jsonl", fig.plot_throughput),
+        ("mismatch.png", "metrics.jsonl", fig.plot_mismatch),
         ("pass_rate.png", "eval.jsonl", fig.plot_pass_rate),
         ("staleness.png", "staleness.jsonl", fig.plot_staleness),
         ("timeline.png", "timeline.jsonl", fig.plot_timeline)]

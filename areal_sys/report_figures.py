@@ -25,6 +25,7 @@ from areal_sys.report_rows import (
     left_out,
     max_staleness,
     merge_intervals,
+    mismatch_prefix,
     number,
     staleness_bars,
     staleness_values,
@@ -203,4 +204,71 @@ def plot_timeline(rows: list[dict[str, Any]], path: Path, run: Path, report: Rep
         fig.legend(handles=[Patch(color=KIND_COLORS[k], label=k) for k in kinds_seen],
                    loc="outside lower center", ncol=len(kinds_seen), frameon=False)
     ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def _pairs(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """(step, value) of the rows where both are finite numbers (no skip note: the figure's main
+    series says how many rows it left out)."""
+    good = [(s, v) for r in rows
+            if (s := number(r.get("step"))) is not None and (v := number(r.get(key))) is not None]
+    return [p[0] for p in good], [p[1] for p in good]
+
+
+def _log_if_positive(ax: Any, *series: list[float], spread: float = 1.0) -> None:
+    """Log y scale when every value is positive and max/min exceeds `spread`."""
+    values = [v for vs in series for v in vs]
+    if values and min(values) > 0 and max(values) / min(values) > spread:
+        ax.set_yscale("log")
+
+
+def plot_mismatch(metrics: list[dict[str, Any]], path: Path, run: Path, report: Report) -> Path:
+    """Train–inference mismatch per step (areal_sys/algorithms/mismatch.py): the log-prob gap
+    between the engine and the trainer's π_prox on the tokens generated at the trainer's version,
+    the behaviour weight's range there, and the fraction of those tokens off by more than 1%,
+    10% and a factor 2 (with the share of response tokens the figures cover). Steps with no such
+    token (`tokens` 0: with a staleness bound the rollouts run ahead, so most steps train on
+    older tokens) are drawn only in that share."""
+    pre = mismatch_prefix(metrics)
+    # a step whose batch held no token of the trainer's version (usual with a staleness bound:
+    # rollouts run ahead) has only the counts: not drawn, and not counted as damaged
+    covered = [r for r in metrics if number(r.get(pre + "tokens")) != 0]
+    steps, k3 = _series(covered, pre + "k3", path.name, report)
+    fig = _figure(7.0, 8.0)
+    gap, weight, tails = fig.subplots(3, 1, sharex=True)
+    drawn = [k3]
+    gap.plot(steps, k3, ".-", color="tab:red", label="k3 KL(π_b ‖ π_prox)")
+    for key, style, name in (("abs_logp_diff_mean", "tab:blue", "mean |Δ log p|"),
+                             ("abs_logp_diff_max", "tab:purple", "max |Δ log p|")):
+        xs, ys = _pairs(covered, pre + key)
+        gap.plot(xs, ys, ".-", color=style, label=name)
+        drawn.append(ys)
+    _log_if_positive(gap, *drawn)
+    gap.set(ylabel="nats", title=f"engine vs trainer, tokens at the trainer's version: "
+            f"{len(steps)} of {len(metrics)} steps")
+    weights = []
+    for key, style in (("weight_max", "tab:red"), ("weight_mean", "tab:green"),
+                       ("weight_min", "tab:blue")):
+        xs, ys = _pairs(covered, pre + key)
+        weight.plot(xs, ys, ".-", color=style, label=key.replace("_", " "))
+        weights.append(ys)
+    weight.axhline(1.0, color="gray", ls="--", lw=0.8)
+    _log_if_positive(weight, *weights, spread=10.0)
+    if weight.get_yscale() == "linear":
+        weight.ticklabel_format(axis="y", useOffset=False)  # 1.00001, not 1e-5 + 1
+    weight.set(ylabel="π_prox / π_b", title="behaviour weight on those tokens")
+    for key, style in (("weight_out_1pct_frac", "tab:olive"),
+                       ("weight_out_10pct_frac", "tab:orange"),
+                       ("weight_out_2x_frac", "tab:red")):
+        xs, ys = _pairs(covered, pre + key)
+        tails.plot(xs, ys, ".-", color=style,
+                   label="off by > " + key.split("_")[2].replace("pct", "%"))
+    xs, ys = _pairs(metrics, pre + "token_frac")  # every step, 0 where none
+    tails.plot(xs, ys, ":", color="gray", label="tokens covered (of all)")
+    tails.set(xlabel="step", ylabel="fraction of tokens", ylim=(-0.02, 1.02),
+              title="weight tails")
+    tails.xaxis.get_major_locator().set_params(integer=True)
+    for ax in (gap, weight, tails):
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
     return _save(fig, path)

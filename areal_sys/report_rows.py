@@ -43,6 +43,20 @@ class Report:
     window_s: float = 0.0  # first span start to last span end
 
 
+MISMATCH_PREFIXES = ("mismatch/", "train/mismatch/")  # as written; as the controller prefixes it
+
+
+def mismatch_prefix(rows: list[dict[str, Any]]) -> str:
+    """The prefix under which metrics.jsonl holds the trainer's `mismatch/*` metrics: the first
+    of MISMATCH_PREFIXES that some row has `k3` under; SkipFigure when none has (a run from before
+    these metrics, or one whose batches held no token of the trainer's own version)."""
+    for prefix in MISMATCH_PREFIXES:
+        if any(number(r.get(prefix + "k3")) is not None for r in rows):
+            return prefix
+    raise SkipFigure("no row of metrics.jsonl has mismatch/k3 (a run before the mismatch "
+                     "metrics, or no token generated at the trainer's version)")
+
+
 # ---------------------------------------------------------------------------- reading
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """The JSON objects of a JSON-lines file. A cut-off last line (no newline after it: a crash

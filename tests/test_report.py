@@ -26,7 +26,19 @@ SPANS = [
     ("reward", "reward", 4.0, 5.0), ("trainer", "train", 6.0, 8.0), ("sync", "sync", 8.0, 8.5),
 ]
 EXPECTED_BUSY = {"rollout0": 0.8, "rollout1": 0.1, "reward": 0.1, "trainer": 0.2, "sync": 0.05}
-FIGURES = {"reward.png", "throughput.png", "pass_rate.png", "staleness.png", "timeline.png"}
+FIGURES = {"reward.png", "throughput.png", "mismatch.png", "pass_rate.png", "staleness.png",
+           "timeline.png"}
+
+
+def mismatch_row(s: int) -> dict:
+    """The trainer's mismatch figures of step `s`, as metrics.jsonl holds them today (the
+    controller prefixes the trainer's metrics with train/)."""
+    k3 = 1e-5 * (s + 1)
+    return {f"train/mismatch/{k}": v for k, v in {
+        "k3": k3, "abs_logp_diff_mean": 4e-3, "abs_logp_diff_max": 0.05, "weight_mean": 1.0,
+        "weight_min": 0.95, "weight_max": 1.05, "weight_out_1pct_frac": 0.1,
+        "weight_out_10pct_frac": 0.0, "weight_out_2x_frac": 0.0, "token_frac": 0.5,
+        "tokens": 100.0}.items()}
 
 
 def _write(path: Path, rows: list[dict]) -> None:
@@ -37,7 +49,8 @@ def make_run(run: Path, *, timeline: bool = True, evaluation: bool = True) -> Pa
     run.mkdir(parents=True)
     (run / "config.yaml").write_text("controller:\n  max_staleness: 1\n")
     _write(run / "metrics.jsonl", [
-        {"step": s, "reward_mean": 0.1 * s, "tokens_per_s": 200.0 + 10 * s} for s in range(6)])
+        {"step": s, "reward_mean": 0.1 * s, "tokens_per_s": 200.0 + 10 * s, **mismatch_row(s)}
+        for s in range(6)])
     _write(run / "staleness.jsonl", [
         {"step": s, "trainer_version": s, "min_token_version": max(0, s - (i % 2))}
         for s in range(6) for i in range(4)])
@@ -83,7 +96,7 @@ def test_report_command_prints_busy_fractions(tmp_path, capsys):
     run = make_run(tmp_path / "run")
     assert main(["report", str(run)]) == 0
     out = capsys.readouterr().out
-    assert "5 figures" in out and "of 10.0 s" in out
+    assert "6 figures" in out and "of 10.0 s" in out
     assert "rollout0      80.0%" in out and "sync           5.0%" in out
 
 
@@ -95,7 +108,7 @@ def test_report_skips_what_a_run_did_not_write(tmp_path, capsys):
     assert "skipped pass_rate.png: no eval.jsonl" in out
     assert "skipped timeline.png: no timeline.jsonl" in out
     assert {p.name for p in (run / "report").iterdir()} == {
-        "reward.png", "throughput.png", "staleness.png"}
+        "reward.png", "throughput.png", "mismatch.png", "staleness.png"}
 
 
 @pytest.mark.parametrize(("setup", "needle"), [
@@ -231,3 +244,26 @@ def test_text_from_run_files_is_never_parsed_as_mathematics(tmp_path):
         '{"worker": "rollout$\\\\sqrt{$", "kind": "generate", "start": 0, "end": 1}\n')
     report = write_report(run)
     assert {p.name for p in report.figures} == FIGURES and not report.skipped
+
+
+@pytest.mark.integration
+def test_mismatch_panel_reads_either_prefix_and_skips_runs_without_it(tmp_path):
+    """mismatch/* as the trainer names them or under train/ as the controller writes them; a run
+    without them (or with no token of the trainer's version) skips the panel, saying why."""
+    run = make_run(tmp_path / "run")
+    rows = [{"step": s, "reward_mean": 0.0, "tokens_per_s": 1.0,
+             **{k.removeprefix("train/"): v for k, v in mismatch_row(s).items()}}
+            for s in range(4)]
+    rows.append({"step": 4, "reward_mean": 0.0, "tokens_per_s": 1.0, "mismatch/tokens": 0.0})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = write_report(run)
+    assert "mismatch.png" in {p.name for p in report.figures}
+    assert report.skipped == []  # step 4 had no token of the trainer's version: not damage
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 5, "reward_mean": 0, "tokens_per_s": 1, "mismatch/tokens": 3}\n')
+    assert write_report(run).skipped == ["metrics.jsonl: 1 of 5 rows not drawn in mismatch.png "
+                                         "(no numeric step and mismatch/k3)"]
+    (run / "metrics.jsonl").write_text('{"step": 0, "reward_mean": 0, "tokens_per_s": 1}\n')
+    report = write_report(run)
+    assert any(s.startswith("mismatch.png: no row of metrics.jsonl has mismatch/k3")
+               for s in report.skipped)

@@ -18,7 +18,9 @@
 
 Empty responses still count in their group's statistics but get no entry (nothing to train).
 Pure tensor code: no I/O, no distributed calls; shared by the policy trainer and the critic.
-`Proximal` holds one train step's π_prox and π_ref rows and the metrics measured on π_prox.
+`Proximal` holds one train step's π_prox and π_ref rows and the metrics measured on π_prox,
+among them the numerators of the train–inference mismatch metrics (areal_sys/algorithms/
+mismatch.py) over the tokens generated at the trainer's own version: no forward pass of their own.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 
 from areal_sys.algorithms import Algorithm, broadcast_to_tokens
 from areal_sys.algorithms.kl import kl_k3
+from areal_sys.algorithms.mismatch import mismatch_sums
 from areal_sys.packing import (
     PackedMicroBatch,
     from_sequences,
@@ -92,6 +95,7 @@ class TrainBatch:
     group_ids: list[int]
     positions: list[tuple[int, int]]  # (group index, member index) of each entry
     prefix_lens: list[int]  # RPO: leading response tokens taken from the experience cache
+    versions: list[torch.Tensor]  # [R_i] int64: the policy version that generated each token
     informative: int = 0  # groups with a nonzero advantage on some loss token (the signal)
     num_groups: int = 0
 
@@ -114,7 +118,7 @@ def prepare_batch(
     """
     if advantages is None and algo.estimator is None:
         raise ValueError("a token-level estimator (gae) needs the critic's advantages")
-    b = TrainBatch([], [], [], [], [], [], [], [], [], [], num_groups=len(groups))
+    b = TrainBatch([], [], [], [], [], [], [], [], [], [], [], num_groups=len(groups))
     for gi, g in enumerate(groups):
         signal = False
         lengths = [len(t.response_ids) for t in g.trajectories]
@@ -147,6 +151,7 @@ def prepare_batch(
             b.group_ids.append(g.group_id)
             b.positions.append((gi, k))
             b.prefix_lens.append(t.prefix_len)
+            b.versions.append(torch.tensor(t.versions, dtype=torch.int64))
             signal = signal or bool(torch.any((a * mask) != 0))
         b.informative += signal
     return b
@@ -162,6 +167,7 @@ class Proximal:
     batch: TrainBatch
     mbs: list[PackedMicroBatch]
     kl_metric: bool  # measure k3(π_prox ‖ π_ref) this step
+    version: int  # the trainer's policy version (π_prox's weights): the mismatch metrics' tokens
     prox: list[torch.Tensor] = field(default_factory=list)
     ref: list[torch.Tensor] = field(default_factory=list)
     parts: list[dict[str, float]] = field(default_factory=list)
@@ -178,8 +184,10 @@ class Proximal:
     ) -> None:
         """π_prox := `logp_rows` ([S, L], no gradient) for the sequences of micro-batch `j`, and
         into `parts[j]` the sums measured on it over loss tokens: the entropy (of `logits`),
-        logπ_b − logπ_prox, the token, trained-sequence and response-token counts, and with
-        `kl_metric` k3(π_prox ‖ π_ref) (π_ref of these sequences filled in before)."""
+        logπ_b − logπ_prox, the token, trained-sequence and response-token counts, with
+        `kl_metric` k3(π_prox ‖ π_ref) (π_ref of these sequences filled in before), and over
+        every response token generated at `version` (loss mask or not: the engine's figures are
+        what is measured) the mismatch numerators (`mismatch_sums`)."""
         mb, b = self.mbs[j], self.batch
 
         def rows(values: list[torch.Tensor]) -> torch.Tensor:
@@ -197,6 +205,10 @@ class Proximal:
             "n_seqs_trained": float((mask.sum(-1) > 0).sum()),
             "response_tokens": float(sum(len(b.responses[i]) for i in mb.seq_indices)),
         }
+        lengths = torch.tensor([len(b.responses[i]) for i in mb.seq_indices])
+        real = torch.arange(logp_rows.shape[-1])[None, :] < lengths[:, None]
+        current = real.to(logp_rows.device) & (rows(b.versions) == self.version)
+        part |= mismatch_sums(logp_rows, rows(b.behav), current)
         if self.kl_metric:
             part["kl_initial"] = float(kl_k3(logp_rows, rows(self.ref))[keep].sum())
         self.parts[j] = part

@@ -15,7 +15,9 @@ A plain class; the controller wraps it with `ray.remote`. One `train_step(groups
    forward, before the first step. The policy entropy and the approximate KL to the behaviour
    policy, mean(logπ_b − logπ_prox), are measured on π_prox wherever it comes from; the reference
    log-probs (KL in the loss, and the `kl_to_initial` metric on its schedule) in a no-gradient
-   reference forward before the first step;
+   reference forward before the first step. The train–inference mismatch metrics (`mismatch/*`:
+   the engine's logπ_b against π_prox on the tokens generated at this version) are measured there
+   too, with no pass of their own (areal_sys/algorithms/mismatch.py);
 4. one optimiser update per minibatch, accumulating gradients over its micro-batches. Every
    micro-batch loss is normalised by denominators of the whole minibatch (all ranks), so the
    micro-batch losses sum to the minibatch loss. With `kl_in_loss`, β·KL_t to the reference is
@@ -55,6 +57,7 @@ from typing import Any
 import torch
 
 from areal_sys.algorithms import LossDenominators, build_algorithm
+from areal_sys.algorithms.mismatch import SUM_KEYS, mismatch_metrics
 from areal_sys.algorithms.rpo import on_policy_prefix
 from areal_sys.attention import attention_implementation
 from areal_sys.config import ExperimentConfig, TrainerConfig
@@ -86,7 +89,8 @@ log = logging.getLogger(__name__)
 MASTER_ADDR = "127.0.0.1"  # the ranks' rendezvous (one node)
 
 _SUMS = ("loss", "entropy", "kl_behav", "kl_initial", "kl_loss", "clipped", "behav_weight",
-         "capped", "n_loss_tokens", "n_seqs_trained", "response_tokens")
+         "capped", "mis_masked", "tis_truncated", "n_loss_tokens", "n_seqs_trained",
+         "response_tokens", *SUM_KEYS)
 
 
 class TrainerWorker:
@@ -170,10 +174,8 @@ class TrainerWorker:
         bonus = None
         if self.algo.kl_in_reward and self.algo.estimator is not None:
             bonus = self._reference().kl_reward_sums(groups, self.algo, self.engine.device)
-        batch = prepare_batch(
-            groups, self.algo, reward_bonus=bonus,
-            advantages=advantages if self.algo.estimator is None else None,
-        )
+        batch = prepare_batch(groups, self.algo, reward_bonus=bonus,
+                              advantages=advantages if self.algo.estimator is None else None)
         if not batch.prompts:
             raise ValueError("train_step got no response tokens to train on")
         cfg = self.train_cfg
@@ -189,7 +191,7 @@ class TrainerWorker:
         # no optimiser step before the first minibatch: its micro-batches run at π_prox's weights
         n_reused = len(my_mbs[0]) if self._reuse_train_logp else 0
         kl_metric = self.kl_metric_every is not None and step % self.kl_metric_every == 0
-        px = Proximal(batch, [mb for mbs in my_mbs for mb in mbs], kl_metric)
+        px = Proximal(batch, [mb for mbs in my_mbs for mb in mbs], kl_metric, version=step)
         t0 = time.perf_counter()
         ref_s = self._reference_pass(px) if kl_metric or self.algo.kl_in_loss else 0.0
         prox_s = self._proximal_pass(px, first=n_reused)
@@ -216,7 +218,7 @@ class TrainerWorker:
 
         for part in px.parts:  # summed in plan order, whichever pass measured them
             for key, value in part.items():
-                sums[key] += value
+                sums[key] = max(sums[key], value) if key.endswith("_max") else sums[key] + value
         s = reduce_over_ranks(sums, self.world_size, self.engine.device)
         n_tok = max(s["n_loss_tokens"], 1.0)
         metrics = {
@@ -227,6 +229,9 @@ class TrainerWorker:
             "behav_weight_mean": s["behav_weight"] / n_tok,
             "behav_weight_max": s["behav_weight_max"],
             "behav_capped_frac": s["capped"] / n_tok,
+            "mismatch/mis_masked_frac": s["mis_masked"] / n_tok,
+            "mismatch/tis_truncated_frac": s["tis_truncated"] / n_tok,
+            **mismatch_metrics(s, s["response_tokens"]),
             "response_len_mean": s["response_tokens"] / len(lengths),
             "trained_seq_frac": s["n_seqs_trained"] / len(lengths),
             "reward_shaped_mean": sum(batch.rewards) / len(batch.rewards),
@@ -354,8 +359,8 @@ class TrainerWorker:
         self.engine.backward(loss * self.world_size)
         keep = mask.bool()
         sums["loss"] += float(loss.detach())
-        for key in ("clipped", "behav_weight", "capped"):
-            sums[key] += float(stats[key][keep].sum())
+        for key in ("clipped", "behav_weight", "capped", "mis_masked", "tis_truncated"):
+            sums[key] += float(stats[key][keep].sum()) if key in stats else 0.0
         if keep.any():
             sums["behav_weight_max"] = max(
                 sums["behav_weight_max"], float(stats["behav_weight"][keep].max())

@@ -58,7 +58,9 @@ class Algorithm:
       `token_estimator(token_rewards, V, mask) -> (A, returns)`; if `whiten_advantages`,
       `critic.masked_whiten(A, mask)` over the whole batch. Train the critic with
       `value_loss(V_new, V, returns, mask) -> (loss, stats)` aggregated by `aggregate`.
-    Loss (unchanged): `policy_loss(logp, prox, behav, adv, mask) -> (loss, stats)`; if
+    Loss (unchanged): `policy_loss(logp, prox, behav, adv, mask) -> (loss, stats)` (the
+      mismatch corrections TIS / MIS, when set, are options of the loss, and the config refuses
+      them for a loss without a behaviour weight: mismatch.py); if
       `kl_in_loss` add `kl_loss(logp, ref_logp, mask)` to the per-token loss; then
       `aggregate(loss, mask, denominators)`.
     KL needs the reference model's logπ_ref of the sampled tokens: `needs_reference`. In the

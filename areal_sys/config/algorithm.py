@@ -22,6 +22,8 @@ from areal_sys.config.base import Section
 # config field -> registry kind (areal_sys.algorithms.registry)
 PIECES = {"estimator": "estimator", "loss": "policy_loss", "aggregation": "aggregation",
           "filter": "filter", "kl_estimator": "kl"}
+# the train-inference mismatch corrections of the behaviour weight (algorithms/mismatch.py)
+CORRECTIONS = ("tis_cap", "mis_low", "mis_high")
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
@@ -81,6 +83,20 @@ class AlgorithmConfig(Section):
     )
     behav_cap_mode: Literal["mask", "clamp"] = Field(
         "mask", description="tokens over the cap: mask them out, or clamp the weight to the cap"
+    )
+    # train-inference mismatch corrections of the same weight (algorithms/mismatch.py); off
+    tis_cap: float | None = Field(
+        None, gt=1.0, description="TIS: truncate pi_prox/pi_behav at this value, w := min(w, C) "
+        "(verl tis_imp_ratio_cap; usual 2; None: off). Applied to the one behaviour weight, "
+        "never as a second factor",
+    )
+    mis_low: float | None = Field(
+        None, gt=0, lt=1.0, description="MIS / IcePop: mask tokens with pi_prox/pi_behav below "
+        "this (usual 0.5; None: no lower bound)",
+    )
+    mis_high: float | None = Field(
+        None, gt=1.0, description="MIS / IcePop: mask tokens with pi_prox/pi_behav above this "
+        "(usual 2 to 5; None: no upper bound)",
     )
     aggregation: str = Field(
         "token-mean", description="per-token losses -> scalar over the global batch (registered)"
@@ -164,7 +180,23 @@ class AlgorithmConfig(Section):
             and self.overlong_cache_len > self.overlong_max_len
         ):
             raise ValueError("overlong_cache_len must not exceed overlong_max_len")
+        self._check_corrections()
         return self
+
+    def _check_corrections(self) -> None:
+        """The mismatch corrections act on a loss's behaviour weight π_prox/π_b: a loss that has
+        none (its registration takes no such option: ppo_clip, raft_sft) refuses them rather than
+        ignore them. Checked only when one is set, so a default section imports no torch."""
+        corrections = [f for f in CORRECTIONS if getattr(self, f) is not None]
+        if not corrections:
+            return
+        from areal_sys.algorithms.registry import get_plugin
+
+        takes = get_plugin(PIECES["loss"], self.loss).options.values()
+        if unused := [f for f in corrections if f not in takes]:
+            raise ValueError(f"{', '.join(unused)}: the loss {self.loss!r} applies no behaviour "
+                             "weight pi_prox/pi_behav for a mismatch correction to act on (use "
+                             "decoupled_ppo or raft_pp, or unset it)")
 
     def reward_warning(self, correct_reward: float, wrong_reward: float) -> str | None:
         """One line when the preset's advantages degenerate under the configured rewards

@@ -128,6 +128,12 @@ def test_two_data_parallel_ranks_equal_one(runs: dict[str, Any]) -> None:
     assert m2["loss"] == pytest.approx(m1["loss"], abs=1e-6)
     assert m2["grad_norm"] == pytest.approx(m1["grad_norm"], rel=1e-4)
     assert m2["rank_imbalance"] < 0.2
+    # the mismatch figures (every token at version 0, behaviour log-prob -3) add up over ranks:
+    # sums, counts and the maxima / minimum reduced across them
+    assert m1["mismatch/tokens"] == m2["mismatch/tokens"] > 0
+    for key in ("k3", "abs_logp_diff_mean", "abs_logp_diff_max", "weight_min", "weight_max",
+                "weight_out_2x_frac"):
+        assert m2[f"mismatch/{key}"] == pytest.approx(m1[f"mismatch/{key}"], rel=1e-5)
     moved = max_weight_diff(w1, runs["initial"][0])
     assert moved > 1e-4  # the step really changed the weights ...
     assert max_weight_diff(w1, w2) < 1e-3 * moved  # ... identically with one rank and two
