@@ -43,7 +43,7 @@ class Report:
     window_s: float = 0.0  # first span start to last span end
 
 
-MISMATCH_PREFIXES = ("mismatch/", "train/mismatch/")  # as written; as the controller prefixes it
+MISMATCH_PREFIXES = ("mismatch/", "train/mismatch/")  # as written now; as runs before wrote it
 
 
 def mismatch_prefix(rows: list[dict[str, Any]]) -> str:

@@ -61,6 +61,8 @@ def step_record(step: int, version: int, batch: list[Group], *, staleness: int,
         # groups whose rewards differ: the only ones a group-relative advantage learns from
         "train/informative_groups": sum(len(set(g.rewards)) > 1 and not g.filter_bypassed
                                         for g in batch),
-        **sync, **rpo, **{f"train/{k}": v for k, v in train.items()},
+        **sync, **rpo,
+        # the trainer's figures under train/, its mismatch/* group under its own name
+        **{(k if k.startswith("mismatch/") else f"train/{k}"): v for k, v in train.items()},
         "gen_busy_s": gen_busy_s,
     }
