@@ -116,7 +116,8 @@ async def measure(a: argparse.Namespace, model: Path) -> dict[str, Any]:
     shm = "/dev/shm" if Path("/dev/shm").is_dir() else None
     tmp = tempfile.mkdtemp(prefix="areal_sys-bench-", dir=shm)
     weights = str(shutil.copy(model / "model.safetensors", Path(tmp) / "weights.safetensors"))
-    worker = RolloutWorker(str(model), seed=a.seed, kv_cache_gib=1.0, max_model_len=256)
+    worker = RolloutWorker(str(model), seed=a.seed, kv_cache_gib=1.0, max_model_len=256,
+                           engine_stats=True)
     await worker.start()
     version = itertools.count(1)
     rows = []

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 
 STEPS = 2
 # the forms of every line the run itself prints (controller/launch.py, placement.py, progress.py)
-OWN_LINES = ("algorithm: ", "cluster: ", "step ", "done: ", "warning: ", "held-out pass rate: ")
+OWN_LINES = ("algorithm: ", "cluster: ", "step ", "eval ", "done: ", "warning: ",
+             "held-out pass rate: ")
 # vLLM's log format: `INFO 11-29 14:28:20 [model.py:733] ...`
 VLLM_LINE = re.compile(r"(INFO|WARNING) \d\d-\d\d \d\d:\d\d:\d\d \[[\w.]+:\d+\]")
 

@@ -100,6 +100,8 @@ class RolloutWorker:
     `seed` seeds the engine's sampler: give every worker its own (the controller passes
     `seed + worker_id`), else workers sampling the same prompt draw the same responses.
     `update_mode` ("abort" | "keep" | "wait", see the module docstring) may change between updates.
+    `engine_stats` turns on vLLM's per-iteration statistics to count prefills and preemptions
+    (`stats()`; the tests and the update-mode benchmark read them); runs leave it off.
     """
 
     def __init__(
@@ -114,6 +116,7 @@ class RolloutWorker:
         update_mode: str = "abort",
         enforce_eager: bool = True,
         gpu_memory_utilization: float = 0.85,
+        engine_stats: bool = False,
     ) -> None:
         self.model_path = model_path
         self.worker_id = worker_id
@@ -140,7 +143,9 @@ class RolloutWorker:
         self._accepting.set()
         self._update_lock = asyncio.Lock()
         self._broken: BaseException | None = None
-        self._counters = EngineCounters()  # vLLM's prefill and preemption counts
+        # vLLM's prefill and preemption counts: its per-iteration statistics, a cost on every
+        # engine step, so only for the measurements that read them (tests, benchmarks)
+        self._counters = EngineCounters() if engine_stats else None
 
     # ------------------------------------------------------------------ engine lifecycle
     async def start(self) -> None:
@@ -171,8 +176,8 @@ class RolloutWorker:
             worker_extension_cls=WEIGHT_SYNC_EXTENSION,
             disable_log_stats=True,
         )
-        self._engine = start_engine(args, self.model_path, self.worker_id,
-                                    stat_loggers=[self._counters.stat_logger()])
+        loggers = [self._counters.stat_logger()] if self._counters is not None else None
+        self._engine = start_engine(args, self.model_path, self.worker_id, stat_loggers=loggers)
         await self._engine.update_weight_version(str(self._version))  # labels every token
 
     async def shutdown(self) -> None:
@@ -411,17 +416,18 @@ class RolloutWorker:
 
     async def stats(self) -> dict[str, float]:
         """`tokens_generated`; `busy_s`: seconds so far with at least one request in the engine
-        (generation time; idle time = wall time − busy_s); vLLM's own `prefill_tokens`,
-        `cached_prompt_tokens` and `preemptions` (vllm_ext.EngineCounters): an abort-mode update
-        re-prefills what it interrupts, a keep-mode update does not."""
+        (generation time; idle time = wall time − busy_s); with `engine_stats`, vLLM's own
+        `prefill_tokens`, `cached_prompt_tokens` and `preemptions` (vllm_ext.EngineCounters): an
+        abort-mode update re-prefills what it interrupts, a keep-mode update does not."""
         busy = self._busy_s
         if self._inflight:
             busy += time.perf_counter() - self._busy_since
-        c = self._counters
-        return {"tokens_generated": float(self._tokens_generated), "busy_s": busy,
-                "prefill_tokens": float(c.prefill_tokens),
-                "cached_prompt_tokens": float(c.cached_prompt_tokens),
-                "preemptions": float(c.preemptions)}
+        out = {"tokens_generated": float(self._tokens_generated), "busy_s": busy}
+        if (c := self._counters) is not None:
+            out |= {"prefill_tokens": float(c.prefill_tokens),
+                    "cached_prompt_tokens": float(c.cached_prompt_tokens),
+                    "preemptions": float(c.preemptions)}
+        return out
 
     async def get_version(self) -> int:
         """Policy version of the loaded weights."""
