@@ -1,4 +1,6 @@
-"""controller/runtime.py's choice of Ray cluster (ray.init is replaced by a recording fake)."""
+"""controller/runtime.py's choice of Ray cluster and its logging set-up (ray.init is replaced by a
+recording fake): Ray streams the actors' output to the driver only with `logging.verbose`;
+otherwise each actor is told its own file in RUN_DIR/logs."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ import pytest
 import ray
 
 from areal_sys.config import load_config
-from controller.runtime import start_ray
+from areal_sys.console import LOG_FILE_ENV
+from controller.runtime import _env, _log, start_ray
 
 
 @pytest.fixture
@@ -34,3 +37,20 @@ def test_a_ray_job_or_cluster_address_joins_that_cluster(
     start_ray(load_config(None, [f"run_dir={tmp_path}"]))
     assert [c["address"] for c in calls] == ["10.0.0.1:6379", None]
     assert all("num_cpus" not in c for c in calls)
+
+
+def test_ray_streams_to_the_driver_only_when_verbose(calls, tmp_path) -> None:
+    start_ray(load_config(None, [f"run_dir={tmp_path}"]))
+    start_ray(load_config(None, [f"run_dir={tmp_path}", "logging.verbose=true"]))
+    start_ray(load_config(None, [f"run_dir={tmp_path}", "cluster.address=10.0.0.1:6379"]))
+    assert [c["log_to_driver"] for c in calls] == [False, True, False]
+
+
+def test_each_actor_gets_its_own_log_file_unless_verbose(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, ["run_dir=runs/a"])
+    env = _env({"AREAL_SYS_CPU_CORES": "1"}, _log(cfg, "trainer-0"))["env_vars"]
+    assert env[LOG_FILE_ENV] == str(tmp_path / "runs" / "a" / "logs" / "trainer-0.log")
+    assert env["AREAL_SYS_CPU_CORES"] == "1" and "PYTHONPATH" in env
+    loud = load_config(None, ["run_dir=runs/a", "logging.verbose=true"])
+    assert LOG_FILE_ENV not in _env(_log(loud, "trainer-0"))["env_vars"]

@@ -73,17 +73,22 @@ class Engine:
         self.run(self.worker.update_weights(str(path / "model.safetensors"), version))
         return version
 
+    @classmethod
+    def started(cls, worker: RolloutWorker) -> Iterator[Engine]:
+        """`worker` started, yielded as an Engine, shut down after (a fixture's body)."""
+        eng = cls(worker)
+        eng.run(worker.start())
+        try:
+            yield eng
+        finally:
+            eng.run(worker.shutdown())
+            eng.loop.close()
+
 
 @pytest.fixture(scope="class")
 def engine(tiny_models: dict[str, Path]) -> Iterator[Engine]:
     """One in-process engine (starts on model A) shared by the tests of a class."""
-    eng = Engine(RolloutWorker(str(tiny_models["A"]), seed=0, kv_cache_gib=1.0))
-    eng.run(eng.worker.start())
-    try:
-        yield eng
-    finally:
-        eng.run(eng.worker.shutdown())
-        eng.loop.close()
+    yield from Engine.started(RolloutWorker(str(tiny_models["A"]), seed=0, kv_cache_gib=1.0))
 
 
 class TestInProcess:

@@ -66,14 +66,8 @@ def fresh_logprobs(models: dict[int, Any], traj: Trajectory) -> list[float]:
 @pytest.fixture(scope="module")
 def engine(tiny_models: dict[str, Path]) -> Iterator[Engine]:
     """One engine (multiprocess AsyncLLM, model A) shared by the tests of this module."""
-    eng = Engine(RolloutWorker(str(tiny_models["A"]), seed=3, kv_cache_gib=1.0,
-                                engine_stats=True))
-    eng.run(eng.worker.start())
-    try:
-        yield eng
-    finally:
-        eng.run(eng.worker.shutdown())
-        eng.loop.close()
+    yield from Engine.started(RolloutWorker(str(tiny_models["A"]), seed=3, kv_cache_gib=1.0,
+                                            engine_stats=True))
 
 
 def run_two_updates(engine: Engine, paths: dict[str, str], mode: str, n: int = 32,
