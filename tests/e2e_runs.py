@@ -5,7 +5,7 @@ property it can prove, and tests/conftest.py holds each as a session fixture.
 - `async_run`: DAPO (the group-relative family: dynamic-sampling filter, rewards +-1, soft
   overlong punishment), eta 2, two data-parallel trainer ranks with the collective weight sync,
   scored by a real HTTP reward server (`reward.url`). Read by test_end_to_end.py,
-  test_reward_url_end_to_end.py and test_algorithms_end_to_end.py.
+  test_reward_url_end_to_end.py, test_algorithms_end_to_end.py and test_console_end_to_end.py.
 - `recovery_run`: PPO (the critic family); its rollout worker is SIGKILLed after two steps. Read
   by test_recovery_end_to_end.py and test_algorithms_end_to_end.py.
 - `resume_run`: RAFT++ (the sample-selection family: the remove-all-wrong filter, RAFT weights
@@ -100,7 +100,8 @@ def async_run(run_dir: Path) -> dict[str, Any]:
     finally:
         server.terminate()
         server.wait(timeout=30)
-    return {"run_dir": run_dir, "stdout": res.stdout, "url": url, "health": health}
+    return {"run_dir": run_dir, "stdout": res.stdout, "stderr": res.stderr, "url": url,
+            "health": health}
 
 
 # -------------------------------------------------------------------------------- worker death

@@ -80,3 +80,20 @@ def test_learning_tables_skip_one_seed_files_and_update_the_readme(tmp_path: Pat
     updated = readme.read_text()
     assert "OLD" not in updated and text in updated and "\nP\n" in updated
     assert updated.endswith(f"{table.LEARNING_END}\nc\n")
+
+
+def test_interruptible_row_reads_the_three_mode_and_the_two_mode_results() -> None:
+    def interval(every: float, abort: float, keep: float, wait: float) -> dict:
+        return {"update_every_s": every, "tokens_per_s_interruptible": abort,
+                "tokens_per_s_keep": {"mean": keep}, "tokens_per_s_non_interruptible": wait,
+                "gain": abort / wait - 1, "gain_keep": keep / wait - 1}
+
+    rows = [interval(1, 1100, 1500, 1000), interval(2, 1050, 1200, 1000)]
+    text, target = table.interruptible({**rows[0], "by_interval": rows})
+    assert text.startswith("tokens/s against `wait` with a new version every 1 s: abort "
+                           "**+10.0%**, keep **+50.0%** (1100 / 1500 / 1000)")
+    assert text.endswith("; every 2 s abort +5.0%, keep +20.0%") and target == ">= +10% (abort)"
+    old = {"update_every_s": 1, "gain": 0.35, "tokens_per_s_interruptible": 4443,
+           "tokens_per_s_non_interruptible": 3288}
+    assert table.interruptible(old)[0] == (
+        "**+35.0%** tokens/s with a new version every 1 s (4443 vs 3288)")
