@@ -20,13 +20,15 @@ run 2, ...) so that a slow drift of a shared machine spreads over both.
 
 Figures per run: `step_s` = mean seconds per training step (areal_sys: the steps' `step_time_s`;
 TRL: wall time between consecutive optimizer steps, generation included), `train_s` = their sum,
-`tokens_generated` = generated tokens over the run, and `pass_rate` = the held-out pass rate
-(avg@k) of the final policy by ONE shared evaluator: `areal-sys eval configs/local_tiny.yaml
---checkpoint DIR` on both systems' saved policies, with the same problems, k, temperature and
-sampling seed (the areal_sys run's in-run evaluation is switched off). Across runs: mean and
-95% CI (benchmarks/stats.py) of each, the per-run ratio TRL step_s / areal_sys step_s, and the
-paired pass-rate difference (areal_sys − TRL, points). Every setting that could not be matched
-is listed in the results (`UNMATCHED`). Writes benchmarks/results/vs_trl.json and .png.
+`tokens_generated` = generated tokens over the run (areal_sys: those of the trained batches,
+so generation still in flight at the last step is not counted; TRL: every scored completion),
+and `pass_rate` = the held-out pass rate (avg@k) of the final policy by ONE shared evaluator:
+`areal-sys eval configs/local_tiny.yaml --checkpoint DIR` on both systems' saved policies, with
+the same problems, k, temperature and sampling seed (the areal_sys run's in-run evaluation is
+switched off). Across runs: mean and 95% CI (benchmarks/stats.py) of each, the per-run ratio
+TRL step_s / areal_sys step_s, and the paired pass-rate difference (areal_sys − TRL, points).
+Every setting that could not be matched is listed in the results (`UNMATCHED`).
+Writes benchmarks/results/vs_trl.json and .png.
 """
 
 from __future__ import annotations
@@ -79,8 +81,9 @@ UNMATCHED: list[tuple[str, str, str, str]] = [
      "prompts left-padded and completions right-padded to the longest in the batch",
      "the systems' designs"),
     ("generation engine", "vLLM-CPU, one engine on 1 core", "transformers `generate` on every "
-     "core (use_vllm false)", "TRL's vLLM modes need a CUDA vLLM; on CPU the earlier "
-     "comparison needed a patch to sync weights into vllm-cpu"),
+     "core (use_vllm false)", "TRL's vLLM modes: on CPU the earlier comparison needed a "
+     "patch to sync weights into vllm-cpu, and TRL 1.16 supports vLLM 0.22-0.31 while the "
+     "cpu extra installs vllm-cpu 0.32"),
     ("cores", "rollout 1 core, trainer 1 core (cluster.rollout_cpus / trainer_cpus)",
      "one process, torch on every core for both phases", "TRL has no core split"),
     ("trainer", "DeepSpeed ZeRO-1, one worker", "transformers Trainer (accelerate), one "
@@ -204,29 +207,27 @@ def trl_worker(a: argparse.Namespace) -> None:
     rows = synthetic.make_problems(cfg.data.synthetic_train_size, seed, "train")
     dataset = Dataset.from_list([{"prompt": r["prompt"], "answer": r["answer"]} for r in rows])
     right, wrong = cfg.reward.correct_reward, cfg.reward.wrong_reward
+    generated: list[int] = []  # tokens of every completion TRL scored (EOS included)
 
-    def correctness(completions: list[str], answer: list[str], **_: Any) -> list[float]:
+    def correctness(completions: list[str], answer: list[str], completion_ids: list[list[int]],
+                    **_: Any) -> list[float]:
+        generated.extend(len(ids) for ids in completion_ids)
         return [right if synthetic.is_correct(c, ans) else wrong
                 for c, ans in zip(completions, answer, strict=True)]
 
-    sequences = a.batch_size * a.n_samples
     class StepClock(TrainerCallback):
-        """Wall time of every optimizer step (generation included) and the logged lengths."""
+        """Wall time of every optimizer step, its generation included."""
 
         def __init__(self) -> None:
-            self.last, self.times, self.lengths = 0.0, [], []
+            self.last, self.times = 0.0, []
 
-        def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001, ANN003
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             self.last = time.perf_counter()
 
-        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001, ANN003
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             now = time.perf_counter()
             self.times.append(now - self.last)
             self.last = now
-
-        def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001, ANN003
-            if logs and "completions/mean_length" in logs:
-                self.lengths.append(float(logs["completions/mean_length"]))
 
     args = GRPOConfig(**trl_config(a, seed, run_dir, cuda=torch.cuda.is_available()))
     clock = StepClock()
@@ -240,7 +241,7 @@ def trl_worker(a: argparse.Namespace) -> None:
 
     out = {"step_s": sum(clock.times) / len(clock.times), "train_s": sum(clock.times),
            "steps": len(clock.times), "step_time_s": clock.times,
-           "tokens_generated": sum(n * sequences for n in clock.lengths),
+           "tokens_generated": sum(generated),
            "policy_dir": str(run_dir / "policy"), "trl_version": trl.__version__,
            "threads": torch.get_num_threads()}
     (run_dir / "trl_result.json").write_text(json.dumps(out) + "\n")
