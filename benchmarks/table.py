@@ -181,13 +181,34 @@ def staleness(d: dict[str, Any]) -> tuple[str, str]:
             "decoupled within 3 points of η = 0 at η = 4, naive >= 5 below")
 
 
+def vs_trl(d: dict[str, Any]) -> tuple[str, str]:
+    """areal_sys against TRL's GRPOTrainer (benchmarks/vs_trl.py): the step-time ratio and both
+    pass rates by the shared evaluator."""
+    target = ">= 2x faster per step than TRL, pass rate within CI"
+    by, st = d["by_system"], d["settings"]
+    if d.get("speedup") is None:
+        return "no paired run finished", target
+    ours, theirs = by["areal_sys"], by["trl"]
+    n = st.get("runs")
+
+    def cell(x: dict[str, Any] | None, digits: int, unit: str) -> str:
+        return fmt(x, 1, digits, unit, n_expected=n)
+
+    return (f"**{cell(d['speedup'], 2, 'x')}** TRL {st.get('trl_version', '?')} s/step over "
+            f"areal_sys's ({cell(theirs['step_s'], 2, ' s')} vs {cell(ours['step_s'], 2, ' s')}, "
+            f"{st['steps']} steps of {st['batch_size']} × {st['n_samples']}, {n} runs each); pass "
+            f"rate {cell(ours.get('pass_rate'), 1, '%')} vs {cell(theirs.get('pass_rate'), 1, '%')}"
+            f" (areal_sys − TRL {cell(d.get('pass_rate_diff'), 1, ' points')}; one evaluator, "
+            f"avg@{st['eval_k']})", target)
+
+
 FORMATTERS: dict[str, Callable[[Any], tuple[str, str]]] = {
     "async_vs_sync": async_vs_sync, "interruptible": interruptible,
     "rollout_overhead": rollout_overhead, "rollout_overhead_pinned": rollout_overhead,
     "controller_throughput": controller_throughput,
     "cold_start": cold_start, "packing": packing, "weight_sync": weight_sync,
     "reward_load": reward_load, "reward_load_adversarial": reward_load_adversarial,
-    "rpo": rpo, "algorithms": algorithms, "staleness": staleness,
+    "rpo": rpo, "algorithms": algorithms, "staleness": staleness, "vs_trl": vs_trl,
 }
 
 
