@@ -227,7 +227,8 @@ def main() -> None:
                       f"± {f['pass_rate'].get('ci95') or 0:.1f}, "
                       f"{f['wall_s']['mean']:.0f} s over {f['n']} seeds")
     out_dir = Path(a.out_dir)
-    out = write_results("interruptible", figures, {**vars(a), "model": "tiny (cached)"}, out_dir)
+    settings = {k: v for k, v in vars(a).items() if k not in ("runs_dir", "out_dir")}  # paths
+    out = write_results("interruptible", figures, {**settings, "model": "tiny (cached)"}, out_dir)
     plot(figures, figure_path("interruptible", out_dir))
     print(f"wrote {out}")
 
