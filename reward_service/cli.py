@@ -66,9 +66,15 @@ def _parser() -> argparse.ArgumentParser:
     rs = _Parser(prog="areal-sys reward-serve", argument_default=argparse.SUPPRESS,
                  description="HTTP reward service (POST /score, GET /health); every option is "
                  "a field of the `reward` config section")
+    from areal_sys.config.reward import RewardConfig
+
     rs.add_argument("--config", metavar="RUN.yaml", help="start from this run's reward section")
+    rs.add_argument("-v", "--verbose", action="store_true",
+                    help="other libraries' INFO log lines too, not only their warnings and errors")
     for flag, (field, kind, text) in _FLAGS.items():
-        rs.add_argument(flag, dest=field, type=kind, help=text)
+        default = RewardConfig.model_fields[field].default
+        rs.add_argument(flag, dest=field, type=kind,
+                        help=text if "(default" in text else f"{text} (default: {default})")
     rs.add_argument("--grader", dest="graders", action="append", metavar="NAME=module:function",
                     help="register a plugin grader (repeatable)")
     rs.add_argument("--allow-unsafe-sandbox", dest="allow_unsafe_sandbox", action="store_true",
@@ -82,6 +88,7 @@ def build_config(argv: list[str]) -> Any:
     from areal_sys.config.reward import RewardConfig
 
     args = vars(_parser().parse_args(argv))
+    args.pop("verbose", None)  # the logging set-up's (areal_sys/cli.py), not the config's
     values: dict[str, Any] = {}
     path = args.pop("config", None)
     if path is not None:

@@ -355,6 +355,17 @@ def test_every_option_of_every_subcommand_has_help_and_shows_its_default():
                     (name, action.dest)
 
 
+def test_reward_serve_help_shows_every_flags_default():
+    from areal_sys.config.reward import RewardConfig
+    from reward_service.cli import _FLAGS, _parser
+
+    text = " ".join(_parser().format_help().split())
+    for flag, (field, _, _) in _FLAGS.items():
+        default = RewardConfig.model_fields[field].default
+        assert f"(default: {default})" in text or f"(default {default})" in text, flag
+    assert "-v, --verbose" in text
+
+
 def test_help_names_the_defaults_in_a_subprocess():
     res = areal_sys("make-tiny-model", "--help")
     text = " ".join(res.stdout.split())  # argparse wraps to the terminal's width
