@@ -7,11 +7,12 @@ The controller runs it as an async Ray actor, so `generate_group` calls for many
     actor = actor.remote(model_path, worker_id=i, ...)
 
 Runtime environment. The actor process must import `workers.rollout` (an installed project, a Ray
-`working_dir`, or `actor_runtime_env()`, which puts the project root on `PYTHONPATH`); `start()`
-puts it there for vLLM's spawned engine process too (it imports `workers.vllm_ext`). On CPU,
-`start()` sets the KV cache size and binds the engine's OpenMP threads to this process's cores
-(engine_start.configure_cpu_env); several workers on one machine should each get their own cores
-through `env_vars` in the runtime_env. On CUDA none of the CPU settings are touched.
+`working_dir`, or `engine_start.actor_runtime_env()`, which puts the project root on
+`PYTHONPATH`); `start()` puts it there for vLLM's spawned engine process too (it imports
+`workers.vllm_ext`). On CPU, `start()` sets the KV cache size and binds the engine's OpenMP
+threads to this process's cores (engine_start.configure_cpu_env); several workers on one machine
+should each get their own cores through `env_vars` in the runtime_env. On CUDA none of the CPU
+settings are touched.
 
 Weight updates (`update_mode`; vLLM's pause API, `AsyncLLM.pause_generation`). Every update
 closes the gate for new submissions, loads, labels the engine with the new version
@@ -54,7 +55,6 @@ from areal_sys.trajectory import Trajectory
 from workers.engine_start import (
     PROJECT_ROOT,
     EngineNotStarted,
-    actor_runtime_env,
     configure_cpu_env,
     prepend_path,
     refuse_cpu_attention,
@@ -62,7 +62,7 @@ from workers.engine_start import (
 )
 from workers.vllm_ext import EngineCounters
 
-__all__ = ["RolloutWorker", "actor_runtime_env"]
+__all__ = ["RolloutWorker"]
 
 WEIGHT_SYNC_EXTENSION = "workers.vllm_ext.WeightSyncExtension"
 GIB = 1 << 30

@@ -26,3 +26,19 @@ def hf_models(tiny_models: dict[str, Path]) -> dict[str, object]:
         name: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         for name, path in tiny_models.items()
     }
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory: pytest.TempPathFactory):
+    """A real DeepSpeed TrainerWorker on a random tiny model (lr 1e-3, two minibatches), one per
+    test module that asks for it."""
+    from areal_sys.ports import free_port
+    from tests.workers.test_trainer import experiment
+    from workers.trainer import TrainerWorker
+
+    path = save_random_tiny_model(tmp_path_factory.mktemp("trainer_model"), seed=0)
+    cfg = experiment({"lr": 1e-3, "ppo_minibatches": 2, "max_tokens_per_microbatch": 128})
+    w = TrainerWorker(str(path), cfg, rank=0, world_size=1, master_port=free_port())
+    w.setup()
+    yield w
+    w.shutdown()

@@ -19,7 +19,8 @@ import pytest
 
 from areal_sys.ports import free_port
 from areal_sys.trajectory import Trajectory
-from workers.rollout import RolloutWorker, actor_runtime_env
+from workers.engine_start import actor_runtime_env
+from workers.rollout import RolloutWorker
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,6 @@ import pytest
 import torch
 
 from areal_sys.config import ExperimentConfig
-from areal_sys.ports import free_port
 from areal_sys.trajectory import Group, Trajectory
 from workers.reference import ReferencePolicy
 from workers.trainer import TrainerWorker
@@ -55,18 +54,6 @@ def make_groups(n_groups: int, size: int, seed: int) -> list[Group]:
 
 
 # ------------------------------------------------------------------------- real DeepSpeed engine
-
-
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory: pytest.TempPathFactory):
-    from areal_sys.models.tiny import save_random_tiny_model
-
-    path = save_random_tiny_model(tmp_path_factory.mktemp("trainer_model"), seed=0)
-    cfg = experiment({"lr": 1e-3, "ppo_minibatches": 2, "max_tokens_per_microbatch": 128})
-    w = TrainerWorker(str(path), cfg, rank=0, world_size=1, master_port=free_port())
-    w.setup()
-    yield w
-    w.shutdown()
 
 
 def exported_model(worker: TrainerWorker, path: Path) -> Any:

@@ -18,23 +18,10 @@ from typing import Any
 import pytest
 import torch
 
-from areal_sys.ports import free_port
 from areal_sys.trajectory import Group
-from tests.workers.test_trainer import experiment, exported_model, make_groups, plain_logprobs
+from tests.workers.test_trainer import exported_model, make_groups, plain_logprobs
 from workers.rollout import RolloutWorker
 from workers.trainer import TrainerWorker
-
-
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory: pytest.TempPathFactory):
-    from areal_sys.models.tiny import save_random_tiny_model
-
-    path = save_random_tiny_model(tmp_path_factory.mktemp("mismatch_model"), seed=0)
-    cfg = experiment({"lr": 1e-3, "ppo_minibatches": 2, "max_tokens_per_microbatch": 128})
-    w = TrainerWorker(str(path), cfg, rank=0, world_size=1, master_port=free_port())
-    w.setup()
-    yield w
-    w.shutdown()
 
 
 def behave(groups: list[Group], model: Any, version: int) -> int:
