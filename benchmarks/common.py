@@ -242,20 +242,26 @@ def _cli(args: list[str], what: str) -> float:
 def pipeline_run(setting: Setting, seed: int, run_dir: Path, reuse: bool = False,
                  collect_only: bool = False) -> dict[str, Any]:
     """The real run function of `run_grid`: `areal-sys run` of the setting with `seed=S`, then
-    `collect_run`. With `reuse`, a run_dir whose finished run had the same command is read
-    instead of run again (an interrupted sweep continues where it stopped); with
+    `collect_run`. With `reuse`, a run_dir whose finished run had the same command (its run_dir
+    aside) is read instead of run again (an interrupted sweep continues where it stopped); with
     `collect_only`, such a run is read and any other is a failure (nothing runs)."""
     args = ["run", setting.config, "--overwrite", f"run_dir={run_dir}", *setting.overrides,
             f"seed={seed}"]
     stamp = run_dir / "bench_command.json"
     if (reuse or collect_only) and (run_dir / "results.json").is_file() and stamp.is_file() \
-            and json.loads(stamp.read_text()) == args:
+            and _without_run_dir(json.loads(stamp.read_text())) == _without_run_dir(args):
         return collect_run(run_dir)
     if collect_only:
         raise RuntimeError(f"{setting.name} seed {seed}: no finished run with this command")
     command_s = _cli(args, f"{setting.name} seed {seed}")
     stamp.write_text(json.dumps(args) + "\n")
     return {**collect_run(run_dir), "command_s": command_s}
+
+
+def _without_run_dir(args: list[str]) -> list[str]:
+    """A run's command without its `run_dir=` (the stamp lives in that directory, which may have
+    been named relative to another working directory or moved)."""
+    return [a for a in args if not a.startswith("run_dir=")]
 
 
 def collect_run(run_dir: Path) -> dict[str, Any]:

@@ -11,8 +11,9 @@ samples, `--max-new-tokens` each, T = 1, submitted at once:
 
 - worker: `RolloutWorker.generate_group` per prompt (its version/interrupt bookkeeping, per-token
   logprobs and versions, `Trajectory` objects with decoded text);
-- bare: `AsyncLLM.generate` per sample with the same `SamplingParams` (sampled-token logprob,
-  streamed deltas, no detokenisation), outputs consumed and discarded.
+- bare: `AsyncLLM.generate` per sample with the worker's own `SamplingParams`
+  (`workers.sampling.sampling_params`: sampled-token logprob in flat lists, streamed deltas, no
+  detokenisation), outputs consumed and discarded.
 
 tokens/s = generated tokens / wall time of a batch. Key `ratio` = worker / bare, the median over
 rounds of the ratio within a round (both engines measured back to back), which a round hit by
@@ -59,11 +60,9 @@ async def worker_batch(worker: Any, batch: list[list[int]], n: int, max_new: int
 
 async def bare_batch(engine: Any, batch: list[list[int]], n: int, max_new: int,
                      serial: list[int]) -> int:
-    from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind
+    from workers.sampling import sampling_params
 
-    params = SamplingParams(max_tokens=max_new, temperature=1.0, top_p=1.0, logprobs=0,
-                            detokenize=False, output_kind=RequestOutputKind.DELTA)
+    params = sampling_params(max_new, temperature=1.0, top_p=1.0)  # the worker's own
 
     async def one(ids: list[int]) -> int:
         serial[0] += 1

@@ -48,7 +48,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from areal_sys.trajectory import Trajectory
@@ -60,6 +59,7 @@ from workers.engine_start import (
     refuse_cpu_attention,
     start_engine,
 )
+from workers.sampling import Sample, sampled_logprobs, sampling_params, token_versions
 from workers.vllm_ext import EngineCounters
 
 __all__ = ["RolloutWorker"]
@@ -67,31 +67,6 @@ __all__ = ["RolloutWorker"]
 WEIGHT_SYNC_EXTENSION = "workers.vllm_ext.WeightSyncExtension"
 GIB = 1 << 30
 UPDATE_MODES = ("abort", "keep", "wait")
-
-
-def _token_versions(req_id: str, spans: list[Any] | None, num_tokens: int) -> list[int]:
-    """Per-token policy versions of one finished request from the engine's weight-version spans
-    (`CompletionOutput.weight_versions`: output tokens [start, end) sampled by weights labelled
-    `version`). Fails loudly when they do not cover the request's tokens exactly."""
-    spans = spans or []
-    versions = [int(sp.version) for sp in spans for _ in range(sp.start, sp.end)]
-    starts = [sp.start for sp in spans]
-    if len(versions) != num_tokens or starts != [0, *(sp.end for sp in spans)][: len(starts)]:
-        raise RuntimeError(f"{req_id}: the engine's weight-version spans {spans} do not cover its "
-                           f"{num_tokens} tokens")
-    return versions
-
-
-@dataclass
-class _Sample:
-    """One response being generated: what is kept across interruptions."""
-
-    tokens: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    versions: list[int] = field(default_factory=list)
-    finish_reason: str = "length"
-    num_interrupts: int = 0
-    finish_time: float = 0.0
 
 
 class RolloutWorker:
@@ -265,12 +240,9 @@ class RolloutWorker:
     async def _sample(
         self, rid: str, prompt_ids: list[int], max_new_tokens: int, temperature: float,
         top_p: float,
-    ) -> _Sample:
+    ) -> Sample:
         """Generate one response, resubmitting prompt + partial tokens after each interruption."""
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
-        s = _Sample()
+        s = Sample()
         while True:
             while not self._accepting.is_set():  # a weight update is in progress
                 await self._accepting.wait()
@@ -282,14 +254,7 @@ class RolloutWorker:
             # sees this request in _inflight or happens entirely before it is submitted.
             epoch, salt = self._epoch, f"v{self._version}"
             req_id = f"{rid}-{s.num_interrupts}"
-            params = SamplingParams(
-                max_tokens=max_new_tokens - len(s.tokens),
-                temperature=temperature,
-                top_p=top_p,
-                logprobs=0,  # the sampled token's logprob only
-                detokenize=False,  # text is decoded once at the end
-                output_kind=RequestOutputKind.DELTA,
-            )
+            params = sampling_params(max_new_tokens - len(s.tokens), temperature, top_p)
             if not self._inflight:
                 self._busy_since = time.perf_counter()
             self._inflight.add(req_id)
@@ -301,15 +266,12 @@ class RolloutWorker:
                 async for out in self._engine.generate(prompt, params, req_id):
                     completion = out.outputs[0]
                     new = list(completion.token_ids)
-                    lps = completion.logprobs or []
-                    if len(lps) != len(new):
-                        raise RuntimeError(f"{req_id}: {len(new)} tokens but {len(lps)} logprobs")
+                    s.logprobs += sampled_logprobs(req_id, new, completion.logprobs)
                     s.tokens += new
-                    s.logprobs += [lp[tok].logprob for tok, lp in zip(new, lps, strict=True)]
                     self._tokens_generated += len(new)
                     if out.finished:
                         finish = completion.finish_reason
-                        s.versions += _token_versions(req_id, completion.weight_versions,
+                        s.versions += token_versions(req_id, completion.weight_versions,
                                                       len(s.tokens) - first)
                     elif self.update_mode == "abort" and self._epoch != epoch:
                         # submitted while an update's abort was being sent: stop it ourselves

@@ -106,6 +106,10 @@ def test_collect_only_reads_finished_runs_and_runs_nothing(tmp_path: Path) -> No
             "seed=1"]
     (done / "bench_command.json").write_text(json.dumps(args))
     assert pipeline_run(setting, 1, done, collect_only=True)["pass_rate"] == 0.55
+    moved = tmp_path / "moved"  # the same run, named from another working directory
+    done.rename(moved)
+    assert pipeline_run(setting, 1, moved, collect_only=True)["pass_rate"] == 0.55
+    moved.rename(done)
     with pytest.raises(RuntimeError, match="no finished run"):  # another seed's command
         pipeline_run(setting, 2, done, collect_only=True)
     with pytest.raises(RuntimeError, match="no finished run"):  # never stamped

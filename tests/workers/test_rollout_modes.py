@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -28,7 +27,7 @@ from tests.workers.test_rollout import (
     hf_logprobs,
     max_abs_diff,
 )
-from workers.rollout import RolloutWorker, _token_versions
+from workers.rollout import RolloutWorker
 
 
 def mixed_logprobs(models: dict[int, Any], traj: Trajectory) -> list[float]:
@@ -156,15 +155,6 @@ def test_wait_finishes_in_flight_requests_on_old_weights(
     # the first update let the running requests finish on A
     assert any(t.versions[0] == v0 and len(t.response_ids) > 4 for t in trajs)
     check_tokens_match_versions(trajs, hf_models, {v0: "A", v0 + 1: "B", v0 + 2: "A"})
-
-
-def test_token_versions_follow_the_engines_spans() -> None:
-    span = lambda v, s, e: SimpleNamespace(version=v, start=s, end=e)  # noqa: E731
-    assert _token_versions("r", [span("3", 0, 2), span("4", 2, 5)], 5) == [3, 3, 4, 4, 4]
-    assert _token_versions("r", None, 0) == []
-    for spans, n in (([span("3", 0, 2)], 3), ([span("3", 0, 2), span("4", 3, 4)], 3), (None, 2)):
-        with pytest.raises(RuntimeError, match="do not cover"):
-            _token_versions("r", spans, n)
 
 
 def test_unknown_update_mode_is_refused() -> None:
