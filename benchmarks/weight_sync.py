@@ -1,6 +1,6 @@
 """Weight-sync latency: trainer export start → the rollout engine serving the new weights.
 
-    python benchmarks/weight_sync.py [--models tiny,0.5b] [--repeats 3]
+    python benchmarks/weight_sync.py [--models tiny,0.5b] [--dtypes float32,bfloat16] [--repeats 3]
 
 For each model (the built-in tiny model, and a randomly initialised model with the shape of
 Qwen2.5-0.5B: 24 layers, hidden 896, vocab 151 936, ~494M parameters) it starts one real
@@ -14,14 +14,21 @@ backend `--repeats` times:
 
 `sync_s` is the median wall time from the start of the export to the engine's return (weights
 loaded, prefix cache reset, ready to sample). Both run in this process (the engine core is its own
-process, as in a run), so no Ray scheduling is included. Writes benchmarks/results/weight_sync.json
-(a list of {"model", "backend", "sync_s", ...}) and weight_sync.png.
+process, as in a run), so no Ray scheduling is included. Per repeat, `detail` splits it:
+`gather_s` (the trainer's full state dict), `export_s` (trainer side: gather + file write, or
+gather + broadcast), `reload_s` (engine side: `reload_weights`, which for `collective` includes
+receiving), `load_s` (the engine's whole load: reload + prefix-cache reset + version label).
+`--dtypes`: `model.dtype` of both sides (bfloat16: the trainer's module and the engine in bf16,
+so bf16 bytes travel). As in a local run on CPU, the engine is bound to core 0 and the trainer to
+the other cores (`--no-pin`: both everywhere). Writes benchmarks/results/weight_sync.json (a list
+of {"model", "dtype", "backend", "sync_s", ...}) and weight_sync.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -59,15 +66,23 @@ def build_model(kind: str, root: Path) -> Path:
     return out
 
 
-async def time_backends(model_dir: Path, repeats: int, bucket_mb: int) -> list[dict[str, Any]]:
+async def time_backends(model_dir: Path, repeats: int, bucket_mb: int, dtype: str,
+                        pin: bool) -> list[dict[str, Any]]:
     from areal_sys.config import ExperimentConfig
+    from workers.deepspeed_engine import CPU_CORES_ENV
     from workers.rollout import RolloutWorker
     from workers.trainer import TrainerWorker
 
-    cfg = ExperimentConfig.model_validate({"trainer": {"max_tokens_per_microbatch": 40960}})
+    cores = sorted(os.sched_getaffinity(0))
+    if pin and len(cores) > 1:  # as controller/runtime.py cpu_placement pins a local run
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(cores[0])
+        os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+        os.environ[CPU_CORES_ENV] = ",".join(map(str, cores[1:]))
+    cfg = ExperimentConfig.model_validate({"model": {"dtype": dtype},
+                                           "trainer": {"max_tokens_per_microbatch": 40960}})
     trainer = TrainerWorker(str(model_dir), cfg, rank=0, world_size=1, master_port=free_port())
     trainer.setup()
-    engine = RolloutWorker(str(model_dir), kv_cache_gib=1.0, max_model_len=512)
+    engine = RolloutWorker(str(model_dir), kv_cache_gib=1.0, max_model_len=512, dtype=dtype)
     await engine.start()
     rows = []
     try:
@@ -95,7 +110,9 @@ async def time_backends(model_dir: Path, repeats: int, bucket_mb: int) -> list[d
                         engine.update_weights(None, version),
                     )
                 times.append(time.perf_counter() - t0)
-                detail.append({"export_s": export["export_s"], "reload_s": load["reload_s"]})
+                detail.append({k: v[k] for v, keys in ((export, ("gather_s", "export_s")),
+                                                        (load, ("reload_s", "load_s")))
+                               for k in keys})
             rows.append({
                 "backend": backend, "sync_s": statistics.median(times), "all_s": times,
                 "bytes": export["num_bytes"], "detail": detail,
@@ -105,12 +122,17 @@ async def time_backends(model_dir: Path, repeats: int, bucket_mb: int) -> list[d
     finally:
         await engine.shutdown()
         trainer.shutdown()
+        for var in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU", CPU_CORES_ENV):
+            os.environ.pop(var, None)
+        os.sched_setaffinity(0, cores)  # the trainer pinned this process
     return rows
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="tiny,0.5b")
+    ap.add_argument("--dtypes", default="float32,bfloat16", help="model.dtype of both sides")
+    ap.add_argument("--no-pin", action="store_true", help="engine and trainer on every core")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--bucket-mb", type=int, default=256)
     ap.add_argument("--out", type=Path, default=None)
@@ -118,19 +140,21 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     root = Path(tempfile.mkdtemp(prefix="weight_sync_bench-"))
     results = []
     for kind in args.models.split(","):
-        print(f"{kind}: building model and starting trainer + engine ...", flush=True)
         model_dir = build_model(kind, root)
-        for row in asyncio.run(time_backends(model_dir, args.repeats, args.bucket_mb)):
-            results.append({"model": kind, **row})
+        for dtype in args.dtypes.split(","):
+            print(f"{kind} {dtype}: starting trainer + engine ...", flush=True)
+            for row in asyncio.run(time_backends(model_dir, args.repeats, args.bucket_mb, dtype,
+                                                 pin=not args.no_pin)):
+                results.append({"model": kind, "dtype": dtype, **row})
     out_dir = args.out or Path(__file__).resolve().parent / "results"
     settings = {"repeats": args.repeats, "bucket_mb": args.bucket_mb, "trainer": "DeepSpeed ZeRO-1",
-                "engine": "vLLM AsyncLLM", "dtype": "float32"}
+                "engine": "vLLM AsyncLLM", "dtypes": args.dtypes, "pinned": not args.no_pin,
+                "send": "bucket k+1 filled / received while bucket k is on the wire / loaded"}
     path = write_results("weight_sync", results, settings, out_dir)
     _plot(results, figure_path("weight_sync", out_dir))
-    for kind in args.models.split(","):
-        by = {r["backend"]: r["sync_s"] for r in results if r["model"] == kind}
-        print(f"{kind}: shm_file {by['shm_file']:.3f} s, collective {by['collective']:.3f} s "
-              f"(collective/shm_file = {by['collective'] / by['shm_file']:.2f})")
+    for r in results:
+        print(f"{r['model']} {r['dtype']} {r['backend']}: {r['sync_s']:.3f} s "
+              f"({r['bytes'] / 2**20:.0f} MiB)")
     print(f"wrote {path}")
     return results
 
@@ -145,7 +169,8 @@ def _plot(results: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
     for ax, m in zip(axes[0], models, strict=True):
         rows = [r for r in results if r["model"] == m]
-        ax.bar([r["backend"] for r in rows], [r["sync_s"] for r in rows])
+        ax.bar([f"{r['backend']}\n{r.get('dtype', 'float32')}" for r in rows],
+               [r["sync_s"] for r in rows])
         ax.set(title=f"{m}: export start -> engine serving", ylabel="seconds (median)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -59,9 +59,11 @@ class WeightsOut:
         atomically, so a reader never sees a partial file."""
         t0 = time.perf_counter()
         sd = self.full_state_dict()
+        gathered = time.perf_counter()
         num_bytes = write_safetensors(sd, path) if sd is not None else 0
         self.barrier()
-        return {"export_s": time.perf_counter() - t0, "num_bytes": float(num_bytes)}
+        return {"export_s": time.perf_counter() - t0, "gather_s": gathered - t0,
+                "num_bytes": float(num_bytes)}
 
     @staticmethod
     def endpoint() -> tuple[str, int]:
@@ -92,13 +94,15 @@ class WeightsOut:
         rollout engines receive (`RolloutWorker.update_weights(None, v)`)."""
         t0 = time.perf_counter()
         sd = self.full_state_dict()
+        gathered = time.perf_counter()
         num_bytes = 0
         if sd is not None:
             if self.group is None:
                 raise RuntimeError("broadcast_weights before init_weight_group")
             num_bytes = self.group.send(sd)
         self.barrier()
-        return {"export_s": time.perf_counter() - t0, "num_bytes": float(num_bytes)}
+        return {"export_s": time.perf_counter() - t0, "gather_s": gathered - t0,
+                "num_bytes": float(num_bytes)}
 
     def save_hf(self, out_dir: str) -> None:
         """HF-format model + tokenizer in `out_dir` (rank 0), loadable by transformers and vLLM."""

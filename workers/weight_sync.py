@@ -22,6 +22,7 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -119,26 +120,44 @@ class SyncGroup:
             self.group = dist.ProcessGroupNCCL(prefixed, rank, world_size)
 
     def send(self, state_dict: Mapping[str, torch.Tensor]) -> int:
-        """Rank 0: broadcast every bucket of `state_dict`. Returns the bytes sent."""
+        """Rank 0: broadcast every bucket of `state_dict`, filling bucket k + 1 while bucket k is
+        on the wire. Returns the bytes sent."""
         sent = 0
+        pending = None  # the broadcast in flight (its buffer stays referenced until it is done)
         for bucket in self.buckets:
-            buf = torch.empty(bucket_nbytes(bucket), dtype=torch.uint8, device=self.device)
-            for s in bucket:
-                src = state_dict[s.name]
-                if tuple(src.shape) != s.shape or str(src.dtype).removeprefix("torch.") != s.dtype:
-                    raise ValueError(f"weight {s.name} changed shape or dtype since set-up")
-                flat = src.detach().contiguous().view(-1).view(torch.uint8)
-                buf[s.offset : s.offset + s.nbytes].copy_(flat)
-            self.group.broadcast(buf, 0).wait()
+            buf = self._fill(bucket, state_dict)
+            if pending is not None:
+                pending.wait()
+            pending = self.group.broadcast(buf, 0)
             sent += buf.numel()
+        if pending is not None:
+            pending.wait()
         return sent
 
+    def _fill(self, bucket: list[Slot], state_dict: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        buf = torch.empty(bucket_nbytes(bucket), dtype=torch.uint8, device=self.device)
+        for s in bucket:
+            src = state_dict[s.name]
+            if tuple(src.shape) != s.shape or str(src.dtype).removeprefix("torch.") != s.dtype:
+                raise ValueError(f"weight {s.name} changed shape or dtype since set-up")
+            buf[s.offset : s.offset + s.nbytes].copy_(src.detach().contiguous().view(-1).view(
+                torch.uint8))
+        return buf
+
     def receive(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Ranks 1..W: receive bucket after bucket, yielding (name, tensor) views into each. The
-        caller must consume the whole iterator (the sender waits until every bucket is received)."""
-        for bucket in self.buckets:
+        """Ranks 1..W: receive bucket after bucket, yielding (name, tensor) views into each; bucket
+        k + 1 is already being received while the caller loads bucket k. The caller must consume
+        the whole iterator (the sender waits until every bucket is received)."""
+        def post(bucket: list[Slot]) -> tuple[torch.Tensor, Any]:
             buf = torch.empty(bucket_nbytes(bucket), dtype=torch.uint8, device=self.device)
-            self.group.broadcast(buf, 0).wait()
+            return buf, self.group.broadcast(buf, 0)
+
+        nxt = post(self.buckets[0]) if self.buckets else None
+        for i, bucket in enumerate(self.buckets):
+            assert nxt is not None
+            buf, work = nxt
+            work.wait()
+            nxt = post(self.buckets[i + 1]) if i + 1 < len(self.buckets) else None
             for s in bucket:
                 raw = buf[s.offset : s.offset + s.nbytes]
                 yield s.name, raw.view(_dtype(s.dtype)).view(s.shape)
