@@ -9,7 +9,11 @@ in parallel, the reward service, one batch generated and trained) and timestamps
 
 - `config_s`: the config, datasets and tokenizer are loaded (the line `algorithm: ...`);
 - `ray_s`: Ray is up and the placement groups are reserved (the line `cluster: reserved ...`);
-- `seconds`: the first trained step is on disk (its line appears in `metrics.jsonl`).
+- `seconds`: the first trained step is on disk (its line appears in `metrics.jsonl`);
+- the run's own phase marks (results.json `startup`, controller/startup.py), seconds from the
+  command's start to the end of each: `validated_s`, `ray_s` (Ray up), `placed_s` (placement
+  groups reserved, actors created), `engines_s` / `trainers_s` (each role ready; they start in
+  parallel), `weight_group_s`, `first_step_s`.
 
 The tiny model is built once beforehand (cached), so a first-ever run adds its build (~1 min).
 Reports the median over `--repeats` runs (each a fresh process and a fresh Ray instance).
@@ -19,6 +23,7 @@ Writes benchmarks/results/cold_start.json and .png.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -33,7 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import figure_path, write_results  # noqa: E402
 
-MARKS = {"config_s": "algorithm:", "ray_s": "cluster: reserved"}
+MARKS = {"config_s": "algorithm:"}
+PHASES = ("validated", "ray", "placed", "trainers", "engines", "weight_group", "first_step")
 
 
 def one_run(config: str, run_dir: Path, extra: list[str]) -> dict[str, float]:
@@ -65,7 +71,8 @@ def one_run(config: str, run_dir: Path, extra: list[str]) -> dict[str, float]:
     marks["total_s"] = time.time() - t0
     if rc != 0 or "seconds" not in marks:
         raise RuntimeError(f"run failed with exit code {rc}")
-    return marks
+    phases = json.loads((run_dir / "results.json").read_text()).get("startup", {})
+    return {**marks, **{f"{k}_s": float(v) for k, v in phases.items()}}
 
 
 def plot(runs: list[dict[str, float]], path: Path) -> None:
@@ -74,13 +81,14 @@ def plot(runs: list[dict[str, float]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    labels = ["config + data", "Ray + placement", "engines, first batch, first step"]
-    for i, r in enumerate(runs):
-        edges = [0.0, r.get("config_s", 0.0), r.get("ray_s", 0.0), r["seconds"]]
-        for j in range(3):
-            ax.barh(i, edges[j + 1] - edges[j], left=edges[j], color=f"C{j}",
-                    label=labels[j] if i == 0 else None)
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for i, r in enumerate(runs):  # each segment ends at its phase's mark
+        marks = sorted((r[f"{k}_s"], k) for k in PHASES if f"{k}_s" in r)
+        left = 0.0
+        for end, name in marks:
+            ax.barh(i, end - left, left=left, color=f"C{PHASES.index(name)}",
+                    label=name if i == 0 else None)
+            left = end
     ax.set_yticks(range(len(runs)), [f"run {i + 1}" for i in range(len(runs))])
     ax.set_xlabel("seconds since `areal-sys run`")
     ax.set_title("Cold start to the first trained step")
@@ -102,7 +110,8 @@ def main() -> None:
         for i in range(a.repeats):
             runs.append(one_run(a.config, Path(tmp) / f"run{i}", a.overrides))
             print(" ".join(f"{k} {v:.1f}" for k, v in runs[-1].items()), flush=True)
-    keys = [k for k in ("seconds", "config_s", "ray_s", "total_s") if all(k in r for r in runs)]
+    keys = [k for k in ("seconds", "config_s", *(f"{p}_s" for p in PHASES), "total_s")
+            if all(k in r for r in runs)]
     figures = {k: statistics.median(r[k] for r in runs) for k in keys}
     out = write_results("cold_start", {**figures, "runs": runs},
                         {"config": a.config, "repeats": a.repeats, "overrides": a.overrides})

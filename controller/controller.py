@@ -35,6 +35,7 @@ from controller.actors import Events, Reward, RolloutPool, Trainers
 from controller.admission import Admission, Admitted
 from controller.evaluation import append_eval_line, evaluate_prompts, step_checker
 from controller.progress import eval_line, log_due, progress_bar, step_line
+from controller.startup import Startup
 
 __all__ = ["Controller", "Prompt"]
 
@@ -47,12 +48,12 @@ class Controller:
     """One run of `algo` (built once, `build_algorithm`): `actors` holds the actor handles
     (`rollout`, `trainers`, `critic`, `reward`, `sync_dir`; controller/runtime.py `Actors`),
     `put` stores a batch once for all trainer ranks (`ray.put`), `resume` is the checkpoint to
-    continue from."""
+    continue from, `startup` gets the first step's end (controller/startup.py)."""
 
     def __init__(self, cfg: ExperimentConfig, algo: Algorithm, actors: Any, train: list[Prompt],
                  held_out: list[Prompt], *, put: Callable[[Any], Any],
-                 resume: Path | None = None) -> None:
-        self.cfg, self.train, self.held_out = cfg, train, held_out
+                 resume: Path | None = None, startup: Startup | None = None) -> None:
+        self.cfg, self.train, self.held_out, self.startup = cfg, train, held_out, startup
         self.run_dir, self.sync_dir, self.resume = Path(cfg.run_dir), actors.sync_dir, resume
         self.resume_state = checkpoint.load_state(resume) if resume is not None else None
         if self.resume_state is not None:  # drop what was written after the checkpoint
@@ -152,6 +153,8 @@ class Controller:
             gen_busy_s=gen["busy_s"] - gen_busy, wait_s=wait_s, t0=t0,
             buffered=len(self.admission.buffer), in_flight=self.admission.buffer.in_flight)
         self.metrics.write(record)
+        if self.startup is not None:
+            self.startup.mark("first_step")
         if self.cfg.trainer.save_every and (step + 1) % self.cfg.trainer.save_every == 0:
             await checkpoint.save(self.run_dir, self.admission, self.trainers,
                                   self.cfg.trainer.keep_last)

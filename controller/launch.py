@@ -35,6 +35,7 @@ from controller.preflight import (
     load_tokenizer,
     make_run_dir,
 )
+from controller.startup import Startup
 
 
 def run(cfg: ExperimentConfig, overwrite: bool = False) -> int:
@@ -45,7 +46,8 @@ def run(cfg: ExperimentConfig, overwrite: bool = False) -> int:
     from areal_sys.algorithms import build_algorithm
     from controller import checkpoint
 
-    t_start = time.time()
+    startup = Startup()
+    t_start = startup.t0
     if overwrite and cfg.resume:
         raise UserError("run: --overwrite and --resume exclude each other")
     earlier = check_run_dir(cfg.run_dir)
@@ -76,15 +78,19 @@ def run(cfg: ExperimentConfig, overwrite: bool = False) -> int:
 
         from controller.controller import Controller
 
+        startup.mark("validated")
         runtime.start_ray(cfg)
+        startup.mark("ray")
         actors = None
         try:
             actors = runtime.create_actors(cfg, model_path, needs_critic=algo.needs_critic)
+            startup.mark("placed")
 
             async def go() -> dict[str, Any]:
-                await runtime.start_actors(cfg, actors)
+                await runtime.start_actors(cfg, actors, startup)
+                print(startup.line(), flush=True)
                 controller = Controller(cfg, algo, actors, train, held_out, put=ray.put,
-                                        resume=resume)
+                                        resume=resume, startup=startup)
                 try:
                     return await controller.run()
                 finally:
@@ -95,6 +101,7 @@ def run(cfg: ExperimentConfig, overwrite: bool = False) -> int:
             runtime.shutdown(actors)
     elapsed = time.time() - t_start
     results["wall_time_s"] = elapsed
+    results["startup"] = startup.marks  # seconds from the command's start to each phase's end
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     for line in [] if cfg.logging.verbose else own_warnings(log_dir(cfg.run_dir), t_start):
         print(line)  # the workers' own warnings, each with the log that has the details

@@ -246,17 +246,25 @@ def create_eval_actors(cfg: ExperimentConfig, model_path: str) -> Actors:
                   reward_actor(cfg, placement), sync_dir="", placement=placement)
 
 
-async def start_actors(cfg: ExperimentConfig, actors: Actors) -> None:
-    """Start the engines and the trainer ranks (if any) in parallel, then connect the weight sync.
+async def start_actors(cfg: ExperimentConfig, actors: Actors, startup: Any = None) -> None:
+    """Start the engines and the trainer ranks (if any) in parallel, then connect the weight sync;
+    `startup` (controller/startup.py) gets the time each role was ready.
 
     A rollout worker whose engine did not start raises EngineStartError with that worker's one
     line (workers/engine_start.py), not Ray's wrapping of it with the actor's traceback."""
-    results = await asyncio.gather(
-        *[w.start.remote() for w in actors.rollout],
-        *[t.setup.remote() for t in actors.trainers],
-        *([actors.critic.setup.remote()] if actors.critic is not None else []),
-        return_exceptions=True,
+
+    async def role(name: str, calls: list[Any]) -> list[Any]:
+        done = await asyncio.gather(*calls, return_exceptions=True)
+        if startup is not None and calls:
+            startup.mark(name)
+        return done
+
+    engines, trainers = await asyncio.gather(
+        role("engines", [w.start.remote() for w in actors.rollout]),
+        role("trainers", [t.setup.remote() for t in actors.trainers]
+             + ([actors.critic.setup.remote()] if actors.critic is not None else [])),
     )
+    results = [*engines, *trainers]
     for i, result in enumerate(results[: len(actors.rollout)]):
         if isinstance(result, BaseException):
             raise engine_start_error(i, result) from None
@@ -265,6 +273,8 @@ async def start_actors(cfg: ExperimentConfig, actors: Actors) -> None:
             raise result
     if actors.trainers:  # `areal-sys eval` starts rollout workers only
         await init_weight_sync(cfg, actors)
+        if startup is not None:
+            startup.mark("weight_group")
 
 
 def engine_start_error(worker: int, exc: BaseException) -> Exception:

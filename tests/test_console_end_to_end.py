@@ -4,6 +4,7 @@ only on the console, every third-party message in RUN_DIR/logs/<process>.log."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -14,8 +15,8 @@ from tests.e2e_runs import Async
 pytestmark = pytest.mark.slow
 
 # the forms of every line the run itself prints (controller/launch.py, placement.py, progress.py)
-OWN_LINES = ("algorithm: ", "cluster: ", "reward: ", "step ", "eval ", "done: ", "warning: ",
-             "held-out pass rate: ")
+OWN_LINES = ("algorithm: ", "cluster: ", "reward: ", "started in ", "step ", "eval ", "done: ",
+             "warning: ", "held-out pass rate: ")
 # vLLM's log format: `INFO 11-29 14:28:20 [model.py:733] ...`
 VLLM_LINE = re.compile(r"(INFO|WARNING) \d\d-\d\d \d\d:\d\d:\d\d \[[\w.]+:\d+\]")
 
@@ -29,6 +30,15 @@ def test_the_console_holds_our_lines_and_the_logs_hold_the_rest(async_run: dict[
     assert [ln.split(":")[0] for ln in lines if ln.startswith("step ")] == [
         f"step {Async.STEPS}/{Async.STEPS}"]
     assert lines[-1].startswith(f"done: {Async.STEPS} steps") and "logs in" in lines[-1]
+    # where the start-up went (controller/startup.py): one line, and the phases in results.json
+    assert len([ln for ln in lines if ln.startswith("started in ")]) == 1
+    marks = json.loads((async_run["run_dir"] / "results.json").read_text())["startup"]
+    assert list(marks) == ["validated", "ray", "placed", "engines", "trainers", "weight_group",
+                           "first_step"] or list(marks) == ["validated", "ray", "placed",
+                                                            "trainers", "engines",
+                                                            "weight_group", "first_step"]
+    assert marks["placed"] <= min(marks["engines"], marks["trainers"])
+    assert max(marks["engines"], marks["trainers"]) <= marks["weight_group"] <= marks["first_step"]
 
     logs = async_run["run_dir"] / "logs"
     assert sorted(p.name for p in logs.iterdir()) == [
