@@ -234,8 +234,9 @@ def _cli(args: list[str], what: str) -> float:
     t0 = time.time()
     res = subprocess.run([sys.executable, "-m", "areal_sys.cli", *args], cwd=root,
                          capture_output=True, text=True)
-    if res.returncode != 0:
-        raise RuntimeError(f"{what} failed:\n{res.stderr[-3000:]}")
+    if res.returncode != 0:  # the console's lines (stdout) and stderr; the rest is in its logs
+        raise RuntimeError(f"{what} failed with exit code {res.returncode}:\n"
+                           f"{res.stdout[-2000:]}{res.stderr[-3000:]}")
     return time.time() - t0
 
 
