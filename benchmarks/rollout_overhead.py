@@ -1,6 +1,7 @@
 """RolloutWorker vs a bare vLLM AsyncLLM: generation tokens/s on the same prompts and settings.
 
-    python benchmarks/rollout_overhead.py [--prompts 128] [--repeats 8] [--engine-cores 0]
+    python benchmarks/rollout_overhead.py [--prompts 128] [--repeats 8] [--runs 3]
+        [--engine-cores 0]
     areal-sys bench rollout_overhead ...
 
 Both engines are built from the same `AsyncEngineArgs` (the worker's own: same model, dtype, seed,
@@ -15,10 +16,12 @@ samples, `--max-new-tokens` each, T = 1, submitted at once:
   (`workers.sampling.sampling_params`: sampled-token logprob in flat lists, streamed deltas, no
   detokenisation), outputs consumed and discarded.
 
-tokens/s = generated tokens / wall time of a batch. Key `ratio` = worker / bare, the median over
-rounds of the ratio within a round (both engines measured back to back), which a round hit by
+tokens/s = generated tokens / wall time of a batch. A run's `ratio` = worker / bare, the median
+over rounds of the ratio within a round (both engines measured back to back), which a round hit by
 other load on a shared machine cannot swing; `ratio_pooled` = summed tokens / summed seconds of
-each side. On CPU the engine's OpenMP threads and this process's Python (the output handler,
+each side. With `--runs K` (fresh engines each run) the top-level figures are the medians over
+runs, `ratio_by_run` lists each run's ratio and `runs` holds every run's figures.
+On CPU the engine's OpenMP threads and this process's Python (the output handler,
 the worker's bookkeeping) share cores unless `--engine-cores` gives the engine its own (e.g. `0`:
 the engine on core 0, this process on the others, as a deployment gives the engine its device).
 The model is the cached tiny model (long-tailed response lengths). Writes
@@ -152,6 +155,7 @@ def main() -> None:
     p.add_argument("--n-samples", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--repeats", type=int, default=8)
+    p.add_argument("--runs", type=int, default=1, help="independent runs (fresh engines each)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--engine-cores", default="", help="e.g. 0: pin both engines there (CPU)")
     p.add_argument("--name", default="rollout_overhead", help="results file name")
@@ -165,8 +169,16 @@ def main() -> None:
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, sorted(engine)))
         os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
         os.sched_setaffinity(0, (cores - engine) or engine)
-    figures = asyncio.run(measure(a, model))
+    per_run = []
+    for r in range(a.runs):  # each run with fresh engines
+        per_run.append(asyncio.run(measure(a, model)))
+        print(f"run {r + 1}: ratio {per_run[-1]['ratio']:.3f}", flush=True)
     os.sched_setaffinity(0, cores)  # the machine description counts every usable core
+    med = lambda key: statistics.median(f[key] for f in per_run)  # noqa: E731
+    figures = {"ratio": med("ratio"), "ratio_by_run": [f["ratio"] for f in per_run],
+               "ratio_pooled": med("ratio_pooled"), "tokens_per_s_worker": med(
+                   "tokens_per_s_worker"), "tokens_per_s_bare": med("tokens_per_s_bare"),
+               "runs": per_run}
     print(f"worker {figures['tokens_per_s_worker']:.0f} tok/s, bare "
           f"{figures['tokens_per_s_bare']:.0f} tok/s (pooled ratio {figures['ratio_pooled']:.3f}); "
           f"ratio (median of paired rounds) {figures['ratio']:.3f}")
