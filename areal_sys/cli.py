@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         if type(e).__name__ == "EngineStartError":  # workers/engine_start.py: one line
             _error(str(e) + _notes(e))
             return 1
-        if type(e).__name__ != "TrainerDied":  # controller/actors.py
+        if type(e).__name__ not in ("TrainerDied", "PeerTimedOut"):  # controller/actors.py
             raise
         again = ["areal-sys", *(argv if argv is not None else sys.argv[1:])]
         again += [] if "--resume" in again else ["--resume"]

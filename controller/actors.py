@@ -44,6 +44,24 @@ class TrainerDied(RuntimeError):
     """A trainer rank (or the critic) died: the run cannot continue without a resume."""
 
 
+class PeerTimedOut(RuntimeError):
+    """A call to other processes did not finish within its limit (`controller.*_timeout_s`): a
+    worker, or its whole node, vanished where nothing else would notice (e.g. inside a
+    collective). The run stops with the resume command."""
+
+
+async def bounded(call: Awaitable[Any], timeout_s: float, what: str, setting: str,
+                  events: Events) -> Any:
+    """`await call`, for at most `timeout_s` seconds; past that an event `timeout` and
+    PeerTimedOut naming `what` and the `setting` that bounds it."""
+    try:
+        return await asyncio.wait_for(call, timeout_s)
+    except TimeoutError:
+        events("timeout", what=what, limit_s=timeout_s, setting=setting)
+        raise PeerTimedOut(f"{what} did not finish within {setting}={timeout_s:g} s (a worker, "
+                           "or its node, may have vanished)") from None
+
+
 def _actor_error() -> type[BaseException]:
     from ray.exceptions import RayActorError
 

@@ -31,7 +31,7 @@ from areal_sys.config import ExperimentConfig
 from areal_sys.metrics import JsonlWriter, MetricsLogger, Timeline, read_jsonl
 from areal_sys.trajectory import Prompt, Trajectory
 from controller import checkpoint, records, rpo_cache
-from controller.actors import Events, Reward, RolloutPool, Trainers
+from controller.actors import Events, Reward, RolloutPool, Trainers, bounded
 from controller.admission import Admission, Admitted
 from controller.evaluation import append_eval_line, evaluate_prompts, step_checker
 from controller.progress import eval_line, log_due, progress_bar, step_line
@@ -66,13 +66,16 @@ class Controller:
                if cfg.rpo.enabled else None)
         self.admission = Admission(cfg, train, self.algo, rpo,
                                    JsonlWriter(self.run_dir / "filtered.jsonl"))
-        events = Events(self.run_dir / "events.jsonl", lambda: self.admission.version)
+        self.events = events = Events(self.run_dir / "events.jsonl", lambda: self.admission.version)
         self.rollout = RolloutPool(actors.rollout, weight_sync=cfg.trainer.weight_sync,
                                    events=events)
         self.reward = Reward(actors.reward, max_restarts=cfg.controller.max_worker_restarts,
                              events=events)
         self.trainers = Trainers(actors.trainers, actors.critic, put=put, events=events,
                                  kl_in_reward=self.algo.kl_in_reward)
+        spread = actors.placement.spread() if actors.placement is not None else None
+        if spread is not None:  # a run over several nodes: which actor on which node
+            events("placement", **spread)
 
     @property
     def version(self) -> int:
@@ -130,7 +133,8 @@ class Controller:
     async def _score(self, pairs: list[tuple[Prompt, Trajectory]], **span: Any) -> None:
         """Rewards from the reward actor, timed as one `reward` span with fields `span`."""
         with self.timeline.span("reward", "reward", **span):
-            await self.reward.score(pairs)
+            await self._bounded(self.reward.score(pairs), f"scoring {len(pairs)} responses",
+                                "reward_timeout_s")
 
     async def _step(self, step: int, bar: Any, gen_busy: float) -> float:
         """Train one batch, push the weights, log; returns the engines' busy seconds so far."""
@@ -140,7 +144,8 @@ class Controller:
         staleness = records.audit(self.audit, step, self.version, batch)
         at_train = asyncio.ensure_future(self.rollout.stats())  # sent as training starts
         with self.timeline.span("trainer", "train", step=step):
-            train = await self.trainers.train(batch, step)
+            train = await self._bounded(self.trainers.train(batch, step), f"training step {step}",
+                                        "train_timeout_s")
         sync, loads = await self._push_weights(step + 1)
         gen = {k: sum(r.get(k, 0.0) for r in loads) for k in ("tokens_generated", "busy_s")}
         rpo = self.admission.rpo
@@ -172,17 +177,26 @@ class Controller:
         """Every engine loads `version`; the gate opens for it. Returns the sync figures and each
         engine's answer (load figures and generation counters, workers/rollout.py)."""
         t0 = time.time()
-        if self.cfg.trainer.weight_sync == "collective":  # send and receive at the same time
-            _, loads = await asyncio.gather(self.trainers.broadcast_weights(),
-                                            self.rollout.update_weights(None, version))
-        else:
-            path = f"{self.sync_dir}/weights.safetensors"
-            await self.trainers.export_weights(path)
-            loads = await self.rollout.update_weights(path, version)
+        loads = await self._bounded(self._sync(version), f"weight sync to version {version}",
+                                    "weight_sync_timeout_s")
         self.admission.set_version(version)
         self.timeline.add("sync", "sync", t0, time.time(), step=version - 1, version=version)
         return {"sync_s": time.time() - t0,
                 "interrupted": float(sum(r.get("interrupted", 0) for r in loads))}, loads
+
+    async def _sync(self, version: int) -> list[dict[str, Any]]:
+        if self.cfg.trainer.weight_sync == "collective":  # send and receive at the same time
+            _, loads = await asyncio.gather(self.trainers.broadcast_weights(),
+                                            self.rollout.update_weights(None, version))
+            return loads
+        path = f"{self.sync_dir}/weights.safetensors"
+        await self.trainers.export_weights(path)
+        return await self.rollout.update_weights(path, version)
+
+    def _bounded(self, call: Any, what: str, setting: str) -> Any:
+        """`call` under its `controller.SETTING` limit (controller/actors.py `bounded`)."""
+        return bounded(call, getattr(self.cfg.controller, setting), what,
+                       f"controller.{setting}", self.events)
 
     async def evaluate(self, tag: str) -> float:
         """Held-out figures (controller/evaluation.py): `eval.k` samples per problem at

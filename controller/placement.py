@@ -2,8 +2,10 @@
 
 The `cluster` section declares what each actor needs; the counts come from the role sections:
 
-    rollout: rollout.num_workers bundles of {CPU: cluster.rollout_cpus, GPU: cluster.rollout_gpus}
-    trainer: trainer.num_workers bundles of {CPU: cluster.trainer_cpus, GPU: cluster.trainer_gpus}
+    rollout: rollout.num_workers bundles of {CPU: cluster.rollout_cpus, GPU: cluster.rollout_gpus,
+             **cluster.rollout_resources}
+    trainer: trainer.num_workers bundles of {CPU: cluster.trainer_cpus, GPU: cluster.trainer_gpus,
+             **cluster.trainer_resources}
     critic:  one {CPU: cluster.critic_cpus, GPU: cluster.critic_gpus} bundle (PPO's value model)
     reward:  one {CPU: cluster.reward_cpus} bundle (the reward service actor)
 
@@ -13,6 +15,13 @@ Before waiting, `reserve` compares the demand with `ray.cluster_resources()` (th
 bundle against the largest node) and fails at once when it can never fit; otherwise it waits at
 most `cluster.placement_timeout_s` for the groups (resources held by other jobs). Both failures
 are a `ConfigError`: one line, exit code 2.
+
+Once reserved, `Placement.nodes` says on which node each bundle (actor i of a role) landed (Ray's
+placement-group table); a run over several nodes writes it to events.jsonl (`placement`). The
+trainer ranks share one node (their process group meets on 127.0.0.1): their group is always
+STRICT_PACK, and `cluster.placement_strategy` applies to the other roles. The `shm_file` weight
+sync needs every rollout engine on the trainer's node too (the file lives in its /dev/shm):
+`check_nodes` refuses anything else with one line (and releases the groups).
 """
 
 from __future__ import annotations
@@ -26,16 +35,18 @@ Bundle = dict[str, float]
 ROLES = ("rollout", "trainer", "critic", "reward")
 
 
-def _bundle(cpus: float, gpus: float) -> Bundle:
-    return {k: v for k, v in (("CPU", cpus), ("GPU", gpus)) if v > 0}
+def _bundle(cpus: float, gpus: float, extra: dict[str, float] | None = None) -> Bundle:
+    return {k: v for k, v in (("CPU", cpus), ("GPU", gpus), *(extra or {}).items()) if v > 0}
 
 
 def role_bundles(cfg: ExperimentConfig, needs_critic: bool = False) -> dict[str, list[Bundle]]:
     """Bundles per role (empty list: the role reserves nothing). Pure: no Ray."""
     c = cfg.cluster
     out = {
-        "rollout": [_bundle(c.rollout_cpus, c.rollout_gpus)] * cfg.rollout.num_workers,
-        "trainer": [_bundle(c.trainer_cpus, c.trainer_gpus)] * cfg.trainer.num_workers,
+        "rollout": [_bundle(c.rollout_cpus, c.rollout_gpus, c.rollout_resources)]
+        * cfg.rollout.num_workers,
+        "trainer": [_bundle(c.trainer_cpus, c.trainer_gpus, c.trainer_resources)]
+        * cfg.trainer.num_workers,
         "critic": [_bundle(c.critic_cpus, c.critic_gpus)] if needs_critic else [],
         "reward": [] if cfg.reward.url else [_bundle(c.reward_cpus, 0.0)],
     }
@@ -43,10 +54,18 @@ def role_bundles(cfg: ExperimentConfig, needs_critic: bool = False) -> dict[str,
     return {role: bundles if all(bundles) else [] for role, bundles in out.items()}
 
 
-def _fmt(resources: dict[str, float]) -> str:
-    """'CPU 2, GPU 1' (only the resources a run asks for)."""
-    shown = [f"{k} {resources[k]:g}" for k in ("CPU", "GPU") if k in resources]
+def _fmt(resources: dict[str, float], only: Any = None) -> str:
+    """'CPU 2, GPU 1, accel 1': CPU and GPU, then custom resources (of `only`, when given: a
+    cluster's totals hold many a run never asks for)."""
+    custom = sorted(k for k in (only if only is not None else resources)
+                    if k not in ("CPU", "GPU") and k in resources and _custom(k))
+    shown = [f"{k} {resources[k]:g}" for k in ("CPU", "GPU", *custom) if k in resources]
     return ", ".join(shown) or "nothing"
+
+
+def _custom(name: str) -> bool:
+    """A resource a user declares (not Ray's memory or per-node `node:IP` markers)."""
+    return name not in ("memory", "object_store_memory") and not name.startswith("node:")
 
 
 def _demand(bundles: dict[str, list[Bundle]]) -> dict[str, float]:
@@ -72,8 +91,8 @@ def check_fits(bundles: dict[str, list[Bundle]], cluster_total: dict[str, float]
         have = {k: cluster_total.get(k, 0.0) for k in need}
         raise ConfigError(
             f"cluster: the run needs {_fmt(need)} ({_describe(bundles)}) but the Ray cluster has "
-            f"{_fmt(have)} in all; lower rollout/trainer num_workers or cluster.*_cpus/*_gpus, or "
-            "add nodes"
+            f"{_fmt(have)} in all; lower rollout/trainer num_workers or cluster.*_cpus/*_gpus/"
+            "*_resources, or add nodes"
         )
     for role, role_bundles_ in bundles.items():
         for b in role_bundles_[:1]:  # bundles of a role are identical
@@ -81,8 +100,14 @@ def check_fits(bundles: dict[str, list[Bundle]], cluster_total: dict[str, float]
                        for node in node_totals):
                 raise ConfigError(
                     f"cluster: no single node has {{{_fmt(b)}}} for one {role} actor "
-                    f"(largest nodes: {'; '.join(_fmt(n) for n in node_totals[:3])})"
+                    f"(largest nodes: {'; '.join(_fmt(n, b) for n in node_totals[:3])})"
                 )
+    trainer = _demand({"trainer": bundles.get("trainer", [])})
+    if trainer and not any(all(node.get(k, 0.0) + 1e-9 >= v for k, v in trainer.items())
+                           for node in node_totals):
+        raise ConfigError(
+            f"cluster: the trainer ranks need {_fmt(trainer)} on one node (they share it), but no "
+            f"node has it (largest nodes: {'; '.join(_fmt(n, trainer) for n in node_totals[:3])})")
 
 
 @dataclass
@@ -90,6 +115,14 @@ class Placement:
     """The run's placement groups by role; `strategy(role, i)` pins actor i of a role."""
 
     groups: dict[str, Any] = field(default_factory=dict)
+    nodes: dict[str, list[str]] = field(default_factory=dict)  # role -> node id per bundle
+    names: dict[str, str] = field(default_factory=dict)  # node id -> 'IP (id prefix)'
+
+    def spread(self) -> dict[str, list[str]] | None:
+        """{role: node name per actor} when the run's bundles span several nodes, else None."""
+        if len({n for ids in self.nodes.values() for n in ids}) < 2:
+            return None
+        return {role: [self.names.get(n, n[:8]) for n in ids] for role, ids in self.nodes.items()}
 
     def strategy(self, role: str, index: int = 0) -> Any:
         """A scheduling strategy for actor `index` of `role`, or None (no group for the role)."""
@@ -130,8 +163,8 @@ def reserve(cfg: ExperimentConfig, needs_critic: bool = False) -> Placement:
     placement = Placement()
     for role in ROLES:
         if bundles[role]:
-            placement.groups[role] = placement_group(
-                bundles[role], strategy=cfg.cluster.placement_strategy, name="")
+            strategy = "STRICT_PACK" if role == "trainer" else cfg.cluster.placement_strategy
+            placement.groups[role] = placement_group(bundles[role], strategy=strategy, name="")
     timeout = cfg.cluster.placement_timeout_s
     try:
         ready = ray.get([pg.ready() for pg in placement.groups.values()], timeout=timeout)
@@ -146,4 +179,37 @@ def reserve(cfg: ExperimentConfig, needs_critic: bool = False) -> Placement:
         )
     print(f"cluster: reserved {_describe(bundles) or 'nothing'} "
           f"({cfg.cluster.placement_strategy})", flush=True)
+    from ray.util import placement_group_table
+
+    for role, pg in placement.groups.items():
+        where = placement_group_table(pg).get("bundles_to_node_id", {})
+        placement.nodes[role] = [str(where.get(i, "")) for i in range(len(bundles[role]))]
+    placement.names = node_names()
+    try:
+        check_nodes(cfg, placement.nodes)
+    except ConfigError:
+        placement.release()
+        raise
     return placement
+
+
+def check_nodes(cfg: ExperimentConfig, nodes: dict[str, list[str]]) -> None:
+    """For `shm_file`, every rollout engine must have landed on trainer rank 0's node. Pure."""
+    trainer0 = (nodes.get("trainer") or [""])[0]
+    if cfg.trainer.weight_sync != "shm_file" or not trainer0:
+        return
+    for i, node in enumerate(nodes.get("rollout", [])):
+        if node and node != trainer0:
+            raise ConfigError(
+                f"trainer.weight_sync=shm_file: rollout worker {i} is on node {node[:8]} and "
+                f"trainer rank 0 on node {trainer0[:8]}, but the weight file lives in one node's "
+                "/dev/shm; use trainer.weight_sync=collective (gloo/NCCL across nodes) or place "
+                "them together (cluster.placement_strategy, *_resources)")
+
+
+def node_names() -> dict[str, str]:
+    """Node id -> 'IP (id prefix)' of the live nodes."""
+    import ray
+
+    return {n["NodeID"]: f"{n.get('NodeManagerAddress', '?')} ({n['NodeID'][:8]})"
+            for n in ray.nodes() if n.get("Alive")}

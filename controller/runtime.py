@@ -301,7 +301,8 @@ async def init_weight_sync(cfg: ExperimentConfig, actors: Actors) -> None:
     host, port = await actors.trainers[0].weight_sync_endpoint.remote()
     on_gpu = cfg.cluster.trainer_gpus > 0 and cfg.cluster.rollout_gpus > 0
     common = {"meta": metas[0], "bucket_bytes": cfg.trainer.sync_bucket_mb << 20,
-              "backend": "nccl" if on_gpu else "gloo"}
+              "backend": "nccl" if on_gpu else "gloo",
+              "timeout_s": cfg.controller.weight_sync_timeout_s}
     world = 1 + len(actors.rollout)
     await asyncio.gather(
         actors.trainers[0].init_weight_group.remote(host, port, world, **common),

@@ -9,6 +9,7 @@ inference) uses, never training, so it is switched off here at every world size.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 from typing import Any
@@ -20,7 +21,8 @@ from areal_sys.config import TrainerConfig
 CPU_CORES_ENV = "AREAL_SYS_CPU_CORES"  # comma-separated core ids this rank may use (CPU only)
 
 
-def join_process_group(rank: int, world_size: int, master_addr: str, master_port: int) -> bool:
+def join_process_group(rank: int, world_size: int, master_addr: str, master_port: int,
+                       timeout_s: float = 600.0) -> bool:
     """Set the rank's environment, pin it (CUDA device, or the CPU cores the controller gave it in
     `AREAL_SYS_CPU_CORES`) and join DeepSpeed's process group (nccl on GPU, gloo on CPU).
     Returns whether this rank runs on a GPU."""
@@ -44,7 +46,9 @@ def join_process_group(rank: int, world_size: int, master_addr: str, master_port
             torch.set_num_threads(len(ids))
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # see the module doc
     deepspeed.utils.logger.setLevel(logging.WARNING)
-    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+    # a collective waits at most timeout_s for a rank that vanished (then raises, not hangs)
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo",
+                               timeout=datetime.timedelta(seconds=timeout_s))
     return on_gpu
 
 

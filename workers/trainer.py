@@ -116,6 +116,7 @@ class TrainerWorker:
         self.use_reference = self.algo.needs_reference or self.kl_metric_every is not None
         self.rank, self.world_size, self.master_port = rank, world_size, master_port
         self.dtype, self.seed, self.temperature = cfg.model.dtype, cfg.seed, cfg.rollout.temperature
+        self.collective_timeout_s = cfg.controller.train_timeout_s
         self.engine: Any = None
         self.reference: ReferencePolicy | None = None
         self._weights: WeightsOut | None = None
@@ -126,7 +127,8 @@ class TrainerWorker:
         """Join the process group (gloo on CPU, nccl on GPU) and build the ZeRO engine."""
         from transformers import AutoModelForCausalLM
 
-        on_gpu = join_process_group(self.rank, self.world_size, MASTER_ADDR, self.master_port)
+        on_gpu = join_process_group(self.rank, self.world_size, MASTER_ADDR, self.master_port,
+                                    timeout_s=self.collective_timeout_s)
         torch.manual_seed(self.seed)
         model = AutoModelForCausalLM.from_pretrained(
             self.model_path, dtype=torch.float32,

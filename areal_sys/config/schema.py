@@ -181,6 +181,20 @@ class ControllerConfig(Section):
         3, ge=0, description="restarts of each rollout / reward actor after it dies (Ray's "
         "max_restarts); its groups are re-sent. A dead trainer stops the run"
     )
+    train_timeout_s: float = Field(
+        3600.0, gt=0, le=86_400, description="limit for one training step on every trainer rank "
+        "(and the critic); past it the run stops with the resume command (a rank, or its node, "
+        "vanished inside a collective)"
+    )
+    weight_sync_timeout_s: float = Field(
+        600.0, gt=0, le=86_400, description="limit for one weight sync (export or broadcast, and "
+        "every engine's load), also the weight-sync group's own timeout; past it the run stops "
+        "with the resume command"
+    )
+    reward_timeout_s: float = Field(
+        600.0, gt=0, le=86_400, description="limit for scoring one group by the reward actor "
+        "(its restarts included); past it the run stops with the resume command"
+    )
 
 
 class ClusterConfig(Section):
@@ -200,13 +214,33 @@ class ClusterConfig(Section):
     pin_cpus: bool = Field(
         True, description="local CPU runs: give each rollout engine and trainer its own cores"
     )
+    rollout_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources of each rollout worker's bundle "
+        "(e.g. {accelerator_type_x: 1}, or a resource only some nodes advertise)"
+    )
+    trainer_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources of each trainer rank's bundle"
+    )
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
-        "PACK", description="Ray placement-group strategy for the bundles of each role"
+        "PACK", description="Ray placement-group strategy for the bundles of each role but the "
+        "trainer's (STRICT_SPREAD: each rollout worker on its own node); the trainer ranks are "
+        "always packed on one node (STRICT_PACK)"
     )
     placement_timeout_s: float = Field(
         120.0, gt=0, le=86_400,
         description="fail when the cluster cannot place every role within this time (at most a day)"
     )
+
+    @field_validator("rollout_resources", "trainer_resources")
+    @classmethod
+    def _custom_resources(cls, v: dict[str, float], info: ValidationInfo) -> dict[str, float]:
+        for name, amount in v.items():
+            if name in ("CPU", "GPU", "memory", "object_store_memory") or not name:
+                raise ValueError(f"{name!r} is not a custom resource: set CPUs and GPUs with "
+                                 f"cluster.{info.field_name.split('_')[0]}_cpus / _gpus")
+            if not amount > 0:
+                raise ValueError(f"resource {name!r} must be positive, got {amount:g}")
+        return v
 
 
 class LoggingConfig(Section):

@@ -144,7 +144,13 @@ class FakeReward:
         self.items: list[dict[str, str]] = []
         self.correct_reward, self.wrong_reward = correct_reward, wrong_reward
 
+    hang_after: int | None = None  # answer this many calls, then never again (a lost node)
+
     async def score(self, items: list[dict[str, str]]) -> list[SimpleNamespace]:
+        if self.hang_after is not None:
+            if self.hang_after == 0:
+                await asyncio.Event().wait()
+            self.hang_after -= 1
         self.items += items
         return [SimpleNamespace(reward=self.correct_reward if it["response"] == "1"
                                 else self.wrong_reward, ok=True, reason="")
@@ -157,6 +163,8 @@ class FakeTrainer:
         self.trained: list[tuple[int, list[int], Any]] = []  # (step, group ids, advantages)
         self.batches: list[list[Group]] = []
         self.die_at_step: int | None = None  # fail as a dead actor at this step
+        self.hang_at_step: int | None = None  # never answer this step (a peer lost mid-step)
+        self.hang_at_sync: int | None = None  # never finish the weight sync after this step
         self.overlap: list[int] = []  # tokens generated (all engines) while each step trained
 
     async def train_step(self, batch: list[Group], step: int, adv: Any = None) -> dict[str, float]:
@@ -165,6 +173,8 @@ class FakeTrainer:
             from ray.exceptions import ActorDiedError
 
             raise ActorDiedError()
+        if self.hang_at_step == step:
+            await asyncio.Event().wait()
         before = self.activity.tokens
         for _ in range(self.train_ticks):
             await asyncio.sleep(0)
@@ -179,9 +189,16 @@ class FakeTrainer:
 
     async def export_weights(self, path: str) -> None:
         self.activity.calls.append((f"export_weights[{self.rank}]", path))
+        await self._maybe_hang_in_sync()
 
     async def broadcast_weights(self) -> None:
         self.activity.calls.append((f"broadcast_weights[{self.rank}]", None))
+        await self._maybe_hang_in_sync()
+
+    async def _maybe_hang_in_sync(self) -> None:
+        if self.hang_at_sync is not None and self.trained and (
+                self.trained[-1][0] == self.hang_at_sync):
+            await asyncio.Event().wait()
 
     async def save_checkpoint(self, out_dir: str) -> None:
         (Path(out_dir) / f"trainer_{self.rank}.txt").write_text("saved")
@@ -223,6 +240,7 @@ class FakeActors:
     trainer_objs: list[FakeTrainer] = field(default_factory=list)
     critic_obj: FakeCritic | None = None
     reward_obj: FakeReward = field(default_factory=FakeReward)
+    placement: Any = None  # controller/placement.py Placement (its `spread()`), or none
 
     @property
     def rollout(self) -> list[FakeHandle]:

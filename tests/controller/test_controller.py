@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 
 from areal_sys.algorithms.algorithm import Algorithm
 from areal_sys.metrics import read_jsonl
-from controller.actors import TrainerDied
+from controller.actors import PeerTimedOut, TrainerDied
 from tests.controller import fakes
 
 
@@ -168,6 +169,39 @@ def test_a_dead_trainer_stops_the_run_with_trainer_died(tmp_path: Path) -> None:
         _run_to_end(cfg, actors, fakes.prompts(20))
     assert [m["step"] for m in read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1]
     assert [e["event"] for e in read_jsonl(tmp_path / "events.jsonl")] == ["trainer_died"]
+
+
+@pytest.mark.parametrize("where, setting, what", [
+    ("train", "train_timeout_s", "training step 2"),
+    ("sync", "weight_sync_timeout_s", "weight sync to version 3"),
+    ("reward", "reward_timeout_s", "scoring 2 responses"),
+])
+def test_a_peer_that_never_answers_stops_the_run_within_its_limit(
+        tmp_path: Path, where: str, setting: str, what: str) -> None:
+    """A trainer rank lost inside a step, a weight sync that never completes (collective), a
+    reward call that never returns: each stops the run after controller.SETTING with a
+    `timeout` event and PeerTimedOut naming it (the CLI adds the resume command), never a hang."""
+    cfg = fakes.config(tmp_path, "trainer.total_steps=5", "controller.batch_size=2",
+                       "rollout.n_samples=2", "trainer.weight_sync=collective",
+                       f"controller.{setting}=0.5")
+    actors = fakes.fake_actors(tmp_path)
+    trainer = actors.trainer_objs[0]
+    if where == "train":
+        trainer.hang_at_step = 2
+    elif where == "sync":
+        trainer.hang_at_sync = 2
+    else:
+        actors.reward_obj.hang_after = 5
+    t0 = time.monotonic()
+    with pytest.raises(PeerTimedOut, match=f"{what} did not finish within "
+                                           f"controller.{setting}=0.5 s"):
+        _run_to_end(cfg, actors, fakes.prompts(40))
+    assert time.monotonic() - t0 < 30
+    events = read_jsonl(tmp_path / "events.jsonl")
+    assert [(e["event"], e["setting"], e["what"]) for e in events] == [
+        ("timeout", f"controller.{setting}", what)]
+    if where != "reward":  # the steps before the lost one are all there, and no other
+        assert [m["step"] for m in read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1]
 
 
 def test_a_failed_rollout_stops_the_run_with_its_own_error(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from areal_sys.config import ConfigError, load_config
-from controller.placement import check_fits, role_bundles
+from controller.placement import Placement, check_fits, check_nodes, role_bundles
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,6 +47,48 @@ def test_check_fits_names_the_shortfall() -> None:
     nodes = [{"CPU": 2.0, "GPU": 1.0}] * 4
     with pytest.raises(ConfigError, match="no single node"):
         check_fits(bundles, {"CPU": 8.0, "GPU": 4.0}, nodes)
+
+
+def test_custom_resources_join_the_bundles_and_the_messages() -> None:
+    cfg = load_config(None, ["rollout.num_workers=2", "trainer.num_workers=2",
+                             "cluster.rollout_resources={rollout_node: 1}",
+                             "cluster.trainer_resources={trainer_node: 0.5}"])
+    bundles = role_bundles(cfg)
+    assert bundles["rollout"] == [{"CPU": 1.0, "rollout_node": 1.0}] * 2
+    assert bundles["trainer"] == [{"CPU": 1.0, "trainer_node": 0.5}] * 2
+    a = {"CPU": 2.0, "trainer_node": 1.0, "memory": 1e9, "node:10.0.0.1": 1.0}
+    b = {"CPU": 2.0, "rollout_node": 1.0}
+    c = {"CPU": 2.0, "rollout_node": 1.0}
+    total = {"CPU": 6.0, "trainer_node": 1.0, "rollout_node": 2.0}
+    check_fits(bundles, total, [a, b, c])
+    with pytest.raises(ConfigError) as err:  # the rollout resource is on one node only
+        check_fits(bundles, {**total, "rollout_node": 1.0}, [a, b])
+    assert "rollout_node 2" in str(err.value) and "rollout_node 1" in str(err.value)
+    # the trainer ranks share one node: 2 x 0.5 of trainer_node on a node that has 1, but only
+    # 1 CPU there for their 2
+    with pytest.raises(ConfigError, match=r"trainer ranks need CPU 2, trainer_node 1 on one node"):
+        check_fits(bundles, total, [{**a, "CPU": 1.0}, b, {**c, "CPU": 3.0}])
+
+
+def test_shm_file_needs_every_engine_on_the_trainers_node() -> None:
+    nodes = {"trainer": ["n0", "n0"], "rollout": ["n0", "n1"]}
+    collective = load_config(None, ["trainer.weight_sync=collective"])
+    check_nodes(collective, nodes)
+    shm = load_config(None, ["trainer.weight_sync=shm_file"])
+    with pytest.raises(ConfigError, match="rollout worker 1 is on node n1 and trainer rank 0 on "
+                                          "node n0.*use trainer.weight_sync=collective"):
+        check_nodes(shm, nodes)
+    check_nodes(shm, {"trainer": ["n0"], "rollout": ["n0", "n0"]})
+    check_nodes(shm, {"rollout": ["n1"]})  # no trainer group (nothing reserved): unknown
+
+
+def test_placement_is_described_only_across_nodes() -> None:
+    one = Placement(nodes={"trainer": ["n0"], "rollout": ["n0", "n0"]})
+    assert one.spread() is None
+    many = Placement(nodes={"trainer": ["n0"], "rollout": ["n1", "n2"], "reward": ["n0"]},
+                     names={"n0": "10.0.0.1 (n0)", "n1": "10.0.0.2 (n1)"})
+    assert many.spread() == {"trainer": ["10.0.0.1 (n0)"], "rollout": ["10.0.0.2 (n1)", "n2"],
+                             "reward": ["10.0.0.1 (n0)"]}
 
 
 @pytest.mark.slow
