@@ -14,11 +14,11 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from areal_sys.metrics import read_jsonl
-from areal_sys.ports import free_port
 from tests.e2e_runs import LAUNCH_TIMEOUT_S, ROOT, command
 
 pytestmark = pytest.mark.slow
@@ -29,25 +29,33 @@ STEPS, BATCH, N, ETA = 3, 4, 4, 1
 @pytest.fixture(scope="module")
 def three_nodes() -> Iterator[str]:
     """A head (trainer_node) and two worker nodes (rollout_node each); yields its address."""
-    from ray.cluster_utils import Cluster
-
-    def node(**kw: object) -> dict[str, object]:
-        # every agent port fixed (free ones): the raylet then need not wait for the agents to
-        # write their port files, which a loaded 2-core machine can make it miss (15 s limit)
-        ports = {k: free_port() for k in ("metrics_agent_port", "metrics_export_port",
-                                          "dashboard_agent_listen_port",
-                                          "runtime_env_agent_port")}
-        return {"object_store_memory": 200 << 20, "include_dashboard": False, **ports, **kw}
-
-    cluster = Cluster(initialize_head=True, shutdown_at_exit=True,
-                      head_node_args=node(num_cpus=1, resources={"trainer_node": 1}))
+    cluster = _start_cluster()
     try:
-        for _ in range(2):
-            cluster.add_node(**node(num_cpus=1, resources={"rollout_node": 1}))
-        cluster.wait_for_nodes()
         yield cluster.address
     finally:
         cluster.shutdown()
+
+
+def _start_cluster(attempts: int = 3) -> Any:
+    """The three nodes, started again when a raylet died starting: Ray's raylet gives its
+    dashboard agent a fixed 15 s to write its port files and exits past that, which a loaded
+    2-core machine can cause (the failure is Ray's start-up, not the run's)."""
+    from ray.cluster_utils import Cluster
+
+    common = {"object_store_memory": 200 << 20, "include_dashboard": False}
+    for attempt in range(attempts):
+        cluster = Cluster(shutdown_at_exit=True)
+        try:
+            cluster.add_node(num_cpus=1, resources={"trainer_node": 1}, **common)  # the head
+            for _ in range(2):
+                cluster.add_node(num_cpus=1, resources={"rollout_node": 1}, **common)
+            cluster.wait_for_nodes()
+            return cluster
+        except Exception:
+            cluster.shutdown()
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _run(address: str, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
