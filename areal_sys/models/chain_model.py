@@ -112,7 +112,8 @@ def ensure_chain_model(task: str, seed: int = 1, cache_dir: str | Path | None = 
     final = _cache_root(cache_dir) / f"tiny-{task}-{chain_model_key(task, seed, settings)}"
     report: dict[str, Any] = {}
     return build_cached(final, lambda: _warm_start(base, task, seed, settings, progress, report),
-                        lambda: {"warm_start.json": json.dumps(report, indent=2) + "\n"})
+                        lambda: {"warm_start.json": json.dumps(report, indent=2) + "\n"},
+                        progress=progress)
 
 
 def measure(model, tok, task: str, seed: int, settings: ChainWarmStart) -> dict[str, Any]:

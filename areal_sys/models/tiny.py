@@ -23,6 +23,7 @@ import random
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -163,22 +164,26 @@ def ensure_tiny_model(
     named by `tiny_model_key`; written atomically (`build_cached`).
     """
     final = _cache_root(cache_dir) / f"tiny-qwen2-{tiny_model_key(seed, sft_steps, sft)}"
-    return build_cached(final, lambda: _train_sft(seed, sft_steps, sft or SFTSettings(), progress))
+    return build_cached(final, lambda: _train_sft(seed, sft_steps, sft or SFTSettings(), progress),
+                        progress=progress)
 
 
 def build_cached(final: Path, build: Callable[[], tuple[Any, Any]],
-                 extra_files: Callable[[], dict[str, str]] | None = None) -> Path:
+                 extra_files: Callable[[], dict[str, str]] | None = None,
+                 progress: bool = True) -> Path:
     """`final` if a complete model is there; else `build()` -> (model, tokenizer), saved to a
     temporary sibling directory (with `extra_files()` name -> text) and renamed into place, so a
     crash never leaves a half-written model and concurrent builders race harmlessly (the first
-    rename wins, the others discard their copy)."""
+    rename wins, the others discard their copy). Without `progress`, transformers' own progress
+    bars (its "Writing model shards") stay off too."""
     if _is_complete(final):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=final.parent))
     try:
         model, tok = build()
-        model.save_pretrained(tmp)
+        with _hf_progress(progress):
+            model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         for name, text in (extra_files() if extra_files else {}).items():
             (tmp / name).write_text(text)
@@ -190,6 +195,19 @@ def build_cached(final: Path, build: Callable[[], tuple[Any, Any]],
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+@contextmanager
+def _hf_progress(on: bool) -> Iterator[None]:
+    """transformers' progress bars on or off for the duration, then as they were."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if on else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
 
 
 def _pack(seqs: list[list[int]], prompt_lens: list[int]):

@@ -62,8 +62,15 @@ def test_cache_key_separates_seed_steps_and_settings() -> None:
     assert tiny_model_key(0, STEPS) == tiny_model_key(0, STEPS, tiny.SFTSettings())
 
 
-def test_build_is_deterministic_in_the_seed(built: Path, tmp_path: Path) -> None:
+def test_build_is_deterministic_in_the_seed(built: Path, tmp_path: Path,
+                                            capfd: pytest.CaptureFixture[str]) -> None:
+    from transformers.utils import logging as hf_logging
+
+    capfd.readouterr()
     other = ensure_tiny_model(seed=0, sft_steps=STEPS, cache_dir=tmp_path, progress=False)
+    # progress=False: no bar at all, transformers' "Writing model shards" included (a run's
+    # console must hold only its own lines), and transformers' setting is left as it was
+    assert capfd.readouterr().err == "" and hf_logging.is_progress_bar_enabled()
     a, b = _weights(built), _weights(other)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
