@@ -77,6 +77,10 @@ def _demand(bundles: dict[str, list[Bundle]]) -> dict[str, float]:
     return total
 
 
+def _fits(demand: dict[str, float], node: dict[str, float]) -> bool:
+    return all(node.get(k, 0.0) + 1e-9 >= v for k, v in demand.items())
+
+
 def _describe(bundles: dict[str, list[Bundle]]) -> str:
     parts = [f"{role} {len(b)} x {{{_fmt(b[0])}}}" for role, b in bundles.items() if b]
     return "; ".join(parts)
@@ -96,15 +100,13 @@ def check_fits(bundles: dict[str, list[Bundle]], cluster_total: dict[str, float]
         )
     for role, role_bundles_ in bundles.items():
         for b in role_bundles_[:1]:  # bundles of a role are identical
-            if not any(all(node.get(k, 0.0) + 1e-9 >= v for k, v in b.items())
-                       for node in node_totals):
+            if not any(_fits(b, node) for node in node_totals):
                 raise ConfigError(
                     f"cluster: no single node has {{{_fmt(b)}}} for one {role} actor "
                     f"(largest nodes: {'; '.join(_fmt(n, b) for n in node_totals[:3])})"
                 )
     trainer = _demand({"trainer": bundles.get("trainer", [])})
-    if trainer and not any(all(node.get(k, 0.0) + 1e-9 >= v for k, v in trainer.items())
-                           for node in node_totals):
+    if trainer and not any(_fits(trainer, node) for node in node_totals):
         raise ConfigError(
             f"cluster: the trainer ranks need {_fmt(trainer)} on one node (they share it), but no "
             f"node has it (largest nodes: {'; '.join(_fmt(n, trainer) for n in node_totals[:3])})")
