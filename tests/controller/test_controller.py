@@ -198,8 +198,12 @@ def test_a_peer_that_never_answers_stops_the_run_within_its_limit(
         _run_to_end(cfg, actors, fakes.prompts(40))
     assert time.monotonic() - t0 < 30
     events = read_jsonl(tmp_path / "events.jsonl")
-    assert [(e["event"], e["setting"], e["what"]) for e in events] == [
-        ("timeout", f"controller.{setting}", what)]
+    # scoring calls run side by side: on a loaded machine several may expire in the same tick,
+    # each one its own event; nothing else is in the file
+    assert events and {(e["event"], e["setting"], e["what"]) for e in events} == {
+        ("timeout", f"controller.{setting}", what)}
+    if where != "reward":
+        assert len(events) == 1
     if where != "reward":  # the steps before the lost one are all there, and no other
         assert [m["step"] for m in read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1]
 
