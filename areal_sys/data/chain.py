@@ -16,8 +16,14 @@ Every correct line is ``vv±b=rr`` (7 characters and a newline), so a response o
 tokenizer). The answer line is graded like the `first_decision` task's (`synthetic.is_correct`).
 
 The warm start imitates a demonstrator that always writes the chain and sometimes *slips*: it
-writes a wrong result (the true one plus a nonzero offset in -9..9, modulo 100) and carries the
-wrong value on, so one slip anywhere makes the answer wrong. Per-step slip probabilities:
+writes a wrong result (the true tens digit, a different units digit drawn uniformly) and carries
+the wrong value on, so one slip anywhere makes the answer wrong. The slip lives in one token, the
+units digit: a tiny model that learns that token's distribution slips at the demonstrator's rate.
+(Version 1 added an offset in -9..9, which changes the tens digit in about half the slips: the
+decision was spread over two tokens, and the warm-started models matched the tens digit, 0.89
+against 0.875, but wrote the correct units digit after a correct tens digit with probability 0.63
+instead of 0.86: they slipped at about twice the demonstrator's rate, 0.39-0.48 at the tail of
+`chain_tail` against 0.25, and never passed the warm-start gate.) Per-step slip probabilities:
 
 - `chain_tail`: `TAIL_SLIP` = 0.25 in the last `TAIL_STEPS` = 2 steps, `EARLY_SLIP` = 0.003
   before them (pass rate ~0.75^2 * 0.997^12 ~ 54%): the skill RL can improve sits in the tail,
@@ -39,7 +45,7 @@ from collections.abc import Iterator
 from areal_sys.data.synthetic import MARKER, is_eval_prompt
 
 CHAIN_TASKS = ("chain_tail", "chain_uniform")
-CHAIN_VERSION = 1  # bump when the generator or the demonstrator changes: it keys the model cache
+CHAIN_VERSION = 2  # bump when the generator or the demonstrator changes: it keys the model cache
 MIN_STEPS, MAX_STEPS = 12, 16
 MODULUS = 100
 TAIL_STEPS = 2
@@ -74,13 +80,13 @@ def solve(prompt: str) -> str:
 
 def demonstrate(value: int, ops: list[tuple[str, int]], slips: list[bool],
                 rng: random.Random) -> str:
-    """The demonstrator's solution: step i writes a wrong result where `slips[i]` (the true one
-    plus a nonzero offset in -9..9, modulo 100) and the chain carries what was written."""
+    """The demonstrator's solution: step i writes a wrong result where `slips[i]` (the true tens
+    digit and another units digit) and the chain carries what was written."""
     lines = []
     for (op, b), slip in zip(ops, slips, strict=True):
         result = _apply(value, op, b)
         if slip:
-            result = (result + rng.choice([d for d in range(-9, 10) if d])) % MODULUS
+            result = result - result % 10 + rng.choice([u for u in range(10) if u != result % 10])
         lines.append(_line(value, op, b, result))
         value = result
     lines.append(f"{MARKER} {value:02d}")

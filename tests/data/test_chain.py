@@ -56,7 +56,7 @@ def test_a_slip_is_one_error_and_the_chain_carries_it() -> None:
     lines = text.split("\n")
     assert lines[0] == "10+5=15"
     slipped = int(lines[1][-2:])
-    assert slipped != 20 and lines[1].startswith("15+5=")
+    assert slipped != 20 and lines[1].startswith("15+5=2")  # the slip is in the units digit
     assert lines[2] == f"{slipped:02d}+5={(slipped + 5) % 100:02d}"  # carried on, computed right
     assert chain.step_errors("10+5+5+5=", text) == [False, True, False]
     assert not is_correct(text, "25")
@@ -83,6 +83,20 @@ def test_demonstrator_slips_at_the_configured_rates(task: str) -> None:
         assert abs(got - p) <= 4 * (p * (1 - p) / 3000) ** 0.5 + 1e-3
     passed = sum(not any(e) for e in errors) / len(errors)
     assert 0.45 < passed < 0.65
+
+
+def test_a_slip_changes_only_the_units_digit_uniformly() -> None:
+    """One token carries the slip decision (module doc): tens digit kept, units digit uniform
+    over the nine others."""
+    rng = random.Random(3)
+    seen: dict[int, int] = {}
+    for _ in range(2000):
+        value, ops = chain.parse_prompt("47+5=")
+        written = int(chain.demonstrate(value, ops, [True], rng).split("\n")[0][-2:])
+        assert written // 10 == 5 and written != 52
+        seen[written % 10] = seen.get(written % 10, 0) + 1
+    assert sorted(seen) == [0, 1, 3, 4, 5, 6, 7, 8, 9]
+    assert min(seen.values()) > 2000 / 9 * 0.7
 
 
 def test_error_by_position_counts_from_both_ends() -> None:
