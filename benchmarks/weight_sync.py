@@ -89,7 +89,7 @@ async def time_backends(model_dir: Path, repeats: int, bucket_mb: int, dtype: st
         meta = trainer.weight_meta()
         port, bucket = free_port(), bucket_mb << 20
         await asyncio.gather(
-            asyncio.to_thread(trainer.init_weight_group, "127.0.0.1", port, 2, meta, bucket,
+            asyncio.to_thread(trainer.init_weight_group, 0, "127.0.0.1", port, meta, bucket,
                               "gloo", 600.0),
             engine.init_weight_group("127.0.0.1", port, 1, 2, [list(m) for m in meta], bucket,
                                      "gloo", 600.0),

@@ -10,13 +10,18 @@ Worker recovery. Ray restarts a dead RolloutWorker or reward actor in place (`ma
 `controller.max_worker_restarts`, set in controller/runtime.py), re-running its constructor; the
 actor handle stays valid. Then:
 
-- rollout worker: its engine is started again and loads the weights of the current version from
-  the last exported file (`shm_file` sync; with `collective` sync a restarted engine would be
-  missing from the weight-sync group, so the run stops with the resume command instead), and every
-  call that failed because of the death is sent again to the restarted actor: a re-sent group keeps
-  its number, admit version and deadline; its tokens are generated anew. A call that reaches the
-  restarted actor before its engine was started again (EngineNotStarted, workers/engine_start.py)
-  counts as that death too.
+- rollout worker: its engine is started again and loads the weights of the current version:
+  from the last exported file (`shm_file` sync), or (`collective`) through a new weight-sync group
+  with trainer rank 0 and a broadcast to it alone (`rejoin`, given by the controller, run under
+  `weights_lock` so that the trainer's weights are the controller's current version). Then every
+  call that failed because of the death is sent again to the restarted actor: a re-sent group
+  keeps its number, admit version and deadline; its tokens are generated anew. A call that
+  reaches the restarted actor before its engine was started again (EngineNotStarted,
+  workers/engine_start.py) counts as that death too. A `collective` sync does not wait for a dead
+  worker: the others receive every bucket (one group per engine, workers/weight_sync.py) and the
+  dead one loads the weights when it rejoins. Ray re-places a worker whose node was lost on a
+  node that can host it; that and the engine's start are bounded by
+  `controller.restart_timeout_s` (PeerTimedOut when no node can).
 - reward actor: the scoring call is sent again.
 
 Each death and restart is a line in `RUN_DIR/events.jsonl`. Past the restart limit (Ray gives up
@@ -120,10 +125,18 @@ class Events:
 class RolloutPool:
     """The rollout workers, called by verb; calls survive a worker's death (module doc)."""
 
-    def __init__(self, handles: Sequence[Any], *, weight_sync: str, events: Events) -> None:
+    def __init__(self, handles: Sequence[Any], *, weight_sync: str, events: Events,
+                 rejoin: Callable[[int], Awaitable[None]] | None = None,
+                 restart_timeout_s: float = 600.0) -> None:
         self.handles = list(handles)
         self.weight_sync = weight_sync
         self.events = events
+        self.rejoin = rejoin  # collective sync: a restarted worker's new group and weights
+        self.restart_timeout_s = restart_timeout_s
+        # held from a step's training to the end of its weight sync (controller.py): a rejoin
+        # then sees the trainer's weights at the controller's version
+        self.weights_lock = asyncio.Lock()
+        self.out: set[int] = set()  # collective: dead workers not yet back in the sync groups
         self.load = [0] * len(self.handles)  # groups in flight per worker
         self._incarnation = [0] * len(self.handles)
         self._recovering: dict[int, asyncio.Future[None]] = {}
@@ -152,14 +165,37 @@ class RolloutPool:
         finally:
             self.load[i] -= 1
 
-    async def update_weights(self, path: str | None, version: int) -> list[dict[str, float]]:
+    async def update_weights(self, path: str | None, version: int,
+                             only: list[int] | None = None) -> list[dict[str, float]]:
         """Every worker loads `version` (from the file at `path`, or the trainer's broadcast when
-        `path` is None); each returns its load figures and generation counters."""
-        if path is not None:
-            self._weights_file = (path, version)  # what a restarted worker loads
+        `path` is None: the workers in `only`, default `live()`); each returns its load figures
+        and generation counters ({} from a worker that died meanwhile)."""
+        if path is None:  # collective: the live workers (`live()` as the trainer sends)
+            live = self.live() if only is None else only
+            return list(await asyncio.gather(*[self._receive(i, version) for i in live]))
+        self._weights_file = (path, version)  # what a restarted worker loads
         return list(await asyncio.gather(*[
             self._call(i, lambda w: w.update_weights.remote(path, version))
             for i in range(len(self.handles))]))
+
+    def live(self) -> list[int]:
+        """The workers in the weight-sync groups (`collective`): the dead ones rejoin later."""
+        return [i for i in range(len(self.handles)) if i not in self.out]
+
+    async def _receive(self, i: int, version: int) -> dict[str, Any]:
+        """Worker i's part of a broadcast; {} if it died (before or during it): its next call
+        restarts it, and the restart rejoins (a restarted engine without a group refuses the
+        broadcast, which then counts as the same death)."""
+        if i in self.out:
+            return {}
+        try:
+            return await self.handles[i].update_weights.remote(None, version)
+        except Exception as err:
+            if i not in self.out and not isinstance(err, _actor_error()) and \
+                    not _restarted_unstarted(err):
+                raise
+            self.out.add(i)
+            return {}
 
     async def stats(self) -> dict[str, float]:
         """Workers' `tokens_generated` and `busy_s` (generation seconds), summed; a dead
@@ -173,6 +209,9 @@ class RolloutPool:
                     group_id: int | None = None) -> Any:
         """`call(worker i)`, sent again after the worker died and was restarted."""
         while True:
+            job = self._recovering.get(i)
+            if job is not None:  # started again but without its weights yet: wait for them
+                await asyncio.shield(job)
             seen = self._incarnation[i]
             try:
                 return await call(self.handles[i])
@@ -200,15 +239,25 @@ class RolloutPool:
         self.events.restarts += 1
         self.events("rollout_worker_died", worker=i, error=_one_line(err),
                     restarts=self.events.restarts)
-        if self.weight_sync == "collective":
-            raise RuntimeError(
-                f"rollout worker {i} died ({_one_line(err)}); with trainer.weight_sync=collective "
-                "a restarted engine cannot rejoin the weight-sync group: resume the run with "
-                "--resume, or use trainer.weight_sync=shm_file for in-run recovery")
+        collective = self.weight_sync == "collective"
+        if collective:
+            self.out.add(i)
+        if collective and self.rejoin is None:
+            raise RuntimeError(f"rollout worker {i} died ({_one_line(err)}) and cannot rejoin "
+                               "the weight-sync group here: resume the run with --resume")
         worker = self.handles[i]
         try:
-            await _once_restarted(worker.start.remote)  # idempotent
-            while self._weights_file is not None:  # until no newer export arrived meanwhile
+            # Ray re-places the actor (on another node when its own was lost), then its engine
+            # starts: bounded, since no node may be able to host it
+            await bounded(_once_restarted(worker.start.remote), self.restart_timeout_s,
+                          f"restarting rollout worker {i}", "controller.restart_timeout_s",
+                          self.events)
+            if collective:
+                assert self.rejoin is not None
+                async with self.weights_lock:
+                    await self.rejoin(i)
+                    self.out.discard(i)
+            while not collective and self._weights_file is not None:  # until no newer export
                 path, version = self._weights_file
                 await _once_restarted(lambda p=path, v=version: worker.update_weights.remote(p, v))
                 if self._weights_file == (path, version):
@@ -277,8 +326,10 @@ class Trainers:
     async def export_weights(self, path: str) -> None:
         await self._call(*[t.export_weights.remote(path) for t in self.handles])
 
-    async def broadcast_weights(self) -> None:
-        await self._call(*[t.broadcast_weights.remote() for t in self.handles])
+    async def broadcast_weights(self, only: list[int] | None = None) -> dict[str, Any]:
+        """Every rank gathers, rank 0 sends to every engine (or those in `only`); rank 0's
+        figures, `failed` naming the engines it could not reach."""
+        return (await self._call(*[t.broadcast_weights.remote(only) for t in self.handles]))[0]
 
     async def save_checkpoint(self, out_dir: Path) -> None:
         await self._call(*[a.save_checkpoint.remote(str(out_dir)) for a in self._all()])

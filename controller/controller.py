@@ -35,6 +35,7 @@ from controller.actors import Events, Reward, RolloutPool, Trainers, bounded
 from controller.admission import Admission, Admitted
 from controller.evaluation import append_eval_line, evaluate_prompts, step_checker
 from controller.progress import eval_line, log_due, progress_bar, step_line
+from controller.runtime import join_weight_group
 from controller.startup import Startup
 
 __all__ = ["Controller", "Prompt"]
@@ -68,7 +69,8 @@ class Controller:
                                    JsonlWriter(self.run_dir / "filtered.jsonl"))
         self.events = events = Events(self.run_dir / "events.jsonl", lambda: self.admission.version)
         self.rollout = RolloutPool(actors.rollout, weight_sync=cfg.trainer.weight_sync,
-                                   events=events)
+                                   events=events, rejoin=self._rejoin,
+                                   restart_timeout_s=cfg.controller.restart_timeout_s)
         self.reward = Reward(actors.reward, max_restarts=cfg.controller.max_worker_restarts,
                              events=events)
         self.trainers = Trainers(actors.trainers, actors.critic, put=put, events=events,
@@ -143,10 +145,11 @@ class Controller:
         wait_s = time.time() - t0
         staleness = records.audit(self.audit, step, self.version, batch)
         at_train = asyncio.ensure_future(self.rollout.stats())  # sent as training starts
-        with self.timeline.span("trainer", "train", step=step):
-            train = await self._bounded(self.trainers.train(batch, step), f"training step {step}",
-                                        "train_timeout_s")
-        sync, loads = await self._push_weights(step + 1)
+        async with self.rollout.weights_lock:  # a restarted engine rejoins before or after
+            with self.timeline.span("trainer", "train", step=step):
+                train = await self._bounded(self.trainers.train(batch, step),
+                                            f"training step {step}", "train_timeout_s")
+            sync, loads = await self._push_weights(step + 1)
         gen = {k: sum(r.get(k, 0.0) for r in loads) for k in ("tokens_generated", "busy_s")}
         rpo = self.admission.rpo
         if rpo is not None:
@@ -186,12 +189,32 @@ class Controller:
 
     async def _sync(self, version: int) -> list[dict[str, Any]]:
         if self.cfg.trainer.weight_sync == "collective":  # send and receive at the same time
-            _, loads = await asyncio.gather(self.trainers.broadcast_weights(),
-                                            self.rollout.update_weights(None, version))
+            live = self.rollout.live()  # a dead engine rejoins once restarted (actors.py)
+            sent, loads = await asyncio.gather(self.trainers.broadcast_weights(only=live),
+                                               self.rollout.update_weights(None, version, live))
+            for worker, error in sent.get("failed", {}).items():  # it rejoins once restarted
+                self.events("weight_sync_failed", worker=worker, error=error)
             return loads
         path = f"{self.sync_dir}/weights.safetensors"
         await self.trainers.export_weights(path)
         return await self.rollout.update_weights(path, version)
+
+    async def _rejoin(self, i: int) -> None:
+        """Rollout worker `i`, restarted (`collective` sync): a new weight-sync group with trainer
+        rank 0 and the current weights sent to it alone. Runs under `weights_lock`, so the
+        trainer's weights are those of `self.version`."""
+        t0 = time.time()
+
+        async def join() -> None:
+            metas = await asyncio.gather(*[t.weight_meta.remote() for t in self.trainers.handles])
+            await join_weight_group(self.cfg, self.trainers.handles[0], self.rollout.handles[i],
+                                    i, metas[0])
+            await asyncio.gather(self.trainers.broadcast_weights(only=[i]),
+                                 self.rollout.handles[i].update_weights.remote(None, self.version))
+
+        await self._bounded(join(), f"weight sync of restarted rollout worker {i}",
+                            "weight_sync_timeout_s")
+        self.events("weight_group_rejoined", worker=i, seconds=round(time.time() - t0, 2))
 
     def _bounded(self, call: Any, what: str, setting: str) -> Any:
         """`call` under its `controller.SETTING` limit (controller/actors.py `bounded`)."""

@@ -293,22 +293,27 @@ def engine_start_error(worker: int, exc: BaseException) -> Exception:
 
 
 async def init_weight_sync(cfg: ExperimentConfig, actors: Actors) -> None:
-    """`collective` backend: trainer rank 0 and every rollout engine form one group (rank 0 =
-    trainer); the weights' names, shapes and dtypes travel once, here. No-op for `shm_file`."""
+    """`collective` backend: trainer rank 0 makes a two-rank group with each rollout engine
+    (workers/weight_sync.py); the weights' names, shapes and dtypes travel once, here. No-op for
+    `shm_file`."""
     if cfg.trainer.weight_sync != "collective":
         return
     metas = await asyncio.gather(*[t.weight_meta.remote() for t in actors.trainers])
-    host, port = await actors.trainers[0].weight_sync_endpoint.remote()
+    for i, worker in enumerate(actors.rollout):  # rank 0 hosts one group at a time
+        await join_weight_group(cfg, actors.trainers[0], worker, i, metas[0])
+
+
+async def join_weight_group(cfg: ExperimentConfig, trainer0: Any, worker: Any, i: int,
+                            meta: list[Any]) -> None:
+    """Trainer rank 0 and rollout engine `i` make their group (a new one replaces the old: a
+    restarted engine joins again, controller/actors.py)."""
+    host, port = await trainer0.weight_sync_endpoint.remote()
     on_gpu = cfg.cluster.trainer_gpus > 0 and cfg.cluster.rollout_gpus > 0
-    common = {"meta": metas[0], "bucket_bytes": cfg.trainer.sync_bucket_mb << 20,
+    common = {"meta": meta, "bucket_bytes": cfg.trainer.sync_bucket_mb << 20,
               "backend": "nccl" if on_gpu else "gloo",
               "timeout_s": cfg.controller.weight_sync_timeout_s}
-    world = 1 + len(actors.rollout)
-    await asyncio.gather(
-        actors.trainers[0].init_weight_group.remote(host, port, world, **common),
-        *[w.init_weight_group.remote(host, port, 1 + i, world, **common)
-          for i, w in enumerate(actors.rollout)],
-    )
+    await asyncio.gather(trainer0.init_weight_group.remote(i, host, port, **common),
+                         worker.init_weight_group.remote(host, port, 1, 2, **common))
 
 
 def shutdown(actors: Actors | None) -> None:

@@ -393,16 +393,17 @@ class TrainerWorker:
         return self.weights.meta()
 
     def init_weight_group(
-        self, host: str, port: int, world_size: int, meta: list[TensorMeta],
+        self, worker: int, host: str, port: int, meta: list[TensorMeta],
         bucket_bytes: int, backend: str, timeout_s: float = 1800.0,
     ) -> bool:
-        """Rank 0 joins the `collective` weight-sync group with every rollout engine."""
-        self.weights.join_group(host, port, world_size, meta, bucket_bytes, backend, timeout_s)
+        """Rank 0 makes its `collective` weight-sync group with rollout engine `worker`."""
+        self.weights.join_group(worker, host, port, meta, bucket_bytes, backend, timeout_s)
         return True
 
-    def broadcast_weights(self) -> dict[str, float]:
-        """`collective` sync: gather and broadcast the full weights (every rank calls it)."""
-        return self.weights.broadcast()
+    def broadcast_weights(self, only: list[int] | None = None) -> dict[str, Any]:
+        """`collective` sync: gather and broadcast the full weights to every engine, or to
+        those in `only` (every rank calls it); `failed` names the engines it could not reach."""
+        return self.weights.broadcast(only)
 
     def save_hf(self, out_dir: str) -> None:
         """HF-format model + tokenizer in `out_dir` (rank 0 writes; every rank calls it)."""

@@ -5,7 +5,8 @@ trainer's DeepSpeed engine, so that the trainer module holds the update and this
 weight-sync paths (DESIGN.md, "Weight sync") and the checkpoint files:
 
 - `shm_file`: rank 0 writes one safetensors file (in /dev/shm) that the engines reload;
-- `collective`: rank 0 joins a stateless group with every engine and broadcasts in buckets.
+- `collective`: rank 0 joins a stateless two-rank group with each engine and broadcasts in
+  buckets on all of them at once (weight_sync.py `fan_out`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from areal_sys.ports import free_port
 from workers.deepspeed_engine import load_engine_state, save_engine_state
-from workers.weight_sync import SyncGroup, TensorMeta, tensor_meta, write_safetensors
+from workers.weight_sync import SyncGroup, TensorMeta, fan_out, tensor_meta, write_safetensors
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -33,7 +34,7 @@ class WeightsOut:
         self.engine = engine
         self.rank, self.world_size = rank, world_size
         self.zero_stage, self.dtype, self.model_path = zero_stage, dtype, model_path
-        self.group: SyncGroup | None = None  # the `collective` group (rank 0, once joined)
+        self.groups: dict[int, SyncGroup] = {}  # `collective`: rank 0's group with engine i
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """HF-named full weights on rank 0 (None elsewhere), tied duplicates dropped (as HF saves
@@ -78,31 +79,35 @@ class WeightsOut:
         return tensor_meta(sd) if sd is not None else None
 
     def join_group(
-        self, host: str, port: int, world_size: int, meta: list[TensorMeta],
+        self, worker: int, host: str, port: int, meta: list[TensorMeta],
         bucket_bytes: int, backend: str, timeout_s: float,
     ) -> None:
-        """Rank 0 joins the `collective` group as its rank 0, together with every rollout engine
-        (they call `RolloutWorker.init_weight_group` at the same time). Other ranks do nothing."""
+        """Rank 0 makes its group with rollout engine `worker` (rank 0 of two; the engine calls
+        `RolloutWorker.init_weight_group` at the same time), replacing an earlier one: a
+        restarted engine joins anew. Other ranks do nothing."""
         if self.rank == 0:
-            self.group = SyncGroup(
-                host, port, 0, world_size, meta,
+            self.groups[worker] = SyncGroup(
+                host, port, 0, 2, meta,
                 bucket_bytes=bucket_bytes, backend=backend, timeout_s=timeout_s,
             )
 
-    def broadcast(self) -> dict[str, float]:
-        """`collective` sync: gather the full weights and broadcast them from rank 0 while the
-        rollout engines receive (`RolloutWorker.update_weights(None, v)`)."""
+    def broadcast(self, only: list[int] | None = None) -> dict[str, Any]:
+        """`collective` sync: gather the full weights and broadcast them from rank 0 to every
+        engine (or the engines in `only`) while they receive
+        (`RolloutWorker.update_weights(None, v)`). `failed`: engine -> error, for a transfer
+        that broke (its engine died); the others got every bucket."""
         t0 = time.perf_counter()
         sd = self.full_state_dict()
         gathered = time.perf_counter()
-        num_bytes = 0
+        num_bytes, failed = 0, {}
         if sd is not None:
-            if self.group is None:
+            if not self.groups:
                 raise RuntimeError("broadcast_weights before init_weight_group")
-            num_bytes = self.group.send(sd)
+            targets = {i: g for i, g in self.groups.items() if only is None or i in only}
+            num_bytes, failed = fan_out(targets, sd)
         self.barrier()
         return {"export_s": time.perf_counter() - t0, "gather_s": gathered - t0,
-                "num_bytes": float(num_bytes)}
+                "num_bytes": float(num_bytes), "failed": failed}
 
     def save_hf(self, out_dir: str) -> None:
         """HF-format model + tokenizer in `out_dir` (rank 0), loadable by transformers and vLLM."""

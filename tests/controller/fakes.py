@@ -8,7 +8,8 @@ ObjectRef arguments. So the controller's real clients (controller/actors.py) run
 
 - `FakeRollout`: generates `response_tokens` tokens per sample, one per turn of the event loop,
   each carrying the loaded weight version; `kill()` makes it die as a Ray actor does (in-flight
-  calls fail with ActorDiedError; the restarted actor answers EngineNotStarted until `start()`).
+  calls fail with ActorDiedError; the restarted actor answers EngineNotStarted until `start()`,
+  and with `collective` sync has no weight-sync group until `init_weight_group`).
 - `FakeReward`: reward 1 (`correct_reward`) for the response "1", else 0 (`wrong_reward`); records
   every item it graded.
 - `FakeTrainer` / `FakeCritic`: record their calls in a shared `calls` log and return at once
@@ -67,11 +68,13 @@ class FakeRollout:
         self.varied = varied  # response lengths 1..response_tokens by group: any finish order
         self.version, self.tokens, self.busy_s = 0, 0, 0.0
         self.started = True
+        self.joined = True  # in its `collective` weight-sync group (made before the run starts)
         self.incarnation = 0
         self.loaded: list[tuple[str | None, int]] = []
         self.requests: list[dict[str, Any]] = []  # every generate_group call's arguments
         self.kill_on_group: int | None = None  # die while generating this group (once)
         self.error_on_group: int | None = None  # fail this group with an engine error
+        self.start_hangs = False  # a restart never comes back (see start)
 
     def _check(self) -> None:
         if not self.started:
@@ -87,9 +90,19 @@ class FakeRollout:
         has no engine and counts from zero."""
         self.incarnation += 1
         self.started, self.version, self.tokens, self.busy_s = False, 0, 0, 0.0
+        self.joined = False
         self.loaded.append(("died", -1))
 
+    async def init_weight_group(self, host: str, port: int, rank: int, world_size: int,
+                                **kw: Any) -> bool:
+        self._check()
+        assert (rank, world_size) == (1, 2)
+        self.joined = True
+        return True
+
     async def start(self) -> None:
+        if self.start_hangs:  # restarted where no node can host it: Ray never places it
+            await asyncio.Event().wait()
         self.started = True
 
     async def generate_group(self, *, group_id: int, prompt_uid: str, prompt_ids: list[int],
@@ -130,6 +143,8 @@ class FakeRollout:
 
     async def update_weights(self, path: str | None, version: int) -> dict[str, float]:
         self._check()
+        if path is None and not self.joined:  # as the real engine's receive_weights
+            raise RuntimeError("receive_weights before init_weight_group")
         self.version = version
         self.loaded.append((path, version))
         return {"version": version, "interrupted": 0, "tokens_generated": float(self.tokens),
@@ -166,6 +181,7 @@ class FakeTrainer:
         self.hang_at_step: int | None = None  # never answer this step (a peer lost mid-step)
         self.hang_at_sync: int | None = None  # never finish the weight sync after this step
         self.overlap: list[int] = []  # tokens generated (all engines) while each step trained
+        self.peers: list[FakeRollout] = []  # the engines it sends weights to (`collective`)
 
     async def train_step(self, batch: list[Group], step: int, adv: Any = None) -> dict[str, float]:
         self.activity.calls.append((f"train_step[{self.rank}]", step))
@@ -191,9 +207,24 @@ class FakeTrainer:
         self.activity.calls.append((f"export_weights[{self.rank}]", path))
         await self._maybe_hang_in_sync()
 
-    async def broadcast_weights(self) -> None:
-        self.activity.calls.append((f"broadcast_weights[{self.rank}]", None))
+    async def broadcast_weights(self, only: list[int] | None = None) -> dict[str, Any]:
+        """Sends to the engines in `only` (default: all); one without a group fails, as a
+        transfer to a dead engine does."""
+        self.activity.calls.append((f"broadcast_weights[{self.rank}]", only))
         await self._maybe_hang_in_sync()
+        targets = range(len(self.peers)) if only is None else only
+        return {"failed": {i: "fake: connection reset" for i in targets
+                           if self.rank == 0 and not self.peers[i].joined}}
+
+    async def weight_meta(self) -> list[Any]:
+        return []
+
+    async def weight_sync_endpoint(self) -> tuple[str, int]:
+        return "127.0.0.1", 0
+
+    async def init_weight_group(self, worker: int, host: str, port: int, **kw: Any) -> bool:
+        self.activity.calls.append((f"init_weight_group[{self.rank}]", worker))
+        return True
 
     async def _maybe_hang_in_sync(self) -> None:
         if self.hang_at_sync is not None and self.trained and (
@@ -266,6 +297,8 @@ def fake_actors(sync_dir: str | Path, *, workers: int = 1, trainers: int = 1, cr
     a.rollouts = [FakeRollout(i, a.activity, response_tokens=response_tokens, varied=varied,
                               seed=seed + i) for i in range(workers)]
     a.trainer_objs = [FakeTrainer(r, a.activity, train_ticks=train_ticks) for r in range(trainers)]
+    for t in a.trainer_objs:
+        t.peers = a.rollouts
     a.critic_obj = FakeCritic(a.activity) if critic else None
     return a
 

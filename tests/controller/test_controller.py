@@ -130,12 +130,15 @@ def test_generation_overlaps_training_only_when_asynchronous(
                    for r in audit)
 
 
-def test_a_dead_rollout_worker_is_restarted_and_its_groups_resent(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sync", ["shm_file", "collective"])
+def test_a_dead_rollout_worker_is_restarted_and_its_groups_resent(tmp_path: Path,
+                                                                   sync: str) -> None:
     """Worker 0 dies mid-generation after the first weight push: it is started again, loads the
-    current weights, its groups are sent again; every group still trains exactly once."""
+    current weights (the last file; or, collective, a new group with trainer rank 0 and a
+    broadcast to it alone), its groups are sent again; every group still trains exactly once."""
     cfg = fakes.config(tmp_path, "trainer.total_steps=5", "controller.batch_size=2",
                        "controller.max_staleness=1", "rollout.n_samples=2",
-                       "rollout.num_workers=2")
+                       "rollout.num_workers=2", f"trainer.weight_sync={sync}")
     actors = fakes.fake_actors(tmp_path, workers=2)
     for r in actors.rollouts:
         r.kill_on_group = 6  # admitted at version 1 or later: weights were exported by then
@@ -152,12 +155,24 @@ def test_a_dead_rollout_worker_is_restarted_and_its_groups_resent(tmp_path: Path
     worker = actors.rollouts[died["worker"]]
     assert worker.started and worker.version == 5
     assert died["version"] >= 1  # so the restart had weights to load: the current ones
-    # the restart's load: the newest exported weights (those of the push under way, if any)
     path, version = worker.loaded[worker.loaded.index(("died", -1)) + 1]
-    assert path == f"{tmp_path}/weights.safetensors"
-    assert version in (restarted["version"], restarted["version"] + 1)
+    if sync == "shm_file":  # the newest exported weights (those of the push under way, if any)
+        assert path == f"{tmp_path}/weights.safetensors"
+        assert version in (restarted["version"], restarted["version"] + 1)
+    else:  # the broadcast to it alone, at the version of the moment, then every later sync
+        rejoined = [e for e in events if e["event"] == "weight_group_rejoined"]
+        assert [e["worker"] for e in rejoined] == [died["worker"]]
+        assert (path, version) == (None, rejoined[0]["version"])
+        loads = worker.loaded[worker.loaded.index(("died", -1)) + 1:]
+        assert [v for _, v in loads] == list(range(version, 6))
+        calls = [c for c in actors.activity.calls if c[0].startswith(("broadcast", "init"))]
+        assert ("init_weight_group[0]", died["worker"]) in calls
+        assert ("broadcast_weights[0]", [died["worker"]]) in calls
+        assert kinds.count("weight_sync_failed") <= 1  # a sync under way when it died
     per_group = Counter(r["group_id"] for r in read_jsonl(tmp_path / "staleness.jsonl"))
     assert set(per_group.values()) == {2} and len(per_group) == 10
+    for a in read_jsonl(tmp_path / "staleness.jsonl"):
+        assert a["trainer_version"] - a["min_token_version"] <= 1
 
 
 def test_a_dead_trainer_stops_the_run_with_trainer_died(tmp_path: Path) -> None:
@@ -175,11 +190,13 @@ def test_a_dead_trainer_stops_the_run_with_trainer_died(tmp_path: Path) -> None:
     ("train", "train_timeout_s", "training step 2"),
     ("sync", "weight_sync_timeout_s", "weight sync to version 3"),
     ("reward", "reward_timeout_s", "scoring 2 responses"),
+    ("restart", "restart_timeout_s", "restarting rollout worker 0"),
 ])
 def test_a_peer_that_never_answers_stops_the_run_within_its_limit(
         tmp_path: Path, where: str, setting: str, what: str) -> None:
     """A trainer rank lost inside a step, a weight sync that never completes (collective), a
-    reward call that never returns: each stops the run after controller.SETTING with a
+    reward call that never returns, a dead rollout worker no node can host again: each stops
+    the run after controller.SETTING with a
     `timeout` event and PeerTimedOut naming it (the CLI adds the resume command), never a hang."""
     cfg = fakes.config(tmp_path, "trainer.total_steps=5", "controller.batch_size=2",
                        "rollout.n_samples=2", "trainer.weight_sync=collective",
@@ -190,21 +207,27 @@ def test_a_peer_that_never_answers_stops_the_run_within_its_limit(
         trainer.hang_at_step = 2
     elif where == "sync":
         trainer.hang_at_sync = 2
-    else:
+    elif where == "reward":
         actors.reward_obj.hang_after = 5
+    else:  # its node lost and no other can host it
+        actors.rollouts[0].kill_on_group = 3
+        actors.rollouts[0].start_hangs = True
     t0 = time.monotonic()
     with pytest.raises(PeerTimedOut, match=f"{what} did not finish within "
                                            f"controller.{setting}=0.5 s"):
         _run_to_end(cfg, actors, fakes.prompts(40))
     assert time.monotonic() - t0 < 30
     events = read_jsonl(tmp_path / "events.jsonl")
+    if where == "restart":
+        assert [e["event"] for e in events] == ["rollout_worker_died", "timeout"]
+        events = events[1:]
     # scoring calls run side by side: on a loaded machine several may expire in the same tick,
     # each one its own event; nothing else is in the file
     assert events and {(e["event"], e["setting"], e["what"]) for e in events} == {
         ("timeout", f"controller.{setting}", what)}
     if where != "reward":
         assert len(events) == 1
-    if where != "reward":  # the steps before the lost one are all there, and no other
+    if where in ("train", "sync"):  # the steps before the lost one are all there, and no other
         assert [m["step"] for m in read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1]
 
 

@@ -1,15 +1,18 @@
-"""Fixtures for the rollout-worker tests: two random tiny models and their transformers twins."""
+"""Fixtures for the worker tests: two random tiny models and their transformers twins, one real
+rollout engine shared by every module that drives one, a real trainer."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from areal_sys.models.tiny import save_random_tiny_model
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two distinct weight sets of the same architecture: "A" (seed 0) and "B" (seed 1)."""
     root = tmp_path_factory.mktemp("rollout_models")
@@ -26,6 +29,27 @@ def hf_models(tiny_models: dict[str, Path]) -> dict[str, object]:
         name: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         for name, path in tiny_models.items()
     }
+
+
+@pytest.fixture(scope="session")
+def shared_engine(tiny_models: dict[str, Path]) -> Iterator[Any]:
+    """One started fp32 RolloutWorker (multiprocess AsyncLLM, on model A, vLLM's statistics on)
+    for test_rollout.py, test_rollout_modes.py and test_trainer_mismatch.py: an engine's start is
+    most of such a module's time. Each test loads the weights and sets the update mode it needs
+    (`fresh`)."""
+    from tests.workers.test_rollout import Engine
+    from workers.rollout import RolloutWorker
+
+    yield from Engine.started(RolloutWorker(str(tiny_models["A"]), seed=0, kv_cache_gib=1.0,
+                                            engine_stats=True))
+
+
+def fresh(engine: Any, model_dir: Path, update_mode: str = "abort") -> Any:
+    """`engine` (the shared one) in `update_mode` with the weights of `model_dir` loaded as the
+    next version."""
+    engine.worker.update_mode = update_mode
+    engine.load(model_dir)
+    return engine
 
 
 @pytest.fixture(scope="module")

@@ -86,9 +86,11 @@ class Engine:
 
 
 @pytest.fixture(scope="class")
-def engine(tiny_models: dict[str, Path]) -> Iterator[Engine]:
-    """One in-process engine (starts on model A) shared by the tests of a class."""
-    yield from Engine.started(RolloutWorker(str(tiny_models["A"]), seed=0, kv_cache_gib=1.0))
+def engine(shared_engine: Engine, tiny_models: dict[str, Path]) -> Engine:
+    """The shared engine (tests/workers/conftest.py) on model A, in abort mode."""
+    from tests.workers.conftest import fresh
+
+    return fresh(shared_engine, tiny_models["A"])
 
 
 class TestInProcess:

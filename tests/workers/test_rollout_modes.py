@@ -12,7 +12,6 @@ is read from vLLM's own statistics (prompt tokens prefilled, preemptions: Engine
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +62,12 @@ def fresh_logprobs(models: dict[int, Any], traj: Trajectory) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_models: dict[str, Path]) -> Iterator[Engine]:
-    """One engine (multiprocess AsyncLLM, model A) shared by the tests of this module."""
-    yield from Engine.started(RolloutWorker(str(tiny_models["A"]), seed=3, kv_cache_gib=1.0,
-                                            engine_stats=True))
+def engine(shared_engine: Engine, tiny_models: dict[str, Path]) -> Engine:
+    """The shared engine (tests/workers/conftest.py: multiprocess AsyncLLM, vLLM's statistics
+    on) on model A; each test sets its update mode."""
+    from tests.workers.conftest import fresh
+
+    return fresh(shared_engine, tiny_models["A"])
 
 
 def run_two_updates(engine: Engine, paths: dict[str, str], mode: str, n: int = 32,

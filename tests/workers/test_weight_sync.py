@@ -106,3 +106,76 @@ def test_safetensors_written_atomically(tmp_path) -> None:
     assert [p.name for p in (tmp_path / "sync").iterdir()] == ["w.safetensors"]  # no temp left
     back = load_file(str(tmp_path / "sync" / "w.safetensors"))
     assert all(torch.equal(back[k], v) for k, v in sd.items())
+
+
+def _receiver(port: int, meta: list, syncs: int, die_in_sync: int | None, out: object) -> None:
+    """A rollout engine's side in its own process: `syncs` broadcasts, each checked bit-exact
+    against `big_weights()`; with `die_in_sync`, the process exits after that sync's first
+    bucket, as a worker whose node is lost."""
+    import os
+
+    group = SyncGroup("127.0.0.1", port, 1, 2, meta, bucket_bytes=1 << 20, backend="gloo",
+                      timeout_s=60)
+    want = big_weights()
+    for k in range(syncs):
+        for j, (name, t) in enumerate(group.receive()):
+            if k == die_in_sync and j == 1:
+                os._exit(1)
+            assert torch.equal(t, want[name]), name
+        out.put(k)  # type: ignore[attr-defined]
+
+
+def big_weights() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return {f"w{i}": torch.randn(1 << 18, generator=g) for i in range(16)}  # 16 MiB, 16 buckets
+
+
+@pytest.mark.integration
+def test_an_engine_dying_mid_broadcast_fails_only_its_own_group() -> None:
+    """Rank 0 sends to two engines, one group each (`fan_out`); one engine dies after the first
+    bucket of the second sync: the other receives every bucket of every sync, rank 0 names the
+    dead one in `failed` at once, and a restarted engine joins a new group and gets the
+    weights. (With one group of all ranks the survivor waited for the group's timeout.)"""
+    import multiprocessing as mp
+    import queue
+
+    from workers.weight_sync import fan_out
+
+    sd = big_weights()
+    meta = tensor_meta(sd)
+    ctx = mp.get_context("spawn")  # fork would copy torch's thread pools
+    got: mp.Queue = ctx.Queue()
+    ports = [free_port() for _ in range(3)]
+    survivor = ctx.Process(target=_receiver, args=(ports[0], meta, 3, None, got))
+    doomed = ctx.Process(target=_receiver, args=(ports[1], meta, 2, 1, got))
+    # the restarted engine's process starts now (interpreter start-up is most of this test's
+    # time) and waits for its group's store
+    restarted = ctx.Process(target=_receiver, args=(ports[2], meta, 1, None, got))
+    for p in (survivor, doomed, restarted):
+        p.start()
+
+    def group(port: int) -> SyncGroup:
+        return SyncGroup("127.0.0.1", port, 0, 2, meta, bucket_bytes=1 << 20, backend="gloo",
+                         timeout_s=60)
+
+    groups = {0: group(ports[0]), 1: group(ports[1])}
+    try:
+        assert fan_out(groups, sd)[1] == {}
+        assert sorted(got.get(timeout=30) for _ in range(2)) == [0, 0]
+        sent, failed = fan_out(groups, sd)
+        assert list(failed) == [1] and "Connection" in failed[1], failed
+        assert sent == sum(t.numel() * 4 for t in sd.values())
+        assert got.get(timeout=30) == 1  # the survivor got the whole second sync
+        doomed.join(timeout=30)
+        assert doomed.exitcode == 1
+        groups[1] = group(ports[2])  # its new group replaces the old
+        assert fan_out(groups, sd)[1] == {}
+        assert sorted(got.get(timeout=30) for _ in range(2)) == [0, 2]
+        restarted.join(timeout=30)
+        survivor.join(timeout=30)
+        assert survivor.exitcode == 0 and restarted.exitcode == 0
+        with pytest.raises(queue.Empty):
+            got.get(timeout=0.1)
+    finally:
+        for p in mp.active_children():
+            p.kill()
