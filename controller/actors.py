@@ -20,8 +20,8 @@ actor handle stays valid. Then:
   workers/engine_start.py) counts as that death too. A `collective` sync does not wait for a dead
   worker: the others receive every bucket (one group per engine, workers/weight_sync.py) and the
   dead one loads the weights when it rejoins. Ray re-places a worker whose node was lost on a
-  node that can host it; that and the engine's start are bounded by
-  `controller.restart_timeout_s` (PeerTimedOut when no node can).
+  node that can host it; that is bounded by `controller.restart_timeout_s` (PeerTimedOut when
+  no node can).
 - reward actor: the scoring call is sent again.
 
 Each death and restart is a line in `RUN_DIR/events.jsonl`. Past the restart limit (Ray gives up
@@ -199,9 +199,10 @@ class RolloutPool:
 
     async def stats(self) -> dict[str, float]:
         """Workers' `tokens_generated` and `busy_s` (generation seconds), summed; a dead
-        (restarting) worker counts 0 and a restarted one counts from 0 again."""
-        stats = await asyncio.gather(*[w.stats.remote() for w in self.handles],
-                                     return_exceptions=True)
+        (restarting) worker counts 0, without a call (it would wait until Ray has placed the
+        actor again), and a restarted one counts from 0 again."""
+        stats = await asyncio.gather(*[w.stats.remote() for i, w in enumerate(self.handles)
+                                       if i not in self._recovering], return_exceptions=True)
         return {k: sum(s[k] for s in stats if isinstance(s, dict))
                 for k in ("tokens_generated", "busy_s")}
 
@@ -247,11 +248,12 @@ class RolloutPool:
                                "the weight-sync group here: resume the run with --resume")
         worker = self.handles[i]
         try:
-            # Ray re-places the actor (on another node when its own was lost), then its engine
-            # starts: bounded, since no node may be able to host it
-            await bounded(_once_restarted(worker.start.remote), self.restart_timeout_s,
-                          f"restarting rollout worker {i}", "controller.restart_timeout_s",
+            # Ray re-places the actor (on another node when its own was lost): bounded, since no
+            # node may be able to host it (a call waits until the actor is back); then its engine
+            await bounded(_once_restarted(worker.stats.remote), self.restart_timeout_s,
+                          f"placing rollout worker {i} again", "controller.restart_timeout_s",
                           self.events)
+            await _once_restarted(worker.start.remote)  # idempotent
             if collective:
                 assert self.rejoin is not None
                 async with self.weights_lock:
@@ -288,8 +290,8 @@ class Reward:
 
     async def _score(self, items: list[dict[str, str]]) -> Any:
         for attempt in range(self.max_restarts + 1):
-            try:
-                return await self.handle.score.remote(items)
+            try:  # "restarting" answers (its node lost, Ray placing it again) are waited out
+                return await _once_restarted(lambda: self.handle.score.remote(items))
             except _actor_error() as err:
                 self.events.restarts += 1
                 self.events("reward_worker_died", error=_one_line(err), attempt=attempt)

@@ -196,9 +196,9 @@ class ControllerConfig(Section):
         "(its restarts included); past it the run stops with the resume command"
     )
     restart_timeout_s: float = Field(
-        600.0, gt=0, le=86_400, description="limit for bringing a dead rollout worker back "
-        "(Ray re-placing it, e.g. on another node, its engine start, its weights); past it the "
-        "run stops with the resume command (no node can host it)"
+        600.0, gt=0, le=86_400, description="limit for Ray to bring a dead rollout worker's "
+        "actor back (on another node when its own was lost), before its engine starts again; "
+        "past it the run stops with the resume command (no node can host it)"
     )
 
 

@@ -74,7 +74,7 @@ class FakeRollout:
         self.requests: list[dict[str, Any]] = []  # every generate_group call's arguments
         self.kill_on_group: int | None = None  # die while generating this group (once)
         self.error_on_group: int | None = None  # fail this group with an engine error
-        self.start_hangs = False  # a restart never comes back (see start)
+        self.never_placed = False  # once killed, Ray never places it again (`_placed`)
 
     def _check(self) -> None:
         if not self.started:
@@ -100,9 +100,12 @@ class FakeRollout:
         self.joined = True
         return True
 
-    async def start(self) -> None:
-        if self.start_hangs:  # restarted where no node can host it: Ray never places it
+    async def _placed(self) -> None:
+        if self.never_placed and self.incarnation:  # no node can host it again: a call waits
             await asyncio.Event().wait()
+
+    async def start(self) -> None:
+        await self._placed()
         self.started = True
 
     async def generate_group(self, *, group_id: int, prompt_uid: str, prompt_ids: list[int],
@@ -151,6 +154,7 @@ class FakeRollout:
                 "busy_s": self.busy_s}
 
     async def stats(self) -> dict[str, float]:
+        await self._placed()
         return {"tokens_generated": float(self.tokens), "busy_s": self.busy_s}
 
 

@@ -190,7 +190,7 @@ def test_a_dead_trainer_stops_the_run_with_trainer_died(tmp_path: Path) -> None:
     ("train", "train_timeout_s", "training step 2"),
     ("sync", "weight_sync_timeout_s", "weight sync to version 3"),
     ("reward", "reward_timeout_s", "scoring 2 responses"),
-    ("restart", "restart_timeout_s", "restarting rollout worker 0"),
+    ("restart", "restart_timeout_s", "placing rollout worker 0 again"),
 ])
 def test_a_peer_that_never_answers_stops_the_run_within_its_limit(
         tmp_path: Path, where: str, setting: str, what: str) -> None:
@@ -211,7 +211,7 @@ def test_a_peer_that_never_answers_stops_the_run_within_its_limit(
         actors.reward_obj.hang_after = 5
     else:  # its node lost and no other can host it
         actors.rollouts[0].kill_on_group = 3
-        actors.rollouts[0].start_hangs = True
+        actors.rollouts[0].never_placed = True
     t0 = time.monotonic()
     with pytest.raises(PeerTimedOut, match=f"{what} did not finish within "
                                            f"controller.{setting}=0.5 s"):

@@ -64,7 +64,11 @@ class FakeRestartedWorker:
         self.started = False
         self.loaded: list[tuple[str, int]] = []
         self.start = FakeRemote(self._start)
+        self.stats = FakeRemote(self._stats)
         self.update_weights = FakeRemote(self._update_weights)
+
+    async def _stats(self) -> dict[str, float]:
+        return {"tokens_generated": 0.0, "busy_s": 0.0}
 
     async def _start(self) -> None:
         self.started = True
