@@ -17,7 +17,10 @@ actor handle stays valid. Then:
   call that failed because of the death is sent again to the restarted actor: a re-sent group
   keeps its number, admit version and deadline; its tokens are generated anew. A call that
   reaches the restarted actor before its engine was started again (EngineNotStarted,
-  workers/engine_start.py) counts as that death too. A `collective` sync does not wait for a dead
+  workers/engine_start.py) counts as that death too. A group the controller routed (not one
+  pinned to the worker, as evaluation's) is sent at once to a live worker when there is one,
+  while the restart goes on; a restart nobody waits for that fails stops the run at the next call.
+  A `collective` sync does not wait for a dead
   worker: the others receive every bucket (one group per engine, workers/weight_sync.py) and the
   dead one loads the weights when it rejoins. Ray re-places a worker whose node was lost on a
   node that can host it; that is bounded by `controller.restart_timeout_s` (PeerTimedOut when
@@ -104,6 +107,10 @@ async def _once_restarted(call: Callable[[], Any], timeout_s: float = 600.0) -> 
             delay_s = min(2 * delay_s, 5.0)
 
 
+class _Rerouted(Exception):
+    """A group's worker died while another is up: the group is sent to a live worker."""
+
+
 class Events:
     """`RUN_DIR/events.jsonl` (worker deaths, restarts, re-sent groups), each also printed; the
     file is created by the first event."""
@@ -137,6 +144,7 @@ class RolloutPool:
         # then sees the trainer's weights at the controller's version
         self.weights_lock = asyncio.Lock()
         self.out: set[int] = set()  # collective: dead workers not yet back in the sync groups
+        self.failed: BaseException | None = None  # a restart that failed (`_recovery`)
         self.load = [0] * len(self.handles)  # groups in flight per worker
         self._incarnation = [0] * len(self.handles)
         self._recovering: dict[int, asyncio.Future[None]] = {}
@@ -151,7 +159,6 @@ class RolloutPool:
                              worker: int | None = None) -> list[Trajectory]:
         """`n` responses to `prompt` (continuing `plan`'s prefix, RPO) on `worker`, or on the
         worker with the fewest groups in flight."""
-        i = min(range(len(self.load)), key=self.load.__getitem__) if worker is None else worker
         kw: dict[str, Any] = {
             "group_id": group_id, "prompt_uid": prompt.uid, "prompt_ids": prompt.ids, "n": n,
             "max_new_tokens": plan.budget if plan is not None else max_new_tokens,
@@ -159,24 +166,58 @@ class RolloutPool:
         if plan is not None:
             kw.update(prefix_ids=plan.prefix_ids, prefix_logprobs=plan.prefix_logprobs,
                       prefix_versions=plan.prefix_versions)
-        self.load[i] += 1
-        try:
-            return await self._call(i, lambda w: w.generate_group.remote(**kw), group_id)
-        finally:
-            self.load[i] -= 1
+        while True:
+            self._raise_failed_recovery()
+            i = self._route() if worker is None else worker
+            self.load[i] += 1
+            try:
+                return await self._call(i, lambda w: w.generate_group.remote(**kw), group_id,
+                                        reroute=worker is None)
+            except _Rerouted:  # its worker died and another is up: sent there at once
+                self.events("group_resent", worker=self._route(), group_id=group_id,
+                            dead_worker=i)
+            finally:
+                self.load[i] -= 1
+
+    def _route(self) -> int:
+        """The worker with the fewest groups in flight among those not being recovered (all of
+        them when every one is)."""
+        up = [i for i in range(len(self.handles)) if i not in self._recovering]
+        return min(up or range(len(self.handles)), key=self.load.__getitem__)
+
+    def _raise_failed_recovery(self) -> None:
+        """A recovery nobody waited for (its groups went elsewhere) that failed stops the run at
+        the next call."""
+        if self.failed is not None:
+            raise self.failed
 
     async def update_weights(self, path: str | None, version: int,
                              only: list[int] | None = None) -> list[dict[str, float]]:
         """Every worker loads `version` (from the file at `path`, or the trainer's broadcast when
         `path` is None: the workers in `only`, default `live()`); each returns its load figures
         and generation counters ({} from a worker that died meanwhile)."""
+        self._raise_failed_recovery()
         if path is None:  # collective: the live workers (`live()` as the trainer sends)
             live = self.live() if only is None else only
             return list(await asyncio.gather(*[self._receive(i, version) for i in live]))
         self._weights_file = (path, version)  # what a restarted worker loads
-        return list(await asyncio.gather(*[
-            self._call(i, lambda w: w.update_weights.remote(path, version))
-            for i in range(len(self.handles))]))
+        return list(await asyncio.gather(*[self._load(i, path, version)
+                                           for i in range(len(self.handles))]))
+
+    async def _load(self, i: int, path: str, version: int) -> dict[str, Any]:
+        """Worker i loads the file; {} if it is dead or being restarted: its restart loads the
+        newest file (`_weights_file`), and the sync does not wait for it."""
+        if i in self._recovering:
+            return {}
+        seen = self._incarnation[i]
+        try:
+            return await self.handles[i].update_weights.remote(path, version)
+        except Exception as err:
+            if not isinstance(err, _actor_error()) and not _restarted_unstarted(err):
+                raise
+            if self._incarnation[i] == seen:
+                self._recovery(i, err)
+            return {}
 
     def live(self) -> list[int]:
         """The workers in the weight-sync groups (`collective`): the dead ones rejoin later."""
@@ -207,8 +248,10 @@ class RolloutPool:
                 for k in ("tokens_generated", "busy_s")}
 
     async def _call(self, i: int, call: Callable[[Any], Awaitable[Any]],
-                    group_id: int | None = None) -> Any:
-        """`call(worker i)`, sent again after the worker died and was restarted."""
+                    group_id: int | None = None, reroute: bool = False) -> Any:
+        """`call(worker i)`, sent again after the worker died and was restarted; with
+        `reroute`, a call whose worker died while another is up raises _Rerouted at once (the
+        restart goes on without it) so that the caller sends it to a live worker."""
         while True:
             job = self._recovering.get(i)
             if job is not None:  # started again but without its weights yet: wait for them
@@ -222,18 +265,28 @@ class RolloutPool:
                 if not isinstance(err, _actor_error()) and not _restarted_unstarted(err):
                     raise
                 if self._incarnation[i] == seen:  # not yet recovered from this death
-                    await self._recover(i, err)
+                    job = self._recovery(i, err)
+                    if reroute and any(k not in self._recovering for k in range(len(self.handles))):
+                        raise _Rerouted from None
+                    await asyncio.shield(job)
                 if group_id is not None:
                     self.events("group_resent", worker=i, group_id=group_id)
 
-    async def _recover(self, i: int, err: BaseException) -> None:
-        """One restart per death, however many of the worker's calls failed with it."""
+    def _recovery(self, i: int, err: BaseException) -> asyncio.Future[None]:
+        """One restart per death, however many of the worker's calls failed with it; a restart
+        that fails is kept in `failed` (raised by the next call if nobody waited for it)."""
         job = self._recovering.get(i)
         if job is None:
             job = asyncio.ensure_future(self._restart(i, err))
             self._recovering[i] = job
-            job.add_done_callback(lambda _: self._recovering.pop(i, None))
-        await asyncio.shield(job)
+
+            def done(j: asyncio.Future[None]) -> None:
+                self._recovering.pop(i, None)
+                if not j.cancelled() and j.exception() is not None and self.failed is None:
+                    self.failed = j.exception()
+
+            job.add_done_callback(done)
+        return job
 
     async def _restart(self, i: int, err: BaseException) -> None:
         t0 = time.time()

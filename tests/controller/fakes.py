@@ -58,6 +58,7 @@ class Activity:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
         self.tokens = 0
+        self.killed_on: set[int] = set()  # groups a worker died on (each kills one worker once)
 
 
 class FakeRollout:
@@ -72,7 +73,8 @@ class FakeRollout:
         self.incarnation = 0
         self.loaded: list[tuple[str | None, int]] = []
         self.requests: list[dict[str, Any]] = []  # every generate_group call's arguments
-        self.kill_on_group: int | None = None  # die while generating this group (once)
+        self.kill_on_group: int | None = None  # die while generating this group (once, and
+        # only the first worker generating it)
         self.error_on_group: int | None = None  # fail this group with an engine error
         self.never_placed = False  # once killed, Ray never places it again (`_placed`)
 
@@ -128,8 +130,10 @@ class FakeRollout:
         versions: list[list[int]] = [[] for _ in range(n)]
         for step in range(k):
             await asyncio.sleep(0)  # one token per sample per turn of the loop
-            if self.kill_on_group == group_id and step == k // 2:
+            if self.kill_on_group == group_id and step == k // 2 and (
+                    group_id not in self.activity.killed_on):
                 self.kill_on_group = None
+                self.activity.killed_on.add(group_id)
                 self.kill()
             if self.incarnation != mine:
                 raise ActorDiedError()

@@ -133,9 +133,10 @@ def test_generation_overlaps_training_only_when_asynchronous(
 @pytest.mark.parametrize("sync", ["shm_file", "collective"])
 def test_a_dead_rollout_worker_is_restarted_and_its_groups_resent(tmp_path: Path,
                                                                    sync: str) -> None:
-    """Worker 0 dies mid-generation after the first weight push: it is started again, loads the
-    current weights (the last file; or, collective, a new group with trainer rank 0 and a
-    broadcast to it alone), its groups are sent again; every group still trains exactly once."""
+    """A worker dies mid-generation after the first weight push: its groups go to the other
+    worker at once, while it is started again and loads the current weights (the last file; or,
+    collective, a new group with trainer rank 0 and a broadcast to it alone); every group still
+    trains exactly once."""
     cfg = fakes.config(tmp_path, "trainer.total_steps=5", "controller.batch_size=2",
                        "controller.max_staleness=1", "rollout.n_samples=2",
                        "rollout.num_workers=2", f"trainer.weight_sync={sync}")
@@ -150,7 +151,7 @@ def test_a_dead_rollout_worker_is_restarted_and_its_groups_resent(tmp_path: Path
     died = next(e for e in events if e["event"] == "rollout_worker_died")
     resent = [e for e in events if e["event"] == "group_resent"]
     assert 6 in {e["group_id"] for e in resent}
-    assert all(e["worker"] == died["worker"] for e in resent)
+    assert all(e["worker"] != died["worker"] == e["dead_worker"] for e in resent)
     restarted = next(e for e in events if e["event"] == "rollout_worker_restarted")
     worker = actors.rollouts[died["worker"]]
     assert worker.started and worker.version == 5
@@ -229,6 +230,31 @@ def test_a_peer_that_never_answers_stops_the_run_within_its_limit(
         assert len(events) == 1
     if where in ("train", "sync"):  # the steps before the lost one are all there, and no other
         assert [m["step"] for m in read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1]
+
+
+def test_a_worker_no_node_can_host_stops_the_run_though_its_groups_went_elsewhere(
+        tmp_path: Path) -> None:
+    """Two workers; one dies and is never placed again. Its group goes to the other at once
+    and the run trains on; the restart nobody waits for still stops the run once
+    controller.restart_timeout_s has passed, with the same PeerTimedOut."""
+    cfg = fakes.config(tmp_path, "trainer.total_steps=100000", "controller.batch_size=2",
+                       "rollout.n_samples=2", "rollout.num_workers=2",
+                       "controller.restart_timeout_s=2")
+    actors = fakes.fake_actors(tmp_path, workers=2)
+    for r in actors.rollouts:  # whichever generates group 3 dies (fakes: once)
+        r.kill_on_group, r.never_placed = 3, True
+    with pytest.raises(PeerTimedOut, match="placing rollout worker . again did not finish"):
+        _run_to_end(cfg, actors, fakes.prompts(40))
+    events = read_jsonl(tmp_path / "events.jsonl")
+    kinds = Counter(e["event"] for e in events)
+    assert kinds["rollout_worker_died"] == 1 and kinds["timeout"] == 1 and kinds["group_resent"]
+    assert len(kinds) == 3
+    died = next(e for e in events if e["event"] == "rollout_worker_died")["worker"]
+    for e in events:  # every group it held, sent to the other at once
+        if e["event"] == "group_resent":
+            assert (e["worker"], e["dead_worker"]) == (1 - died, died)
+    steps = [m["step"] for m in read_jsonl(tmp_path / "metrics.jsonl")]
+    assert steps == list(range(len(steps))) and len(steps) >= 3  # it trained on meanwhile
 
 
 def test_a_failed_rollout_stops_the_run_with_its_own_error(tmp_path: Path) -> None:

@@ -85,13 +85,21 @@ class FakeRestartedWorker:
         return {"version": version}
 
 
-def test_a_call_reaching_a_restarted_unstarted_worker_recovers_it_first(tmp_path) -> None:
+def test_a_weight_push_reaching_a_restarted_unstarted_worker_starts_its_recovery(
+        tmp_path) -> None:
     """The weight push reached the restarted actor before any of the death's other calls failed:
-    the worker is started, loads the current weights, and the call is sent again."""
+    the push does not wait for it (answer {}); its recovery starts the worker, which loads the
+    newest weights file once."""
     events = actors.Events(tmp_path / "events.jsonl", lambda: 3)
     pool = actors.RolloutPool([FakeRestartedWorker()], weight_sync="shm_file", events=events)
-    out = asyncio.run(pool.update_weights("w.safetensors", 4))
+
+    async def push_then_recovery() -> list:
+        out = await pool.update_weights("w.safetensors", 4)
+        await asyncio.gather(*pool._recovering.values())
+        return out
+
+    out = asyncio.run(push_then_recovery())
     worker = pool.handles[0]
-    assert out == [{"version": 4}] and worker.started
-    assert worker.loaded == [("w.safetensors", 4), ("w.safetensors", 4)]  # recovery, then the call
-    assert events.restarts == 1 and pool._incarnation == [1]
+    assert out == [{}] and worker.started
+    assert worker.loaded == [("w.safetensors", 4)]  # by the recovery
+    assert events.restarts == 1 and pool._incarnation == [1] and pool.failed is None
