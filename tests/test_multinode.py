@@ -153,15 +153,18 @@ def test_a_lost_node_is_survived_and_a_second_loss_stops_the_run_for_a_resume(
 
     1. The loop across nodes: trainer on the head, one engine on each of two worker nodes
        (STRICT_SPREAD, the `placement` event), the collective weight sync between nodes.
-    2. After two steps engine 0's node is lost: Ray re-places the engine on the spare node, it
-       starts, joins a new weight-sync group, loads the current weights, and its groups are sent
-       again; the run goes on (it never waits for the dead engine in a sync).
-    3. Then engine 1's node is lost, and no node can host it: the run stops within
-       controller.restart_timeout_s with exit 1 and the resume command.
+    2. After two steps engine 0's node is lost: its groups go to engine 1 at once and the run
+       trains on (a sync never waits for the dead engine) while Ray re-places engine 0 on the
+       spare node, where it starts, joins a new weight-sync group, loads the current weights
+       and takes groups again.
+    3. Then engine 1's node is lost, and no node can host it: its groups go to engine 0, and
+       the run stops once controller.restart_timeout_s has passed, with exit 1 and the resume
+       command.
     4. `--resume` on the cluster that is left (one worker node, `rollout.num_workers=1`) trains
        the remaining steps. The staleness audit holds across all of it: no admitted group lost,
        none trained twice, every token within the bound."""
-    run_dir, steps = tmp_path / "run", 40  # more steps than the losses take: it never ends
+    # more steps than the test takes: the run trains on at full speed while engine 0 is away
+    run_dir, steps = tmp_path / "run", 400
     args = _args(nodes.address, run_dir, "trainer.weight_sync=collective",
                  f"trainer.total_steps={steps}", "trainer.save_every=1", "trainer.keep_last=1",
                  "controller.restart_timeout_s=20", "controller.weight_sync_timeout_s=120")
