@@ -43,6 +43,13 @@ _OWN = "|".join(OWN_LOGGERS)
 OWN_RECORD = re.compile(rf"^\S+ \S+ (WARNING|ERROR|CRITICAL) ((?:{_OWN})(?:\.\w+)*): (.*)$")
 
 
+def error_line(err: BaseException, limit: int = 300) -> str:
+    """`Type: first line of the message`, at most `limit` characters: an error as one line of an
+    event, a log or a console message."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:limit]
+
+
 def log_dir(run_dir: str | Path) -> Path:
     """RUN_DIR/logs, absolute: actors' working directories differ from the driver's."""
     return Path(run_dir).expanduser().resolve() / "logs"

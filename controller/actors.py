@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from areal_sys.algorithms.rpo import PartialPlan
+from areal_sys.console import error_line
 from areal_sys.metrics import JsonlWriter
 from areal_sys.trajectory import Prompt, Trajectory
 
@@ -83,9 +84,10 @@ def _restarted_unstarted(err: BaseException) -> bool:
     return isinstance(getattr(err, "cause", None), EngineNotStarted)
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
+def _is_death(err: BaseException) -> bool:
+    """The worker died: Ray says so, or the restarted actor answered before its engine was
+    started again (the death's other calls may not have failed yet)."""
+    return isinstance(err, _actor_error()) or _restarted_unstarted(err)
 
 
 async def _once_restarted(call: Callable[[], Any], timeout_s: float = 600.0) -> Any:
@@ -213,7 +215,7 @@ class RolloutPool:
         try:
             return await self.handles[i].update_weights.remote(path, version)
         except Exception as err:
-            if not isinstance(err, _actor_error()) and not _restarted_unstarted(err):
+            if not _is_death(err):
                 raise
             if self._incarnation[i] == seen:
                 self._recovery(i, err)
@@ -232,8 +234,7 @@ class RolloutPool:
         try:
             return await self.handles[i].update_weights.remote(None, version)
         except Exception as err:
-            if i not in self.out and not isinstance(err, _actor_error()) and \
-                    not _restarted_unstarted(err):
+            if i not in self.out and not _is_death(err):
                 raise
             self.out.add(i)
             return {}
@@ -260,9 +261,7 @@ class RolloutPool:
             try:
                 return await call(self.handles[i])
             except Exception as err:
-                # a death, or a call that reached the restarted actor before its recovery
-                # started the engine again (the death's other calls may not have failed yet)
-                if not isinstance(err, _actor_error()) and not _restarted_unstarted(err):
+                if not _is_death(err):
                     raise
                 if self._incarnation[i] == seen:  # not yet recovered from this death
                     job = self._recovery(i, err)
@@ -291,13 +290,13 @@ class RolloutPool:
     async def _restart(self, i: int, err: BaseException) -> None:
         t0 = time.time()
         self.events.restarts += 1
-        self.events("rollout_worker_died", worker=i, error=_one_line(err),
+        self.events("rollout_worker_died", worker=i, error=error_line(err),
                     restarts=self.events.restarts)
         collective = self.weight_sync == "collective"
         if collective:
             self.out.add(i)
         if collective and self.rejoin is None:
-            raise RuntimeError(f"rollout worker {i} died ({_one_line(err)}) and cannot rejoin "
+            raise RuntimeError(f"rollout worker {i} died ({error_line(err)}) and cannot rejoin "
                                "the weight-sync group here: resume the run with --resume")
         worker = self.handles[i]
         try:
@@ -319,7 +318,7 @@ class RolloutPool:
                     break
         except _actor_error() as again:
             raise RuntimeError(f"rollout worker {i} could not be restarted (restart limit "
-                               f"controller.max_worker_restarts reached?): {_one_line(again)}"
+                               f"controller.max_worker_restarts reached?): {error_line(again)}"
                                ) from None
         self._incarnation[i] += 1
         self.events("rollout_worker_restarted", worker=i, seconds=round(time.time() - t0, 2))
@@ -347,7 +346,7 @@ class Reward:
                 return await _once_restarted(lambda: self.handle.score.remote(items))
             except _actor_error() as err:
                 self.events.restarts += 1
-                self.events("reward_worker_died", error=_one_line(err), attempt=attempt)
+                self.events("reward_worker_died", error=error_line(err), attempt=attempt)
         raise RuntimeError("the reward actor kept dying: restart limit reached")
 
 
@@ -399,5 +398,5 @@ class Trainers:
         try:
             return list(await asyncio.gather(*refs))
         except _actor_error() as err:
-            self.events("trainer_died", error=_one_line(err))
-            raise TrainerDied(f"a trainer worker died ({_one_line(err)})") from None
+            self.events("trainer_died", error=error_line(err))
+            raise TrainerDied(f"a trainer worker died ({error_line(err)})") from None

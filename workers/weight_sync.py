@@ -35,6 +35,8 @@ from typing import Any
 
 import torch
 
+from areal_sys.console import error_line
+
 ALIGN = 64  # byte alignment of every tensor inside a bucket (any dtype can view it)
 
 TensorMeta = tuple[str, list[int], str]  # (HF name, shape, dtype name): msgpack-friendly
@@ -173,7 +175,7 @@ def fan_out(groups: Mapping[int, SyncGroup], state_dict: Mapping[str, torch.Tens
             try:
                 work.wait()
             except Exception as e:  # noqa: BLE001 - any transport error: this receiver is gone
-                failed[key] = _first_line(e)
+                failed[key] = error_line(e)
                 live.pop(key, None)
 
     sent = 0
@@ -187,7 +189,7 @@ def fan_out(groups: Mapping[int, SyncGroup], state_dict: Mapping[str, torch.Tens
             try:
                 pending.append((key, group.group.broadcast(buf, 0)))
             except Exception as e:  # noqa: BLE001 - as above, failing as it is posted
-                failed[key] = _first_line(e)
+                failed[key] = error_line(e)
                 live.pop(key)
         held = buf
         sent += buf.numel()
@@ -206,11 +208,6 @@ def _fill(bucket: list[Slot], state_dict: Mapping[str, torch.Tensor],
         buf[s.offset : s.offset + s.nbytes].copy_(src.detach().contiguous().view(-1).view(
             torch.uint8))
     return buf
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
 
 def _local_ip(host: str, rank: int) -> str:
