@@ -13,8 +13,9 @@ from tests import e2e_runs
 
 @pytest.fixture(scope="session")
 def async_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """DAPO, eta 2, two trainer ranks, collective weight sync, rewards from an HTTP server."""
-    return e2e_runs.async_run(tmp_path_factory.mktemp("async_dapo"))
+    """RPO + DAPO, eta 2, two trainer ranks, collective weight sync, rewards from an HTTP
+    server, submitted with `ray job submit` to a Ray head started for it."""
+    return e2e_runs.async_run(tmp_path_factory.mktemp("async_rpo_dapo"))
 
 
 @pytest.fixture(scope="session")
@@ -28,8 +29,3 @@ def resume_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """RAFT++ crashed while writing its step-4 checkpoint, then resumed to the end."""
     return e2e_runs.resume_run(tmp_path_factory.mktemp("resume_raft_pp"))
 
-
-@pytest.fixture(scope="session")
-def ray_job_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """RPO + DAPO submitted with `ray job submit` to a Ray head started for it."""
-    return e2e_runs.ray_job_run(tmp_path_factory.mktemp("ray_job_rpo"))

@@ -2,17 +2,17 @@
 service): each costs ~70 s on 2 cores, mostly start-up, so one launch serves every test file whose
 property it can prove, and tests/conftest.py holds each as a session fixture.
 
-- `async_run`: DAPO (the group-relative family: dynamic-sampling filter, rewards +-1, soft
-  overlong punishment), eta 2, two data-parallel trainer ranks with the collective weight sync,
-  scored by a real HTTP reward server (`reward.url`). Read by test_end_to_end.py,
-  test_reward_url_end_to_end.py, test_algorithms_end_to_end.py and test_console_end_to_end.py.
+- `async_run`: RPO + DAPO (RPO's cache fill, partial rollouts and checkpointed cache; the
+  group-relative family: dynamic-sampling filter, rewards +-1, soft overlong punishment), eta 2,
+  two data-parallel trainer ranks with the collective weight sync, scored by a real HTTP reward
+  server (`reward.url`), submitted with `ray job submit` to a Ray head started for it. Read by
+  test_end_to_end.py, test_reward_url_end_to_end.py, test_algorithms_end_to_end.py,
+  test_console_end_to_end.py, test_rpo_end_to_end.py and test_ray_job.py.
 - `recovery_run`: PPO (the critic family); its rollout worker is SIGKILLed after two steps. Read
   by test_recovery_end_to_end.py and test_algorithms_end_to_end.py.
 - `resume_run`: RAFT++ (the sample-selection family: the remove-all-wrong filter, RAFT weights
   through the ratio loss), crashed while it writes a checkpoint and resumed. Read by
   test_resume_end_to_end.py and test_algorithms_end_to_end.py.
-- `ray_job_run`: RPO + DAPO submitted with `ray job submit` to a Ray head started for it. Read
-  by test_ray_job.py and test_rpo_end_to_end.py.
 
 The runs with a filter allow one extra admission round per step (`algorithm.max_oversample_rounds
 =1`): the briefly trained tiny model answers few problems, so most groups are dropped, and the
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -60,48 +61,6 @@ def launch(config: str, run_dir: Path, *overrides: str) -> subprocess.CompletedP
                          text=True, timeout=LAUNCH_TIMEOUT_S)
     assert res.returncode == 0, res.stderr[-4000:]
     return res
-
-
-# ------------------------------------------------------------------------- the asynchronous run
-class Async:
-    """The asynchronous run's shape."""
-
-    STEPS = 4
-    BATCH = 4
-    N = 4
-    ETA = 2
-
-
-def async_run(run_dir: Path) -> dict[str, Any]:
-    """The DAPO run (see the module docstring); returns its stdout, the reward server's URL and
-    the server's /health counters read once nothing is in flight."""
-    import httpx
-
-    from tests.reward_service.test_http import free_port, start_server
-
-    port = free_port()
-    server = start_server(port, "--correct-reward", "1", "--wrong-reward", "-1")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        res = launch(
-            "configs/tiny/dapo.yaml", run_dir, f"trainer.total_steps={Async.STEPS}",
-            f"controller.batch_size={Async.BATCH}", f"rollout.n_samples={Async.N}",
-            f"controller.max_staleness={Async.ETA}", "eval.before_and_after=false",
-            "trainer.num_workers=2", "trainer.weight_sync=collective", "cluster.num_cpus=4",
-            f"reward.url={url}", "algorithm.max_oversample_rounds=1",
-        )
-        # items the run hung up on while a grader process had them finish after the run ends:
-        # read the counters once nothing is queued or being graded
-        deadline = time.monotonic() + 60
-        health = httpx.get(f"{url}/health", timeout=10).json()
-        while health["inflight"] and time.monotonic() < deadline:
-            time.sleep(0.2)
-            health = httpx.get(f"{url}/health", timeout=10).json()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-    return {"run_dir": run_dir, "stdout": res.stdout, "stderr": res.stderr, "url": url,
-            "health": health}
 
 
 # -------------------------------------------------------------------------------- worker death
@@ -228,15 +187,15 @@ def resume_run(run_dir: Path) -> dict[str, Any]:
             "results": json.loads((run_dir / "results.json").read_text())}
 
 
-# ----------------------------------------------------------------------------- `ray job submit`
-class RayJob:
-    """The Ray-job run's shape: RPO + DAPO, eta 1, a cache fill over 24 prompts, a checkpoint
-    (with the RPO cache) at the last step, the demo's before/after evaluation."""
+# ---------------------------------------------------- the asynchronous run, as a `ray job submit`
+class Async:
+    """The asynchronous run's shape: RPO + DAPO, eta 2, a cache fill over 24 prompts, a
+    checkpoint (with the RPO cache) at the last step, the demo's before/after evaluation."""
 
-    STEPS = 3
+    STEPS = 4
     BATCH = 4
     N = 4
-    ETA = 1
+    ETA = 2
     PROMPTS = 24
     SUBMISSION = "areal-sys-test"
 
@@ -260,11 +219,11 @@ def _wait_for_dashboard(address: str, head: subprocess.Popen, log: Path) -> None
 
 
 @contextmanager
-def ray_head(log: Path) -> Iterator[str]:
+def ray_head(log: Path, num_cpus: int) -> Iterator[str]:
     """Address of a fresh single-node Ray head (`ray start --head --block`, dashboard on
-    127.0.0.1, 2 CPUs, its own temp dir), stopped afterwards. `--block` keeps the head in the
-    foreground: stopping that process stops exactly this cluster, where `ray stop` would stop
-    every Ray instance on the machine."""
+    127.0.0.1, `num_cpus` logical CPUs, its own temp dir), stopped afterwards. `--block` keeps
+    the head in the foreground: stopping that process stops exactly this cluster, where `ray
+    stop` would stop every Ray instance on the machine."""
     from areal_sys.ports import free_port
 
     temp_dir = tempfile.mkdtemp(prefix="areal-ray-")  # short: Ray's socket paths are limited
@@ -273,8 +232,8 @@ def ray_head(log: Path) -> Iterator[str]:
         head = subprocess.Popen(
             [RAY, "start", "--head", "--block", "--port", str(free_port()),
              "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
-             "--dashboard-port", str(dash_port), "--num-cpus", "2", "--temp-dir", temp_dir,
-             "--disable-usage-stats",
+             "--dashboard-port", str(dash_port), "--num-cpus", str(num_cpus),
+             "--temp-dir", temp_dir, "--disable-usage-stats",
              # the agents' own ports too: their defaults clash with any other Ray instance on
              # the machine (its job agent then never registers: "No available agent")
              "--dashboard-agent-listen-port", str(free_port()),
@@ -297,38 +256,80 @@ def ray_head(log: Path) -> Iterator[str]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def ray_job_run(tmp: Path) -> dict[str, Any]:
-    """RPO + DAPO submitted with `ray job submit` to a head started here. The job uploads the
-    repository as its working dir (without .venv, .cache, .git, runs) and runs `python -m
-    areal_sys.cli run` with this interpreter, so the driver joins the existing cluster, reserves
-    its placement groups there and trains for real. Returns the job's logs and final status."""
+def _ray(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([RAY, *args], env=RAY_ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _job_output(address: str, submission: str) -> str:
+    """What the job's entrypoint printed: Ray's job log after the line with which the job
+    supervisor starts it (`Running entrypoint for job ...`; the supervisor's own lines come before
+    it). `ray job logs` would add the CLI's own lines."""
+    read = ("import sys; from ray.job_submission import JobSubmissionClient as C; "
+            "sys.stdout.write(C(sys.argv[1]).get_job_logs(sys.argv[2]))")
+    res = subprocess.run([sys.executable, "-c", read, address, submission], env=RAY_ENV,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    head, sep, output = res.stdout.partition(f"Running entrypoint for job {submission}: ")
+    assert sep, res.stdout[-3000:]
+    return output.partition("\n")[2]
+
+
+def async_run(tmp: Path) -> dict[str, Any]:
+    """RPO + DAPO (see the module docstring) submitted with `ray job submit` to a head started
+    here, scored by an HTTP reward server started here. The job uploads the repository as its
+    working dir (without .venv, .cache, .git, runs) and runs `python -m areal_sys.cli run` with
+    this interpreter, so the driver joins the existing cluster, reserves its placement groups
+    there and trains for real. The driver's stderr goes to a file of its own, so that its stdout
+    (`ray job logs`) is exactly what a user's console shows. Returns the run's stdout and stderr,
+    `ray job submit`'s own output and the job's final status, the reward server's URL and its
+    /health counters read once nothing is in flight."""
+    import httpx
+
     from areal_sys.models.tiny import ensure_tiny_model
+    from tests.reward_service.test_http import free_port, start_server
 
     ensure_tiny_model(seed=1, sft_steps=SFT_STEPS, progress=False)  # cached, shared by the job
-    run_dir = tmp / "run"
+    run_dir, stderr = tmp / "run", tmp / "driver_stderr.txt"
+    port = free_port()
+    server = start_server(port, "--correct-reward", "1", "--wrong-reward", "-1")
+    url = f"http://127.0.0.1:{port}"
     runtime_env = {"excludes": [".venv", ".cache", ".git", "runs", "**/__pycache__"]}
     entrypoint = command(
-        "configs/tiny/rpo_dapo.yaml", run_dir, f"trainer.total_steps={RayJob.STEPS}",
-        f"controller.batch_size={RayJob.BATCH}", f"rollout.n_samples={RayJob.N}",
-        f"controller.max_staleness={RayJob.ETA}", f"data.synthetic_train_size={RayJob.PROMPTS}",
-        f"trainer.save_every={RayJob.STEPS}", "eval.num_problems=8",
+        "configs/tiny/rpo_dapo.yaml", run_dir, f"trainer.total_steps={Async.STEPS}",
+        f"controller.batch_size={Async.BATCH}", f"rollout.n_samples={Async.N}",
+        f"controller.max_staleness={Async.ETA}", f"data.synthetic_train_size={Async.PROMPTS}",
+        f"trainer.save_every={Async.STEPS}", "eval.num_problems=8",
         "data.synthetic_eval_size=32", "algorithm.max_oversample_rounds=1",
+        "trainer.num_workers=2", "trainer.weight_sync=collective", f"reward.url={url}",
     )
-    with ray_head(tmp / "ray_start.log") as address:
-        deadline = time.monotonic() + 120
-        while True:  # the head's job agent can register after the dashboard answers (slow host)
-            submit = subprocess.run(
-                [RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT),
-                 "--runtime-env-json", json.dumps(runtime_env), "--submission-id",
-                 RayJob.SUBMISSION, "--", *entrypoint],
-                env=RAY_ENV, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
-            )
-            logs = submit.stdout + submit.stderr
-            if "No available agent to submit job" not in logs or time.monotonic() > deadline:
-                break
-            time.sleep(2)
-        assert submit.returncode == 0, logs[-5000:]
-        status = subprocess.run(
-            [RAY, "job", "status", "--address", address, RayJob.SUBMISSION],
-            env=RAY_ENV, capture_output=True, text=True, timeout=120)
-    return {"run_dir": run_dir, "logs": logs, "status": status.stdout + status.stderr}
+    # `ray job submit` quotes each argument of the entrypoint: a shell of its own sends stderr
+    shell = ["sh", "-c", f"{shlex.join(entrypoint)} 2> {shlex.quote(str(stderr))}"]
+    try:
+        with ray_head(tmp / "ray_start.log", num_cpus=4) as address:
+            deadline = time.monotonic() + 120
+            while True:  # the head's job agent can register after the dashboard answers
+                submit = _ray("job", "submit", "--address", address, "--working-dir", str(ROOT),
+                              "--runtime-env-json", json.dumps(runtime_env), "--submission-id",
+                              Async.SUBMISSION, "--", *shell, timeout=LAUNCH_TIMEOUT_S)
+                submitted = submit.stdout + submit.stderr
+                if "No available agent to submit job" not in submitted \
+                        or time.monotonic() > deadline:
+                    break
+                time.sleep(2)
+            err = stderr.read_text() if stderr.exists() else ""
+            assert submit.returncode == 0, submitted[-3000:] + err[-3000:]
+            status = _ray("job", "status", "--address", address, Async.SUBMISSION)
+            stdout = _job_output(address, Async.SUBMISSION)
+        # items the run hung up on while a grader process had them finish after the run ends:
+        # read the counters once nothing is queued or being graded
+        deadline = time.monotonic() + 60
+        health = httpx.get(f"{url}/health", timeout=10).json()
+        while health["inflight"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+            health = httpx.get(f"{url}/health", timeout=10).json()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return {"run_dir": run_dir, "stdout": stdout, "stderr": err, "submitted": submitted,
+            "status": status.stdout + status.stderr, "url": url, "health": health}

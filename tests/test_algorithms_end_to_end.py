@@ -2,8 +2,8 @@
 rollout worker, Ray actors, reward service, DeepSpeed trainer (and, for PPO, the critic). Each
 family rides on a launch another end-to-end file needs anyway (tests/e2e_runs.py):
 
-- group-relative (GRPO, Dr.GRPO, DAPO): DAPO in `async_run`, the one that exercises most: the
-  dynamic-sampling filter, rewards +-1 and the soft overlong punishment;
+- group-relative (GRPO, Dr.GRPO, DAPO): DAPO (with RPO's partial rollouts) in `async_run`, the one
+  that exercises most: the dynamic-sampling filter, rewards +-1 and the soft overlong punishment;
 - critic (PPO): `recovery_run`, whose critic trains every step across a rollout worker's death;
 - sample selection (RAFT, RAFT++, Reinforce-Rej): RAFT++ in `resume_run`: the remove-all-wrong
   filter, RAFT weights (only correct responses train) through the ratio loss, across a resume.
@@ -87,8 +87,10 @@ def test_group_relative_dapo(async_run: dict[str, Any]) -> None:
 def test_critic_ppo(recovery_run: dict[str, Any]) -> None:
     run_dir = recovery_run["run_dir"]
     _check_steps_and_staleness(run_dir, steps=Recovery.STEPS, batch=Recovery.BATCH, eta=1)
-    for m in read_jsonl(run_dir / "metrics.jsonl"):  # the critic trains every step
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    for m in metrics:  # the critic trains every step, and so does the policy (no filter)
         assert math.isfinite(m["train/value_loss"]) and "train/critic_grad_norm" in m
+        assert m["train/n_loss_tokens"] > 0
     assert _check_filtered_never_trained(run_dir) == []  # PPO has no filter
     assert all(m["groups_filtered"] == 0 for m in read_jsonl(run_dir / "metrics.jsonl"))
 

