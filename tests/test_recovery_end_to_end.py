@@ -1,7 +1,9 @@
-"""A RolloutWorker dies mid-run (tests/e2e_runs.py `recovery_run`: SIGKILL to its actor process
+"""A RolloutWorker dies mid-run (tests/e2e_runs.py `resume_run`: SIGKILL to its actor process
 and its vLLM engine after two steps); Ray restarts the actor, the controller restarts its engine
-with the current weights and re-sends the groups it held, and the run finishes every step with no
-admitted group lost (real Ray, vLLM, DeepSpeed, reward service and a PPO critic on CPU)."""
+with the current weights and re-sends the groups it held, and the run trains on (real Ray, vLLM,
+DeepSpeed, reward service and a PPO critic on CPU). The same run is later crashed and resumed
+(test_resume_end_to_end.py): its final records show every step once and no admitted group
+lost, including those the dead worker held."""
 
 from __future__ import annotations
 
@@ -12,31 +14,31 @@ import pytest
 
 from areal_sys.metrics import read_jsonl
 from controller import checkpoint
-from tests.e2e_runs import Recovery
+from tests.e2e_runs import Resume
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
-def test_worker_restarted_and_its_groups_resent(recovery_run: dict[str, Any]) -> None:
-    events = read_jsonl(recovery_run["run_dir"] / "events.jsonl")
+def test_worker_restarted_and_its_groups_resent(resume_run: dict[str, Any]) -> None:
+    events = read_jsonl(resume_run["run_dir"] / "events.jsonl")
     kinds = Counter(e["event"] for e in events)
-    assert recovery_run["victims"] >= 2  # actor process + engine core
+    assert resume_run["victims"] >= 2  # actor process + engine core
     assert kinds["rollout_worker_died"] == 1 and kinds["rollout_worker_restarted"] == 1
     assert kinds["group_resent"] >= 1  # it held groups when it died
-    assert recovery_run["killed_at"] < Recovery.STEPS  # killed before the run's end
+    assert resume_run["killed_at"] < Resume.CRASH_AT  # killed before the crash
 
 
-def test_run_finished_and_no_admitted_group_lost(recovery_run: dict[str, Any]) -> None:
-    run_dir = recovery_run["run_dir"]
+def test_run_finished_and_no_admitted_group_lost(resume_run: dict[str, Any]) -> None:
+    run_dir = resume_run["run_dir"]
     metrics = read_jsonl(run_dir / "metrics.jsonl")
-    assert [m["step"] for m in metrics] == list(range(Recovery.STEPS))
+    assert [m["step"] for m in metrics] == list(range(Resume.STEPS))
     audit = read_jsonl(run_dir / "staleness.jsonl")
     per_group = Counter(a["group_id"] for a in audit)
-    assert len(per_group) == Recovery.STEPS * Recovery.BATCH
-    assert set(per_group.values()) == {Recovery.N}
+    assert len(per_group) == Resume.STEPS * Resume.BATCH
+    assert set(per_group.values()) == {Resume.N}
     for a in audit:
         assert a["trainer_version"] - a["min_token_version"] <= 1
-    state = checkpoint.load_state(run_dir / "checkpoints" / f"step_{Recovery.STEPS}")
+    state = checkpoint.load_state(run_dir / "checkpoints" / f"step_{Resume.STEPS}")
     places = [set(per_group), {seq for seq, _, _ in state["buffered"]},
               {seq for seq, *_ in state["inflight"]}]
     assert sum(len(p) for p in places) == len(set().union(*places))

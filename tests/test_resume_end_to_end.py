@@ -1,15 +1,16 @@
 """Crash and resume of the real asynchronous run on CPU (Ray, vLLM, DeepSpeed, reward service):
 tests/e2e_runs.py `resume_run`.
 
-One scenario, several properties. A 6-step RAFT++ run (B = 4 groups of 4, eta 1, 24 train
-prompts; its filter drops the groups with no correct answer, so the groups admitted run past one
-epoch) checkpoints every 2 steps, keeping the newest one. While it writes the step-4 checkpoint
+One scenario, several properties. A 6-step PPO run with a critic (B = 4 groups of 4, eta 1, 24
+train prompts: the groups admitted run past one epoch) checkpoints every 2 steps, keeping the
+newest one; after two steps its rollout worker is killed and restarted
+(test_recovery_end_to_end.py). While it writes the step-4 checkpoint
 (held open by the fault-injection pause), the driver and every process it started (Ray's head
 processes, the actors, the vLLM engine) get SIGKILL, as in a machine crash. `areal-sys run ...
 --resume` then continues from step 2, the newest complete checkpoint, and finishes. The run's
 records must show: steps 0-5 each once, versions continuing, no trajectory trained twice, and
 every admitted group in exactly one place (trained, filtered, buffered or in flight at the final
-checkpoint), every prompt of the epoch admitted exactly once.
+checkpoint; PPO filters none), every prompt of the epoch admitted exactly once.
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def test_eval_command_on_the_checkpoint(resume_run: dict[str, Any]) -> None:
     run_dir = resume_run["run_dir"]
     ckpt = run_dir / "checkpoints" / "step_6"
     res = subprocess.run(
-        [sys.executable, "-m", "areal_sys.cli", "eval", "configs/tiny/raft_pp.yaml",
+        [sys.executable, "-m", "areal_sys.cli", "eval", "configs/tiny/ppo.yaml",
          f"run_dir={run_dir}", "eval.num_problems=8", "eval.k=3", *QUIET,
          "--checkpoint", str(ckpt)],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
