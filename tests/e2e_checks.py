@@ -1,9 +1,10 @@
-"""Checks of a finished run's files that test_algorithms_end_to_end.py and test_multinode.py
-share: every step with every algorithm's metrics, the staleness bound, and the filter's drops
-never trained."""
+"""Checks of a finished run's files that several end-to-end files share: every step with every
+algorithm's metrics, the staleness bound, the filter's drops never trained, and every admitted
+group in exactly one place."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -55,3 +56,37 @@ def check_filtered_never_trained(run_dir: Path) -> list[dict[str, Any]]:
     bypassed = sum(m["groups_filter_bypassed"] for m in metrics)
     assert sum(not algo.filter(torch.tensor(r)) for r in trained.values()) <= bypassed
     return filtered
+
+
+def _split_at_checkpoint(path: Path, size: int) -> tuple[list[dict], list[dict]]:
+    """The JSON lines of `path` written before a checkpoint that recorded its size as `size`,
+    and those written after it."""
+    data = path.read_bytes() if path.exists() else b""
+    return ([json.loads(line) for line in data[:size].splitlines()],
+            [json.loads(line) for line in data[size:].splitlines()])
+
+
+def check_group_places(run_dir: Path, ckpt: Path) -> dict[int, str]:
+    """Every group the run admitted (group ids 0 .. next_seq - 1 of its final checkpoint `ckpt`)
+    is in exactly one place: trained (the staleness audit, all n samples in one step), dropped
+    by the filter, buffered or in flight at the checkpoint. Returns {group id: prompt uid}."""
+    from controller import checkpoint
+
+    audit = read_jsonl(run_dir / "staleness.jsonl")
+    steps_of: dict[int, int] = {}
+    for a in audit:  # one step per group
+        assert steps_of.setdefault(a["group_id"], a["step"]) == a["step"]
+    state = checkpoint.load_state(ckpt)
+    # drops recorded after the final checkpoint are groups it holds in flight or groups admitted
+    # after it (a resume from it would cut them away and send those groups again)
+    filtered, later = _split_at_checkpoint(run_dir / "filtered.jsonl",
+                                           state["files"]["filtered.jsonl"])
+    buffered = {seq: g.prompt_uid for seq, _, g in state["buffered"]}
+    inflight = {seq: prompt.uid for seq, prompt, _, _ in state["inflight"]}
+    trained = {a["group_id"]: a["prompt_uid"] for a in audit}
+    dropped = {f["group_id"]: f["prompt_uid"] for f in filtered}
+    places = [set(trained), set(buffered), set(inflight), set(dropped)]
+    assert sum(len(p) for p in places) == len(set().union(*places))  # disjoint
+    assert set().union(*places) == set(range(state["next_seq"]))  # nothing lost
+    assert all(f["group_id"] in inflight or f["group_id"] >= state["next_seq"] for f in later)
+    return {**trained, **buffered, **inflight, **dropped}

@@ -22,7 +22,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,11 @@ import psutil
 import pytest
 
 from areal_sys.metrics import read_jsonl
-from tests.e2e_checks import check_filtered_never_trained, check_steps_and_staleness
+from tests.e2e_checks import (
+    check_filtered_never_trained,
+    check_group_places,
+    check_steps_and_staleness,
+)
 from tests.e2e_runs import LAUNCH_TIMEOUT_S, ROOT, command
 
 pytestmark = pytest.mark.slow
@@ -154,6 +158,23 @@ def test_shm_file_is_refused_when_engines_are_on_other_nodes(nodes: Any, tmp_pat
     assert "use trainer.weight_sync=collective" in lines[0]
 
 
+def _run_and_lose(args: list[str], nodes: Any, what: str, ready: Callable[[], bool],
+                  node: Callable[[], str]) -> dict[str, Any]:
+    """Start the run `args`; once `ready()` (`what`), lose the node `node()` names; wait for the
+    run's end. Returns its exit code, stderr, and when the node was lost and the run ended."""
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        _wait_for(what, ready, proc)
+        lost_at = _lose(nodes, node())
+        _, err = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
+        ended_at = time.time()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return {"returncode": proc.returncode, "stderr": err, "lost_at": lost_at, "ended_at": ended_at}
+
+
 @pytest.fixture(scope="module")
 def node_loss(nodes: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The node-loss runs (the test below says what they do), started after this module's other
@@ -164,57 +185,33 @@ def node_loss(nodes: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
                  "controller.weight_sync_timeout_s=120")
     # 1. the continue case: a 6-step run whose evaluation after the last step samples on every
     # engine, so it ends only once engine 0 is back
-    first = subprocess.Popen([*args, f"trainer.total_steps={STEPS}",
-                              "eval.before_and_after=true", "eval.num_problems=4"],
-                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for("two steps", lambda: len(_steps(run_dir)) >= 2, first)
-        (placed,) = _events(run_dir, "placement")
-        lost_at = _lose(nodes, placed["rollout"][0])
-        _, err = first.communicate(timeout=LAUNCH_TIMEOUT_S)
-    finally:
-        if first.poll() is None:
-            first.kill()
+    first = _run_and_lose(
+        [*args, f"trainer.total_steps={STEPS}", "eval.before_and_after=true",
+         "eval.num_problems=4"], nodes, "two steps", lambda: len(_steps(run_dir)) >= 2,
+        lambda: _events(run_dir, "placement")[0]["rollout"][0])
+    placed = _events(run_dir, "placement")[0]
     # the finished run's records, before the resumes below cut and extend them
     finished = run_dir.parent / "finished"
-    shutil.copytree(run_dir, finished, ignore=shutil.ignore_patterns("checkpoints", "logs"))
-    continued = {"returncode": first.returncode, "stderr": err, "placed": placed,
-                 "lost_at": lost_at, "events": read_jsonl(run_dir / "events.jsonl"),
+    shutil.copytree(run_dir, finished, ignore=shutil.ignore_patterns("logs"))
+    continued = {**first, "placed": placed, "events": read_jsonl(run_dir / "events.jsonl"),
                  "audit_steps": _check_audit(run_dir),
                  "timeline": read_jsonl(run_dir / "timeline.jsonl"),
-                 # (a resume cuts what was written after the checkpoint it starts from)
                  "evals": [e["tag"] for e in read_jsonl(run_dir / "eval.jsonl")]}
     # 2. the stop case: the run resumed for many more steps on the two engine nodes left; one of
     # them is lost after two steps, and no node is left to hold its engine
-    second = subprocess.Popen([*args, "trainer.total_steps=400", "--resume"], cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for("two more steps", lambda: len(_steps(run_dir)) >= STEPS + 2, second)
-        placed_again = _events(run_dir, "placement")[-1]
-        second_at = _lose(nodes, placed_again["rollout"][1])
-        _, err = second.communicate(timeout=300)
-        stopped_at = time.time()
-    finally:
-        if second.poll() is None:
-            second.kill()
+    second = _run_and_lose(
+        [*args, "trainer.total_steps=400", "--resume"], nodes, "two more steps",
+        lambda: len(_steps(run_dir)) >= STEPS + 2,
+        lambda: _events(run_dir, "placement")[-1]["rollout"][1])
     trained = len(_steps(run_dir))
-    stopped = {"returncode": second.returncode, "stderr": err, "second_at": second_at,
-               "stopped_at": stopped_at, "trained": trained, "audit_steps": _check_audit(run_dir)}
+    stopped = {**second, "trained": trained, "audit_steps": _check_audit(run_dir)}
     # 3. `--resume` on the cluster that is left (one engine node); after one step the trainer's
     # node is lost too, mid-run
-    third = subprocess.Popen([*args, "rollout.num_workers=1", "trainer.total_steps=400",
-                              "--resume"], cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for("a step after the resume", lambda: len(_steps(run_dir)) > trained, third)
-        third_at = _lose(nodes, placed["trainer"][0])
-        _, err = third.communicate(timeout=300)
-        ended_at = time.time()
-    finally:
-        if third.poll() is None:
-            third.kill()
-    resumed = {"returncode": third.returncode, "stderr": err, "lost_at": third_at,
-               "ended_at": ended_at, "trained": len(_steps(run_dir))}
+    third = _run_and_lose(
+        [*args, "rollout.num_workers=1", "trainer.total_steps=400", "--resume"], nodes,
+        "a step after the resume", lambda: len(_steps(run_dir)) > trained,
+        lambda: placed["trainer"][0])
+    resumed = {**third, "trained": len(_steps(run_dir))}
     return {"run_dir": run_dir, "finished": finished, "continued": continued, "stopped": stopped,
             "resumed": resumed}
 
@@ -257,18 +254,22 @@ def test_a_lost_node_is_survived_and_a_second_loss_stops_the_run_for_a_resume(
     # the restarted engine 0 sampled again, on the spare node
     assert any(t["worker"] == "rollout0" and t["start"] > back["time"] for t in spans)
     assert continued["evals"] == ["before", "after"]
+    # no admitted group lost: each in one place at the end, the re-sent ones included
+    placed_groups = check_group_places(node_loss["finished"],
+                                       node_loss["finished"] / "checkpoints" / f"step_{STEPS}")
+    resent = {e["group_id"] for e in events if e["event"] == "group_resent"}
+    assert resent and resent <= set(placed_groups)
 
     # the stop case
     last = stopped["stderr"].strip().splitlines()[-1]
     assert stopped["returncode"] == 1, stopped["stderr"][-3000:]
     assert "placing rollout worker 1 again did not finish within controller.restart_timeout_s=20" \
         in last and last.endswith("--resume"), last
-    second_at = stopped["second_at"]
     # how long each part took (the closing note quotes them; -s shows them)
     print(f"node loss 1: detected {died[0]['time'] - lost_at:.1f} s after, engine back "
           f"{back['time'] - lost_at:.1f} s after, {len(trained_away)} steps trained meanwhile; "
-          f"node loss 2: stopped {stopped['stopped_at'] - second_at:.1f} s after")
-    assert stopped["stopped_at"] - second_at < 20 + 120
+          f"node loss 2: stopped {stopped['ended_at'] - stopped['lost_at']:.1f} s after")
+    assert stopped["ended_at"] - stopped["lost_at"] < 20 + 120
     # (a stopped run's audit may hold the step it was training: groups are audited as the
     # trainer gets them, and a resume cuts them away with the step)
     assert stopped["trained"] >= STEPS + 2

@@ -15,17 +15,15 @@ checkpoint; PPO filters none), every prompt of the epoch admitted exactly once.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from areal_sys.metrics import read_jsonl
-from controller import checkpoint
+from tests.e2e_checks import check_group_places
 from tests.e2e_runs import QUIET, ROOT, Resume
 
 STEPS, BATCH, N, PROMPTS = Resume.STEPS, Resume.BATCH, Resume.N, Resume.PROMPTS
@@ -58,14 +56,6 @@ def test_steps_continue_without_duplicates(resume_run: dict[str, Any]) -> None:
         assert a["trainer_version"] - a["min_token_version"] <= 1
 
 
-def _split_at_checkpoint(path: Path, size: int) -> tuple[list[dict], list[dict]]:
-    """The JSON lines of `path` written before a checkpoint that recorded its size as `size`,
-    and those written after it."""
-    data = path.read_bytes() if path.exists() else b""
-    return ([json.loads(line) for line in data[:size].splitlines()],
-            [json.loads(line) for line in data[size:].splitlines()])
-
-
 def test_every_group_in_exactly_one_place_and_every_prompt_once(
     resume_run: dict[str, Any],
 ) -> None:
@@ -74,25 +64,9 @@ def test_every_group_in_exactly_one_place_and_every_prompt_once(
     per_group = Counter(a["group_id"] for a in audit)
     assert set(per_group.values()) == {N}  # no trajectory trained twice
     assert len(per_group) == STEPS * BATCH
-    steps_of = {}
-    for a in audit:
-        assert steps_of.setdefault(a["group_id"], a["step"]) == a["step"]  # one step per group
-    state = checkpoint.load_state(run_dir / "checkpoints" / "step_6")
-    # drops recorded after the final checkpoint are groups it holds in flight or groups admitted
-    # after it (a resume from it would cut them away and send those groups again)
-    filtered, later = _split_at_checkpoint(run_dir / "filtered.jsonl",
-                                           state["files"]["filtered.jsonl"])
-    buffered = {seq: g.prompt_uid for seq, _, g in state["buffered"]}
-    inflight = {seq: prompt.uid for seq, prompt, _, _ in state["inflight"]}
-    trained = {a["group_id"]: a["prompt_uid"] for a in audit}
-    dropped = {f["group_id"]: f["prompt_uid"] for f in filtered}
-    places = [set(trained), set(buffered), set(inflight), set(dropped)]
-    assert sum(len(p) for p in places) == len(set().union(*places))  # disjoint
-    assert set().union(*places) == set(range(state["next_seq"]))  # nothing lost
-    uid_of = {**trained, **buffered, **inflight, **dropped}
+    uid_of = check_group_places(run_dir, run_dir / "checkpoints" / "step_6")
     epoch = [uid_of[seq] for seq in range(PROMPTS)]  # group numbers follow the sampler's order
     assert len(set(epoch)) == PROMPTS  # the first epoch: every prompt exactly once
-    assert all(f["group_id"] in inflight or f["group_id"] >= state["next_seq"] for f in later)
 
 
 def test_saved_policy_loads_in_transformers_and_generates(
