@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -55,12 +55,15 @@ def command(config: str, run_dir: Path, *overrides: str) -> list[str]:
             *QUIET, *overrides]
 
 
-def launch(config: str, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    """One run to its end; fails the test with the end of its stderr unless it exits 0."""
-    res = subprocess.run(command(config, run_dir, *overrides), cwd=ROOT, capture_output=True,
-                         text=True, timeout=LAUNCH_TIMEOUT_S)
-    assert res.returncode == 0, res.stderr[-4000:]
-    return res
+def wait_for(what: str, ok: Callable[[], bool], proc: subprocess.Popen,
+             timeout_s: float = 600, poll_s: float = 0.2) -> None:
+    """Until `ok()`; fails the test (with the end of the run's stderr) if the run `proc` ends
+    first, or after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not ok():
+        assert proc.poll() is None, f"the run ended before {what}: {proc.communicate()[1][-3000:]}"
+        assert time.monotonic() < deadline, f"no {what} within {timeout_s} s"
+        time.sleep(poll_s)
 
 
 # ------------------------------------------------------------ worker death, crash and resume
@@ -89,11 +92,9 @@ def _rollout_actor(driver: int) -> psutil.Process | None:
 def _kill_rollout_worker(proc: subprocess.Popen, metrics: Path) -> dict[str, int]:
     """Once `KILL_AFTER` steps are logged, SIGKILL the run's RolloutWorker actor and its vLLM
     engine (Ray restarts the actor, the controller restarts its engine and re-sends its groups)."""
-    deadline = time.monotonic() + 600
-    while not metrics.exists() or len(read_jsonl(metrics)) < Resume.KILL_AFTER:
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "the run never logged its first steps"
-        time.sleep(0.05)
+    wait_for("its first steps",
+             lambda: metrics.exists() and len(read_jsonl(metrics)) >= Resume.KILL_AFTER, proc,
+             poll_s=0.05)
     actor = _rollout_actor(proc.pid)
     assert actor is not None, "no RolloutWorker process under the driver"
     victims = [actor, *actor.children(recursive=True)]  # the actor and its engine process
@@ -149,11 +150,9 @@ def resume_run(run_dir: Path) -> dict[str, Any]:
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     worker_death = _kill_rollout_worker(first, run_dir / "metrics.jsonl")
     pending = run_dir / "checkpoints" / f".step_{Resume.CRASH_AT}.tmp"
-    deadline = time.monotonic() + 600
-    while not (pending / "trainer").exists() or not (pending / "policy").exists():
-        assert first.poll() is None, f"run ended before the crash:\n{first.stderr.read()[-3000:]}"
-        assert time.monotonic() < deadline, "the step-4 checkpoint never started"
-        time.sleep(0.05)
+    wait_for("the step-4 checkpoint",
+             lambda: (pending / "trainer").exists() and (pending / "policy").exists(), first,
+             poll_s=0.05)
     crash = {"killed": _kill_tree(first.pid),
              "metrics_before": read_jsonl(run_dir / "metrics.jsonl"),
              "pending_left": pending.exists(),

@@ -35,7 +35,7 @@ from tests.e2e_checks import (
     check_group_places,
     check_steps_and_staleness,
 )
-from tests.e2e_runs import LAUNCH_TIMEOUT_S, ROOT, command
+from tests.e2e_runs import LAUNCH_TIMEOUT_S, ROOT, command, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -111,14 +111,6 @@ def _run(address: str, run_dir: Path, *extra: str) -> subprocess.CompletedProces
                           text=True, timeout=LAUNCH_TIMEOUT_S)
 
 
-def _wait_for(what: str, ok: Any, proc: subprocess.Popen, timeout_s: float = 600) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not ok():
-        assert proc.poll() is None, f"the run ended before {what}: {proc.communicate()[1][-3000:]}"
-        assert time.monotonic() < deadline, f"no {what} within {timeout_s} s"
-        time.sleep(0.2)
-
-
 def _events(run_dir: Path, kind: str) -> list[dict[str, Any]]:
     path = run_dir / "events.jsonl"
     return [e for e in read_jsonl(path) if e["event"] == kind] if path.exists() else []
@@ -165,7 +157,7 @@ def _run_and_lose(args: list[str], nodes: Any, what: str, ready: Callable[[], bo
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
-        _wait_for(what, ready, proc)
+        wait_for(what, ready, proc)
         lost_at = _lose(nodes, node())
         _, err = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
         ended_at = time.time()
