@@ -28,7 +28,8 @@ RAFT < RAFT++ ("holds" when the CI of raft_pp − raft is above 0), RAFT++ ≈ G
 (within ±3 points: "holds" when the CI is inside, "contradicted" when outside, else
 "inconclusive"), RAFT++'s entropy falling fastest (its drop above every other preset's), RAFT++
 ahead early and overtaken by GRPO at the end, and the ablation (removing all-wrong groups helps
-Reinforce). Writes benchmarks/results/algorithms.json and .png.
+Reinforce). Writes benchmarks/results/algorithms.json and .png (algorithms_TASK.* for a task
+other than first_decision).
 """
 
 from __future__ import annotations
@@ -172,6 +173,12 @@ def plot(figs: dict[str, dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def results_name(task: str) -> str:
+    """`algorithms` for the default task, `algorithms_TASK` for another, so that each task's
+    results stay beside the others'."""
+    return "algorithms" if task == "first_decision" else f"algorithms_{task}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     seed_args(p, steps=40)
@@ -189,7 +196,7 @@ def main() -> None:
         lambda s, seed, d: pipeline_run(s, seed, d, a.reuse, a.collect_only),
         Path(a.runs_dir),
         before_fn=lambda seed, d: evaluate_initial("configs/tiny/grpo.yaml", common, seed, d,
-                                                  a.collect_only))
+                                                  a.collect_only, a.reuse))
     before = scaled(summarize([b["pass_rate"] for b in grid.before.values()]), 100) \
         if grid.before else None
     figs: dict[str, dict[str, Any]] = {}
@@ -212,13 +219,13 @@ def main() -> None:
                            drops, early)
     for key, d in directions.items():
         print(f"{key}: {d['verdict']}")
-    out_dir = Path(a.out_dir)
-    out = write_results("algorithms", {"directions": directions, "pass_rate_before": before,
+    out_dir, name = Path(a.out_dir), results_name(a.task)
+    out = write_results(name, {"directions": directions, "pass_rate_before": before,
                                        "settings_by_name": figs, **grid_record(grid, STEP_METRICS)},
                         {"configs": "configs/tiny/<preset>.yaml", "common_overrides": common,
                          "task": a.task, "seeds": seeds, "settings": names}, out_dir)
-    plot({n: f for n, f in figs.items() if f.get("n")}, figure_path("algorithms", out_dir))
-    print(f"wrote {out} and {figure_path('algorithms', out_dir)}")
+    plot({n: f for n, f in figs.items() if f.get("n")}, figure_path(name, out_dir))
+    print(f"wrote {out} and {figure_path(name, out_dir)}")
 
 
 if __name__ == "__main__":

@@ -142,7 +142,7 @@ def main() -> None:
                           lambda s, seed, d: run(s, seed, d, a.reuse, a.collect_only),
                           Path(a.runs_dir),
                           before_fn=lambda seed, d: evaluate_initial(CONFIG, common, seed, d,
-                                                                     a.collect_only))
+                                                                     a.collect_only, a.reuse))
     figs = {s.name: {**s.meta, **setting_figures(grid.runs[s.name], before=grid.before),
                      "gen_idle_frac": summarize([r["gen_idle_frac"]
                                                  for r in grid.runs[s.name].values()])}

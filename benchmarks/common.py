@@ -290,12 +290,14 @@ def collect_run(run_dir: Path) -> dict[str, Any]:
 
 
 def evaluate_initial(config: str, overrides: list[str], seed: int, run_dir: Path,
-                     collect_only: bool = False) -> dict[str, Any]:
+                     collect_only: bool = False, reuse: bool = False) -> dict[str, Any]:
     """The held-out pass rate before training, for one seed: `areal-sys eval CONFIG --checkpoint
     MODEL` on the initial model (the one every run of the grid starts from: `resolve_model` of the
     same config, so the fixed `model.tiny_seed` and the task's model) with the runs' evaluation
     settings. It only depends on the model, the eval set and the sampling seed, so one per seed
-    serves every setting; measured in a run it would cost one evaluation per run."""
+    serves every setting; measured in a run it would cost one evaluation per run. With `reuse`,
+    an evaluation an earlier invocation finished in run_dir with the same command is read (as
+    `pipeline_run` reads a finished run)."""
     import shutil
 
     from areal_sys.config import load_config
@@ -303,17 +305,22 @@ def evaluate_initial(config: str, overrides: list[str], seed: int, run_dir: Path
     from controller.runtime import resolve_model
 
     args = [*overrides, f"seed={seed}"]
+    path, stamp = run_dir / "eval.jsonl", run_dir / "bench_command.json"
     if collect_only:  # the evaluation an earlier invocation left in run_dir, if any
-        path = run_dir / "eval.jsonl"
         if not path.is_file():
             raise RuntimeError(f"evaluation before training, seed {seed}: not run")
+        line = _portable(read_jsonl(path)[-1])
+        return {"pass_rate": line["pass_rate"], "eval": line}
+    if reuse and path.is_file() and stamp.is_file() \
+            and json.loads(stamp.read_text()) == [config, *args]:
         line = _portable(read_jsonl(path)[-1])
         return {"pass_rate": line["pass_rate"], "eval": line}
     model_dir = resolve_model(load_config(config, args), progress=False)
     shutil.rmtree(run_dir, ignore_errors=True)
     command_s = _cli(["eval", config, "--checkpoint", model_dir, f"run_dir={run_dir}", *args],
                      f"evaluation before training, seed {seed}")
-    line = _portable(read_jsonl(run_dir / "eval.jsonl")[-1])
+    stamp.write_text(json.dumps([config, *args]) + "\n")
+    line = _portable(read_jsonl(path)[-1])
     return {"pass_rate": line["pass_rate"], "eval": line, "command_s": command_s}
 
 

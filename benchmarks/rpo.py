@@ -201,7 +201,7 @@ def main() -> None:
         settings = settings_for(task, families, common, guards)
         grid = run_grid(settings, seeds, run_fn(a.reuse, a.collect_only), Path(a.runs_dir) / task,
                         before_fn=lambda seed, d, c=common: evaluate_initial(
-                            CONFIGS["grpo"][0], c, seed, d, a.collect_only))
+                            CONFIGS["grpo"][0], c, seed, d, a.collect_only, a.reuse))
         figs = {s.name.split("/")[1]: setting_figures(grid.runs[s.name], STEP_METRICS,
                                                       grid.before) for s in settings}
         by_task[task] = {"settings": figs, "window": window_arithmetic(REGEN_TOKENS[task])}

@@ -181,7 +181,8 @@ def main() -> None:
     grid: Grid = run_grid(
         settings(etas, common, a.minibatches, a.lr), seeds,
         lambda s, seed, d: pipeline_run(s, seed, d, a.reuse, a.collect_only), Path(a.runs_dir),
-        before_fn=lambda seed, d: evaluate_initial(CONFIG, common, seed, d, a.collect_only))
+        before_fn=lambda seed, d: evaluate_initial(CONFIG, common, seed, d, a.collect_only,
+                                                   a.reuse))
     figs = {s.name: {**s.meta, **setting_figures(grid.runs[s.name], STEP_METRICS, grid.before),
                      "staleness_hist": pooled_hist(grid.runs[s.name])} for s in grid.settings}
     summary = summarise({s.name: grid.per_seed(s.name, "pass_rate") for s in grid.settings}, etas)

@@ -122,6 +122,19 @@ def test_collect_only_reads_finished_runs_and_runs_nothing(tmp_path: Path) -> No
         evaluate_initial("x.yaml", [], 1, tmp_path / "none", collect_only=True)
 
 
+def test_reuse_reads_a_before_training_evaluation_with_the_same_command(tmp_path: Path) -> None:
+    from benchmarks.common import evaluate_initial
+
+    before = tmp_path / "before"
+    before.mkdir()
+    _write_jsonl(before / "eval.jsonl", [{"tag": "checkpoint", "pass_rate": 0.3}])
+    (before / "bench_command.json").write_text(json.dumps(["x.yaml", "eval.k=2", "seed=1"]))
+    assert evaluate_initial("x.yaml", ["eval.k=2"], 1, before, reuse=True)["pass_rate"] == 0.3
+    # another seed's command is not this evaluation: it would run (and x.yaml does not exist)
+    with pytest.raises(Exception, match="x.yaml"):
+        evaluate_initial("x.yaml", ["eval.k=2"], 2, before, reuse=True)
+
+
 def test_collect_run_refuses_a_run_not_evaluated_at_its_last_step(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="no evaluation at the final step 4"):
         collect_run(_fake_run_dir(tmp_path / "run", final_version=3))
