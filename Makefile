@@ -28,16 +28,23 @@ $(VENV)/.installed: pyproject.toml requirements/overrides.txt
 demo: venv
 	$(BIN)/areal-sys run configs/local_tiny.yaml
 
+# Two passes: the tests that start no engine, trainer or Ray cluster run on two pytest workers
+# (most of their time is spent waiting on subprocesses: servers, sandboxes, the CLI); the `slow`
+# ones (engines, trainers, the end-to-end launches, which use every core) run one at a time after
+# them. Both passes always run; the target fails if either failed.
 test: venv
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -ra tests
+	status=0; \
+	$(BIN)/python -m pytest -q -ra -n 2 -m "not slow" tests || status=$$?; \
+	$(BIN)/python -m pytest -q -ra -m slow tests || status=$$?; \
+	exit $$status
 
 # The fast tier, the inner loop (about a minute): no Ray, vLLM or DeepSpeed (`slow`: engines,
 # trainers, the end-to-end launches) and no real servers, sandboxes or model builds
 # (`integration`). The markers are listed in pyproject.toml.
 test-fast: venv
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -ra -m "not slow and not integration" tests
+	$(BIN)/python -m pytest -q -ra -n 2 -m "not slow and not integration" tests
 
 lint: venv
 	$(BIN)/ruff check .
