@@ -23,6 +23,7 @@ from areal_sys.console import OWN_LOGGERS, VERBOSE_ENV, verbose_from_env
 from controller.preflight import (  # light: the run's checks import their tools when they run
     RUN_OUTPUTS,
     UserError,
+    check_episode,
     check_run_dir,
     checkpoint_to_resume,
     encode_prompts,
@@ -320,6 +321,7 @@ def _validate(cfg: ExperimentConfig, config: str) -> int:
     rows = load_datasets(cfg)
     tokenizer, note = local_tokenizer(cfg)
     if tokenizer is not None:
+        check_episode(cfg, tokenizer)
         for split in ("train", "eval"):
             encode_prompts(cfg, rows[split], split, tokenizer)
     print(f"ok: {config} (algorithm {cfg.algorithm.name}, model {cfg.model.path}, "

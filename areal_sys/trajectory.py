@@ -64,6 +64,12 @@ class Trajectory:
     submit_time: float = 0.0  # wall-clock seconds (time.time())
     finish_time: float = 0.0
     worker_id: int = 0
+    # tool_use episodes (areal_sys/episode.py): model turns, tool calls, failed calls, seconds in
+    # tools; result tokens are the response tokens with loss mask 0 past `prefix_len`
+    turns: int = 1
+    tool_calls: int = 0
+    tool_errors: int = 0
+    tool_s: float = 0.0
 
     def __post_init__(self) -> None:
         n = len(self.response_ids)

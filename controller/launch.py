@@ -27,6 +27,7 @@ from areal_sys.console import capture, log_dir, own_warnings
 from controller import runtime
 from controller.preflight import (
     UserError,
+    check_episode,
     check_model_dir,
     check_run_dir,
     checkpoint_to_resume,
@@ -65,6 +66,7 @@ def run(cfg: ExperimentConfig, overwrite: bool = False) -> int:
         raise UserError(f"model.path: cannot prepare {cfg.model.path!r}: {e.strerror or e}: "
                         f"{e.filename or ''}") from None
     tokenizer = load_tokenizer(model_path, "model.path")  # resolve_model checked the directory
+    check_episode(cfg, tokenizer)
     train = encode_prompts(cfg, rows["train"], "train", tokenizer)
     held_out = encode_prompts(cfg, rows["eval"], "eval", tokenizer)
 

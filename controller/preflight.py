@@ -79,6 +79,20 @@ def encode_prompts(cfg: ExperimentConfig, rows: list[Any], split: str, tokenizer
     return prompts
 
 
+def check_episode(cfg: ExperimentConfig, tokenizer: Any) -> None:
+    """`rollout.episode.kind: tool_use`: the tokenizer must hold the protocol's call-end marker as
+    one token (the engine stops on it)."""
+    from areal_sys.episode import PROTOCOLS, resolve_call_end
+
+    ep = cfg.rollout.episode
+    if ep.kind == "tool_use":
+        try:
+            resolve_call_end(PROTOCOLS[ep.protocol],
+                             lambda s: tokenizer.encode(s, add_special_tokens=False))
+        except ValueError as e:
+            raise UserError(f"rollout.episode.protocol={ep.protocol}: {e}") from None
+
+
 def remote_graders(cfg: ExperimentConfig) -> set[str]:
     """The task names the reward server at `reward.url` grades (its GET /health), asked with the
     run's token; an unreachable server, a refused token or a server that is not ours is one

@@ -207,6 +207,7 @@ def rollout_actors(cfg: ExperimentConfig, model_path: str, placement: Any,
             max_model_len=cfg.rollout.max_model_len, kv_cache_gib=cfg.rollout.kv_cache_gib,
             update_mode=cfg.rollout.update_mode, enforce_eager=cfg.rollout.enforce_eager,
             gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+            episode=cfg.rollout.episode.model_dump(),
         )
         for i in range(cfg.rollout.num_workers)
     ]

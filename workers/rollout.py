@@ -59,6 +59,7 @@ from workers.engine_start import (
     refuse_cpu_attention,
     start_engine,
 )
+from workers.episodes import ToolEpisodes, single_turn, turns
 from workers.sampling import Sample, sampled_logprobs, sampling_params, token_versions
 from workers.vllm_ext import EngineCounters
 
@@ -92,6 +93,7 @@ class RolloutWorker:
         enforce_eager: bool = True,
         gpu_memory_utilization: float = 0.85,
         engine_stats: bool = False,
+        episode: dict[str, Any] | None = None,
     ) -> None:
         self.model_path = model_path
         self.worker_id = worker_id
@@ -121,6 +123,9 @@ class RolloutWorker:
         # vLLM's prefill and preemption counts: its per-iteration statistics, a cost on every
         # engine step, so only for the measurements that read them (tests, benchmarks)
         self._counters = EngineCounters() if engine_stats else None
+        # tool_use episodes (`rollout.episode`); bound to the engine's tokenizer in start()
+        self._episodes = ToolEpisodes(episode) if (episode or {}).get("kind") == "tool_use" \
+            else None
 
     # ------------------------------------------------------------------ engine lifecycle
     async def start(self) -> None:
@@ -154,6 +159,8 @@ class RolloutWorker:
         loggers = [self._counters.stat_logger()] if self._counters is not None else None
         self._engine = start_engine(args, self.model_path, self.worker_id, stat_loggers=loggers)
         await self._engine.update_weight_version(str(self._version))  # labels every token
+        if self._episodes is not None:
+            self._episodes.bind(self._engine.get_tokenizer())
 
     async def shutdown(self) -> None:
         """Stop the engine process (call before `ray.shutdown()`, else /dev/shm segments leak)."""
@@ -188,6 +195,9 @@ class RolloutWorker:
         and versions) every sample continues prompt + prefix for at most `max_new_tokens` more
         tokens; the trajectory's response is prefix + suffix and `prefix_len` says where the
         suffix starts. The prefix's ids are used as given, never re-tokenised.
+
+        `rollout.episode.kind: tool_use`: each sample is an episode of turns and tool calls within
+        `max_new_tokens` response tokens (areal_sys/episode.py, workers/episodes.py).
         """
         engine = self._require_engine()
         prefix = list(prefix_ids or [])
@@ -210,36 +220,31 @@ class RolloutWorker:
         submit_time = time.time()
         self._serial += 1  # request ids stay unique even if a group id is reused
         rid = f"{self.worker_id}-{group_id}-{self._serial}"
+        tokenizer = engine.get_tokenizer()
+        if self._episodes is not None:  # multi-turn: each sample an episode of tool calls
+            episodes = await asyncio.gather(*(
+                self._episodes.run(turns(self._sample, f"{rid}-{i}", temperature, top_p),
+                                   prompt_ids, max_new_tokens) for i in range(n)))
+            return [self._episodes.trajectory(e, prompt_uid=prompt_uid, group_id=group_id,
+                                              prompt_ids=prompt_ids, submit_time=submit_time,
+                                              worker_id=self.worker_id) for e in episodes]
         samples = await asyncio.gather(
             *(
                 self._sample(f"{rid}-{i}", prompt_ids + prefix, max_new_tokens, temperature, top_p)
                 for i in range(n)
             )
         )
-        tokenizer = engine.get_tokenizer()
-        return [
-            Trajectory(
-                prompt_uid=prompt_uid,
-                group_id=group_id,
-                prompt_ids=list(prompt_ids),
-                response_ids=prefix + s.tokens,
-                behav_logprobs=prefix_lps + s.logprobs,
-                versions=prefix_vers + s.versions,
-                loss_mask=[1] * (len(prefix) + len(s.tokens)),
-                finish_reason=s.finish_reason,
-                prefix_len=len(prefix),
-                num_interrupts=s.num_interrupts,
-                response_text=tokenizer.decode(prefix + s.tokens, skip_special_tokens=True),
-                submit_time=submit_time,
-                finish_time=s.finish_time,
-                worker_id=self.worker_id,
-            )
-            for s in samples
-        ]
+        return [single_turn(s, prefix=prefix, prefix_logprobs=prefix_lps,
+                            prefix_versions=prefix_vers,
+                            text=tokenizer.decode(prefix + s.tokens, skip_special_tokens=True),
+                            prompt_uid=prompt_uid, group_id=group_id,
+                            prompt_ids=list(prompt_ids), submit_time=submit_time,
+                            worker_id=self.worker_id)
+                for s in samples]
 
     async def _sample(
         self, rid: str, prompt_ids: list[int], max_new_tokens: int, temperature: float,
-        top_p: float,
+        top_p: float, stop_ids: list[int] | None = None,
     ) -> Sample:
         """Generate one response, resubmitting prompt + partial tokens after each interruption."""
         s = Sample()
@@ -254,7 +259,8 @@ class RolloutWorker:
             # sees this request in _inflight or happens entirely before it is submitted.
             epoch, salt = self._epoch, f"v{self._version}"
             req_id = f"{rid}-{s.num_interrupts}"
-            params = sampling_params(max_new_tokens - len(s.tokens), temperature, top_p)
+            params = sampling_params(max_new_tokens - len(s.tokens), temperature, top_p,
+                                     stop_ids)
             if not self._inflight:
                 self._busy_since = time.perf_counter()
             self._inflight.add(req_id)

@@ -27,16 +27,18 @@ def token_versions(req_id: str, spans: list[Any] | None, num_tokens: int) -> lis
     return versions
 
 
-def sampling_params(max_tokens: int, temperature: float, top_p: float) -> Any:
+def sampling_params(max_tokens: int, temperature: float, top_p: float,
+                    stop_ids: list[int] | None = None) -> Any:
     """The SamplingParams of every request: the sampled token's log-prob only, in flat lists
     (`flat_logprobs`: no dict + `Logprob` object per token), streamed as deltas, no detokenising
-    (the text is decoded once at the end)."""
+    (the text is decoded once at the end). `stop_ids`: tokens that end the request besides EOS
+    (a tool call's end marker), kept in its output."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
     return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                           logprobs=0, flat_logprobs=True, detokenize=False,
-                          output_kind=RequestOutputKind.DELTA)
+                          stop_token_ids=stop_ids or None, output_kind=RequestOutputKind.DELTA)
 
 
 def sampled_logprobs(req_id: str, new: list[int], lps: Any) -> list[float]:

@@ -14,6 +14,7 @@ from pydantic import Field, Strict, ValidationInfo, field_validator, model_valid
 from areal_sys.algorithms.presets import PRESETS
 from areal_sys.config.algorithm import AlgorithmConfig, RpoConfig
 from areal_sys.config.base import Section
+from areal_sys.config.episode import EpisodeConfig
 from areal_sys.config.reward import RewardConfig
 
 TINY_MODEL = "tiny"
@@ -116,6 +117,7 @@ class RolloutConfig(Section):
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1.0)
     max_model_len: int = Field(512, ge=16)
     enforce_eager: bool = True
+    episode: EpisodeConfig = Field(default_factory=EpisodeConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -363,6 +365,9 @@ class ExperimentConfig(Section):
                 f"{', '.join(self.reward.grader_names())} (add plugins in reward.graders)"
             )
         if self.rpo.enabled:
+            if self.rollout.episode.kind != "single_turn":
+                raise ValueError("rpo: cached prefixes are single responses; "
+                                 "rollout.episode.kind must be single_turn")
             if self.algorithm.needs_critic:
                 raise ValueError("rpo: needs a group estimator (grpo, dr_grpo, rloo, reinforce, "
                                  "raft); PPO with a critic is not supported")

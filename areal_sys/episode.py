@@ -1,0 +1,174 @@
+"""Multi-turn episodes with tool calls, token in / token out (`rollout.episode.kind: tool_use`).
+
+An episode answers one prompt in turns. Each turn, the engine samples from the prompt and
+everything so far until the model ends its answer (EOS), writes a tool call (the protocol's
+`call_end` token, on which the engine stops), or the budget runs out. A call is parsed from the
+turn's text, run (areal_sys/tools.py), and its result is appended as environment tokens; the next
+turn continues from there. The response is one token sequence made of segments:
+
+    model tokens      loss mask 1, the engine's behaviour log-probs, per-token versions
+    result tokens     loss mask 0, log-prob 0.0, the version of the model token before them
+
+Model tokens are carried as the engine's ids, never decoded and re-tokenised: a turn's text is
+decoded only to read the call, and only a result's text is encoded (once). Interruptions for new
+weights happen inside a turn (`generate` resumes it, RolloutWorker._sample), so each model token
+keeps the version that sampled it; weights may also change between turns.
+
+Budgets: `max_tokens` counts every response token, model and result; `max_turns` counts model
+turns. An episode that runs out of either ends with finish_reason "length" (a truncated
+response: the overlong filter treats it as such), a call it wrote last is not run.
+
+Protocols (`PROTOCOLS`): `plain` for the tiny model (`<call>12*34</call>` then
+`<result>408</result>`, each marker one token of its vocabulary), `qwen` the markers Qwen2.5's
+chat template renders for tool calls and tool messages (a JSON body `{"name": ..., "arguments":
+...}`; the result closes the assistant turn and opens a user turn holding `<tool_response>`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from areal_sys.tools import ToolLimits, ToolResult, call_tool
+
+__all__ = ["PROTOCOLS", "EpisodeResult", "ToolProtocol", "Turn", "parse_call", "resolve_call_end",
+           "run_tool_episode"]
+
+
+@dataclass(frozen=True)
+class ToolProtocol:
+    call_start: str
+    call_end: str  # must be a single token: the engine stops on it
+    result_start: str
+    result_end: str
+    body: str  # "plain": "TOOL ARGS" (ARGS alone when one tool is offered); "json"
+
+
+PROTOCOLS = {
+    "plain": ToolProtocol("<call>", "</call>", "<result>", "</result>", "plain"),
+    "qwen": ToolProtocol("<tool_call>", "</tool_call>",
+                         "<|im_end|>\n<|im_start|>user\n<tool_response>\n",
+                         "\n</tool_response><|im_end|>\n<|im_start|>assistant\n", "json"),
+}
+
+
+class Turn(Protocol):
+    """What `generate` returns for one turn (workers/sampling.Sample has these fields)."""
+
+    tokens: list[int]
+    logprobs: list[float]
+    versions: list[int]
+    finish_reason: str
+    num_interrupts: int
+    finish_time: float
+
+
+Generate = Callable[[list[int], int, list[int]], Awaitable[Turn]]  # (context, max, stop ids)
+
+
+@dataclass
+class EpisodeResult:
+    response_ids: list[int] = field(default_factory=list)
+    behav_logprobs: list[float] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)
+    loss_mask: list[int] = field(default_factory=list)
+    finish_reason: str = "length"
+    num_interrupts: int = 0
+    finish_time: float = 0.0
+    turns: int = 0
+    tool_calls: int = 0
+    tool_errors: int = 0
+    tool_s: float = 0.0
+
+    def add(self, ids: Sequence[int], logprobs: Sequence[float], versions: Sequence[int],
+            trained: bool) -> None:
+        self.response_ids += ids
+        self.behav_logprobs += logprobs
+        self.versions += versions
+        self.loss_mask += [int(trained)] * len(ids)
+
+
+def resolve_call_end(protocol: ToolProtocol, encode: Callable[[str], list[int]]) -> int:
+    """The token id the engine stops on; ValueError (one line) when the tokenizer does not hold
+    the protocol's `call_end` as one token."""
+    ids = encode(protocol.call_end)
+    if len(ids) != 1:
+        raise ValueError(f"tool protocol: {protocol.call_end!r} must be one token of the model's "
+                         f"tokenizer (it encodes to {len(ids)}); use a protocol whose markers "
+                         "the tokenizer holds, or a model built with them")
+    return ids[0]
+
+
+def parse_call(text: str, protocol: ToolProtocol, tools: Sequence[str]) -> tuple[str, str]:
+    """(tool name, argument text) of the call a turn's text ends with; a name the episode does not
+    offer comes back as written, for `call_tool` to answer as unknown. ValueError (one line) for a
+    call that cannot be read."""
+    end = text.rfind(protocol.call_end)
+    start = text.rfind(protocol.call_start, 0, end if end >= 0 else len(text))
+    if start < 0:
+        raise ValueError(f"no {protocol.call_start} before {protocol.call_end}")
+    body = text[start + len(protocol.call_start): end if end >= 0 else len(text)].strip()
+    if protocol.body == "json":
+        try:
+            call: Any = json.loads(body)
+        except json.JSONDecodeError:
+            raise ValueError("the call is not JSON") from None
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+            raise ValueError('the call needs {"name": ..., "arguments": ...}')
+        args = call.get("arguments", "")
+        if isinstance(args, dict):  # {"expression": ...} / {"code": ...}: its one string value
+            strings = [v for v in args.values() if isinstance(v, str)]
+            args = strings[0] if len(strings) == 1 else json.dumps(args)
+        return call["name"], str(args)
+    name, _, rest = body.partition(" ")
+    if name in tools:
+        return name, rest
+    if len(tools) == 1:
+        return tools[0], body
+    return name, rest
+
+
+async def run_tool_episode(
+    generate: Generate, prompt_ids: list[int], max_tokens: int, *, protocol: ToolProtocol,
+    call_end_id: int, tools: Sequence[str], limits: ToolLimits, max_turns: int,
+    encode: Callable[[str], list[int]], decode: Callable[[list[int]], str],
+) -> EpisodeResult:
+    """One episode; see the module docstring."""
+    ep = EpisodeResult()
+    while True:
+        turn = await generate(prompt_ids + ep.response_ids, max_tokens - len(ep.response_ids),
+                              [call_end_id])
+        ep.turns += 1
+        ep.num_interrupts += turn.num_interrupts
+        ep.finish_time = turn.finish_time
+        ep.add(turn.tokens, turn.logprobs, turn.versions, trained=True)
+        called = turn.finish_reason == "stop" and turn.tokens[-1:] == [call_end_id]
+        if not called:
+            ep.finish_reason = turn.finish_reason
+            return ep
+        if ep.turns >= max_turns:
+            ep.finish_reason = "length"
+            return ep
+        result = await _run_call(decode(turn.tokens), protocol, tools, limits)
+        ep.tool_calls += 1
+        ep.tool_errors += not result.ok
+        ep.tool_s += result.seconds
+        ids = encode(protocol.result_start + result.text + protocol.result_end)
+        if len(ep.response_ids) + len(ids) >= max_tokens:  # no room left to answer after it
+            ep.finish_reason = "length"
+            return ep
+        version = ep.versions[-1] if ep.versions else 0
+        ep.add(ids, [0.0] * len(ids), [version] * len(ids), trained=False)
+
+
+async def _run_call(text: str, protocol: ToolProtocol, tools: Sequence[str],
+                    limits: ToolLimits) -> ToolResult:
+    try:
+        name, args = parse_call(text, protocol, tools)
+    except ValueError as e:
+        return ToolResult(f"error: {e}", False)
+    if name not in tools:
+        return ToolResult(f"error: unknown tool {name[:40]!r}", False)
+    return await call_tool(name, args, limits)
