@@ -123,7 +123,8 @@ def _parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=_count, default=1, help="the model's initialisation seed")
     tiny.add_argument("--sft-steps", type=_count, default=None,
                       help="supervised warm-start steps (None: the task's default)")
-    tiny.add_argument("--task", choices=("first_decision", "chain_tail", "chain_uniform"),
+    tiny.add_argument("--task", choices=("first_decision", "chain_tail", "chain_uniform",
+                                         "tool_mul"),
                       default="first_decision", help="the built-in task it is warm-started for")
     sub.add_parser("reward-serve", add_help=False,
                    help="HTTP reward service (POST /score, GET /health); --help for options, "

@@ -18,8 +18,9 @@ Budgets: `max_tokens` counts every response token, model and result; `max_turns`
 turns. An episode that runs out of either ends with finish_reason "length" (a truncated
 response: the overlong filter treats it as such), a call it wrote last is not run.
 
-Protocols (`PROTOCOLS`): `plain` for the tiny model (`<call>12*34</call>` then
-`<result>408</result>`, each marker one token of its vocabulary), `qwen` the markers Qwen2.5's
+Protocols (`PROTOCOLS`): `tiny` for the tiny tool model (`(12*34)` then `=408`: characters of
+its vocabulary, areal_sys/data/tool_task.py), `plain` for a model whose vocabulary holds
+`<call>`, `</call>`, `<result>`, `</result>` as tokens, `qwen` the markers Qwen2.5's
 chat template renders for tool calls and tool messages (a JSON body `{"name": ..., "arguments":
 ...}`; the result closes the assistant turn and opens a user turn holding `<tool_response>`).
 """
@@ -47,6 +48,7 @@ class ToolProtocol:
 
 
 PROTOCOLS = {
+    "tiny": ToolProtocol("(", ")", "=", "", "plain"),
     "plain": ToolProtocol("<call>", "</call>", "<result>", "</result>", "plain"),
     "qwen": ToolProtocol("<tool_call>", "</tool_call>",
                          "<|im_end|>\n<|im_start|>user\n<tool_response>\n",

@@ -97,6 +97,11 @@ class Trajectory:
         return len(self.prompt_ids) + len(self.response_ids)
 
     @property
+    def tool_tokens(self) -> int:
+        """Response tokens a tool wrote (tool_use episodes: loss mask 0 past the RPO prefix)."""
+        return self.loss_mask[self.prefix_len:].count(0) if self.tool_calls else 0
+
+    @property
     def generated_versions(self) -> list[int]:
         """Versions of the tokens generated in this rollout (excludes an RPO cached prefix)."""
         return self.versions[self.prefix_len :]
@@ -150,4 +155,5 @@ class Group:
 
     @property
     def num_tokens_generated(self) -> int:
-        return sum(len(t.response_ids) - t.prefix_len for t in self.trajectories)
+        """Tokens the engine sampled: the responses without RPO prefixes and tool results."""
+        return sum(len(t.response_ids) - t.prefix_len - t.tool_tokens for t in self.trajectories)

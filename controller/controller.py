@@ -160,6 +160,8 @@ class Controller:
             overlap=gen["tokens_generated"] - (await at_train)["tokens_generated"],
             gen_busy_s=gen["busy_s"] - gen_busy, wait_s=wait_s, t0=t0,
             buffered=len(self.admission.buffer), in_flight=self.admission.buffer.in_flight)
+        if self.cfg.rollout.episode.kind == "tool_use":
+            record |= records.episode_metrics(batch)
         self.metrics.write(record)
         if self.startup is not None:
             self.startup.mark("first_step")
@@ -229,7 +231,8 @@ class Controller:
             score=lambda pairs: self._score(pairs, version=self.version),
             max_new_tokens=self.cfg.rollout.max_new_tokens,
             temperature=self.cfg.eval.temperature, correct_reward=self.cfg.reward.correct_reward,
-            progress=self.cfg.logging.progress_bar, step_errors=step_checker(self.cfg))
+            progress=self.cfg.logging.progress_bar, step_errors=step_checker(self.cfg),
+            tool_use=self.cfg.rollout.episode.kind == "tool_use")
         self.timeline.trajectories(trajs, "eval", version=self.version)
         append_eval_line(self.run_dir, {"tag": tag, "version": self.version, **figures})
         print(eval_line(tag, figures), flush=True)

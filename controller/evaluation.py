@@ -54,12 +54,14 @@ async def evaluate_prompts(
     correct_reward: float,
     progress: bool = True,
     step_errors: Callable[[str, str], list[bool]] | None = None,
+    tool_use: bool = False,
 ) -> tuple[dict[str, Any], list[Trajectory]]:
     """Sample `k` responses per prompt (spread over the rollout workers), score them in place
     (`score((prompt, trajectory) pairs)`, e.g. `Reward.score`), return the figures and the
     trajectories. A progress bar counts the problems sampled. With `step_errors` (prompt text,
     response text -> per-step errors, see `step_checker`) the figures also hold the error rate
-    by step position, from the start and from the end."""
+    by step position, from the start and from the end; with `tool_use` (multi-turn episodes),
+    `call_rate`: the fraction of episodes that called a tool."""
     bar = Progress(len(prompts), "eval", enabled=progress)
 
     async def sample(i: int, p: Prompt) -> list[Trajectory]:
@@ -81,7 +83,10 @@ async def evaluate_prompts(
 
         figures |= error_by_position([step_errors(p.text, t.response_text)
                                       for p, g in zip(prompts, groups, strict=True) for t in g])
-    return figures, [t for g in groups for t in g]
+    trajs = [t for g in groups for t in g]
+    if tool_use:  # the fraction of episodes that called a tool
+        figures["call_rate"] = sum(t.tool_calls > 0 for t in trajs) / len(trajs)
+    return figures, trajs
 
 
 def step_checker(cfg: ExperimentConfig) -> Callable[[str, str], list[bool]] | None:

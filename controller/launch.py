@@ -162,7 +162,8 @@ def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint_dir: str) -> int:
                     held_out, k=cfg.eval.k, rollout=rollout, score=reward.score,
                     max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.eval.temperature,
                     correct_reward=cfg.reward.correct_reward, progress=cfg.logging.progress_bar,
-                    step_errors=step_checker(cfg))
+                    step_errors=step_checker(cfg),
+                    tool_use=cfg.rollout.episode.kind == "tool_use")
                 return figures
 
             figures = asyncio.run(go())
@@ -173,5 +174,7 @@ def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint_dir: str) -> int:
     k = int(figures["k"])
     print(f"eval {ckpt}: {int(figures['n'])} problems x {k} samples: pass@1 "
           f"{100 * figures['pass@1']:.1f}%, avg@{k} {100 * figures[f'avg@{k}']:.1f}%, "
-          f"pass@{k} {100 * figures[f'pass@{k}']:.1f}%")
+          f"pass@{k} {100 * figures[f'pass@{k}']:.1f}%"
+          + (f", tool calls in {100 * figures['call_rate']:.1f}% of episodes"
+             if "call_rate" in figures else ""))
     return 0

@@ -111,7 +111,10 @@ def step_line(record: dict[str, Any], total_steps: int) -> str:
 
 
 def eval_line(tag: str, figures: dict[str, Any]) -> str:
-    """One line of an evaluation (controller/evaluation.py's figures): its pass rate."""
+    """One line of an evaluation (controller/evaluation.py's figures): its pass rate (and, in
+    tool_use runs, the fraction of episodes that called a tool)."""
     k = int(figures.get("k", 1))
+    calls = (f", tool calls in {_fmt(100 * figures['call_rate'], '.1f')}% of episodes"
+             if "call_rate" in figures else "")
     return (f"eval {tag}: pass rate {_fmt(100 * figures['pass_rate'], '.1f')}% "
-            f"(avg@{k} over {int(figures.get('n', 0))} problems)")
+            f"(avg@{k} over {int(figures.get('n', 0))} problems){calls}")

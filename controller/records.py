@@ -1,9 +1,11 @@
 """What a training step leaves behind: staleness audit lines and the step's metrics record.
 
 - `audit(writer, step, version, batch)`: one line per trained trajectory in `staleness.jsonl`
-  (its group, admit version, token versions, interrupts, reward, RPO prefix); returns the
+  (its group, admit version, token versions, interrupts, reward, RPO prefix, tool episode
+  turns, calls and result tokens); returns the
   batch's largest staleness (trainer version − oldest generated token's version).
-- `step_record(...)`: the line of `metrics.jsonl` (also TensorBoard / W&B and the console line).
+- `step_record(...)`: the line of `metrics.jsonl` (also TensorBoard / W&B and the console line);
+  `episode_metrics(batch)` its `episode/` figures in tool_use runs.
   `overlap_tokens` are tokens the engines generated while the trainer trained and exported the
   step's weights (0 in synchronous runs); `gen_busy_s` the engines' generation seconds since the
   previous step's weight push.
@@ -30,6 +32,7 @@ def audit(writer: JsonlWriter, step: int, version: int, batch: list[Group]) -> i
                 "num_interrupts": t.num_interrupts, "reward": t.reward,
                 "response_len": len(t.response_ids), "prefix_len": t.prefix_len,
                 "prefix_min_version": min(t.versions[: t.prefix_len], default=None),
+                "turns": t.turns, "tool_calls": t.tool_calls, "tool_tokens": t.tool_tokens,
             })
             worst = max(worst, version - t.min_version)
     return worst
@@ -66,3 +69,20 @@ def step_record(step: int, version: int, batch: list[Group], *, staleness: int,
         **{(k if k.startswith("mismatch/") else f"train/{k}"): v for k, v in train.items()},
         "gen_busy_s": gen_busy_s,
     }
+
+
+def episode_metrics(batch: list[Group]) -> dict[str, float]:
+    """tool_use episodes (areal_sys/episode.py): model turns per episode, the fraction of episodes
+    that called a tool, calls and failed calls per episode, tokens per episode by source (model /
+    tool) and seconds in tools per episode."""
+    trajs = [t for g in batch for t in g.trajectories]
+    n = max(len(trajs), 1)
+    tool = sum(t.tool_tokens for t in trajs)
+    return {"episode/turns": sum(t.turns for t in trajs) / n,
+            "episode/call_rate": sum(t.tool_calls > 0 for t in trajs) / n,
+            "episode/tool_calls": sum(t.tool_calls for t in trajs) / n,
+            "episode/tool_errors": sum(t.tool_errors for t in trajs) / n,
+            "episode/model_tokens": sum(len(t.response_ids) - t.prefix_len for t in trajs) / n
+            - tool / n,
+            "episode/tool_tokens": tool / n,
+            "episode/tool_s": sum(t.tool_s for t in trajs) / n}

@@ -8,9 +8,10 @@ property it can prove, and tests/conftest.py holds each as a session fixture.
   server (`reward.url`), submitted with `ray job submit` to a Ray head started for it. Read by
   test_end_to_end.py, test_reward_url_end_to_end.py, test_algorithms_end_to_end.py,
   test_console_end_to_end.py, test_rpo_end_to_end.py and test_ray_job.py.
-- `resume_run`: PPO (the critic family); its rollout worker is SIGKILLed after two steps, then
-  the whole run is SIGKILLed while it writes a checkpoint, and resumed. Read by
-  test_recovery_end_to_end.py, test_resume_end_to_end.py and test_algorithms_end_to_end.py.
+- `resume_run`: PPO (the critic family) on the tool task (multi-turn episodes calling a
+  calculator); its rollout worker is SIGKILLed after two steps, then the whole run is SIGKILLed
+  while it writes a checkpoint, and resumed. Read by test_recovery_end_to_end.py,
+  test_resume_end_to_end.py, test_algorithms_end_to_end.py and test_tool_end_to_end.py.
 
 The sample-selection family (RAFT++) runs on the multi-node cluster (test_multinode.py).
 
@@ -103,14 +104,19 @@ def _kill_rollout_worker(proc: subprocess.Popen, metrics: Path) -> dict[str, int
     return {"killed_at": len(read_jsonl(metrics)), "victims": len(victims)}
 
 
+# the tool task: every sample a multi-turn episode that may call the calculator
+TOOL_TASK = ("data.synthetic_task=tool_mul", "rollout.episode.kind=tool_use",
+             "rollout.episode.protocol=tiny", "rollout.episode.max_turns=2",
+             "rollout.max_new_tokens=32")
+
+
 def _resume_command(run_dir: Path, *extra: str) -> list[str]:
     return command(
         "configs/tiny/ppo.yaml", run_dir, f"trainer.total_steps={Resume.STEPS}",
         f"controller.batch_size={Resume.BATCH}", f"rollout.n_samples={Resume.N}",
         "controller.max_staleness=1", "trainer.save_every=2", "trainer.keep_last=1",
         f"data.synthetic_train_size={Resume.PROMPTS}", "eval.before_and_after=false",
-        "eval.every=3", f"eval.num_problems={Resume.EVAL_N}", "rollout.max_new_tokens=120",
-        *extra,
+        "eval.every=3", f"eval.num_problems={Resume.EVAL_N}", *TOOL_TASK, *extra,
     )
 
 
@@ -136,7 +142,8 @@ def _kill_tree(pid: int) -> int:
 
 
 def resume_run(run_dir: Path) -> dict[str, Any]:
-    """PPO with a critic for 6 steps, a checkpoint every 2 (keep the newest). After two steps its
+    """PPO with a critic for 6 steps on the tool task (`TOOL_TASK`: multi-turn episodes with
+    calculator calls), a checkpoint every 2 (keep the newest). After two steps its
     rollout worker and vLLM engine get SIGKILL (`_kill_rollout_worker`); the run carries on. While
     it writes the step-4 checkpoint (held open by the fault-injection pause) the driver and every
     process it started get SIGKILL, as in a machine crash; `--resume` then continues from step 2

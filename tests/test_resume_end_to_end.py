@@ -24,7 +24,7 @@ import pytest
 
 from areal_sys.metrics import read_jsonl
 from tests.e2e_checks import check_group_places
-from tests.e2e_runs import QUIET, ROOT, Resume
+from tests.e2e_runs import QUIET, ROOT, TOOL_TASK, Resume
 
 STEPS, BATCH, N, PROMPTS = Resume.STEPS, Resume.BATCH, Resume.N, Resume.PROMPTS
 
@@ -99,7 +99,7 @@ def test_eval_command_on_the_checkpoint(resume_run: dict[str, Any]) -> None:
     ckpt = run_dir / "checkpoints" / "step_6"
     res = subprocess.run(
         [sys.executable, "-m", "areal_sys.cli", "eval", "configs/tiny/ppo.yaml",
-         f"run_dir={run_dir}", "eval.num_problems=8", "eval.k=3", *QUIET,
+         f"run_dir={run_dir}", "eval.num_problems=8", "eval.k=3", *QUIET, *TOOL_TASK,
          "--checkpoint", str(ckpt)],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -109,6 +109,7 @@ def test_eval_command_on_the_checkpoint(resume_run: dict[str, Any]) -> None:
     assert (row["n"], row["k"]) == (8, 3)
     assert row["avg@3"] <= row["pass@3"] and row["pass@1"] <= row["pass@3"]
     assert abs(row["avg@3"] * 24 - round(row["avg@3"] * 24)) < 1e-9  # a count of 24 samples
+    assert 0.0 <= row["call_rate"] <= 1.0  # the eval command runs tool episodes too
     bad = subprocess.run(
         [sys.executable, "-m", "areal_sys.cli", "eval", "configs/local_tiny.yaml",
          "--checkpoint", str(run_dir / "nowhere")], cwd=ROOT, capture_output=True, text=True)

@@ -81,14 +81,29 @@ def gae_advantages(
 
     Takes per-token rewards [S, L] (see `outcome_token_rewards`), critic values [S, L] and the
     mask; returns (advantages, returns = A + V), both float32, detached, zero where M = 0.
+
+    The steps are the M = 1 positions of each row, in order: t + 1 is the next loss token, so a
+    masked segment inside a response (a tool's result in a tool_use episode) is skipped, not a
+    terminal state (its value taken as 0) and not a run of discounted steps. For a row whose loss
+    tokens are contiguous this is the plain recursion over positions.
     """
-    m = mask.double()
-    v = values.detach().double() * m
-    r = token_rewards.detach().double() * m
+    m = mask.bool()
+    slot = (m.long().cumsum(-1) - 1).clamp(min=0)  # each loss token's index among its row's
+    rows = torch.arange(m.shape[0], device=m.device)[:, None].expand_as(m)
+
+    def compact(x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(m.shape, dtype=torch.float64, device=m.device)
+        out[rows[m], slot[m]] = x.detach().double()[m]
+        return out
+
+    mc = compact(torch.ones_like(token_rewards))
+    v, r = compact(values), compact(token_rewards)
     v_next = torch.cat([v[..., 1:], torch.zeros_like(v[..., :1])], dim=-1)
-    delta = (r + gamma * v_next - v) * m
-    adv = discounted_reverse_cumsum(delta, gamma * lam) * m
-    returns = (adv + v) * m
+    delta = (r + gamma * v_next - v) * mc
+    adv_c = discounted_reverse_cumsum(delta, gamma * lam) * mc
+    adv = torch.zeros(m.shape, dtype=torch.float64, device=m.device)
+    adv[m] = adv_c[rows[m], slot[m]]
+    returns = adv + values.detach().double() * m
     return adv.float(), returns.float()
 
 

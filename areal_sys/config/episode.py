@@ -21,10 +21,10 @@ class EpisodeConfig(Section):
         description="tools offered (tool_use): calculator (exact integer arithmetic), python "
         "(a program run in the reward service's sandbox)",
     )
-    protocol: Literal["plain", "qwen"] = Field(
-        "plain", description="how calls and results are marked: plain (<call>...</call>, "
-        "<result>...</result>: the tiny tool model's tokens) or qwen (Qwen2.5's chat-template "
-        "<tool_call> JSON and <tool_response> turns)",
+    protocol: Literal["tiny", "plain", "qwen"] = Field(
+        "tiny", description="how calls and results are marked: tiny ('(12*34)' then '=408': the "
+        "tiny tool model's), plain (<call>...</call> <result>...</result>, single tokens of the "
+        "vocabulary) or qwen (Qwen2.5's chat-template <tool_call> JSON and <tool_response> turns)",
     )
     max_turns: int = Field(4, ge=1, le=64, description="model turns per episode")
     tool_timeout_s: float = Field(5.0, gt=0, le=600, description="wall clock of one tool call")

@@ -73,11 +73,12 @@ class DataConfig(Section):
         "{prompt}", description="format string applied to the prompt; 'chat' uses the tokenizer's "
         "chat template"
     )
-    synthetic_task: Literal["first_decision", "chain_tail", "chain_uniform"] = Field(
+    synthetic_task: Literal["first_decision", "chain_tail", "chain_uniform", "tool_mul"] = Field(
         "first_decision", description="the built-in task: 'first_decision' (chains of 1-15 steps; "
-        "RL learns to write the chain instead of guessing) or a long-chain task of 12-16 "
+        "RL learns to write the chain instead of guessing), a long-chain task of 12-16 "
         "fixed-width steps whose demonstrator slips in the last 2 steps ('chain_tail') or at "
-        "every step ('chain_uniform'); each has its own warm-started tiny model",
+        "every step ('chain_uniform'), or 'tool_mul' (two-digit products, right only through the "
+        "calculator: rollout.episode.kind=tool_use); each has its own warm-started tiny model",
     )
     synthetic_train_size: int = Field(4096, ge=1, description="problems in the synthetic train set")
     synthetic_eval_size: int = Field(256, ge=1, description="problems in the synthetic eval set")

@@ -63,12 +63,15 @@ def load_rows(
     e.g. a remote reward service that knows its own). Raises DataError.
     """
     if source == "synthetic":
-        from areal_sys.data import chain, synthetic
+        from areal_sys.data import chain, synthetic, tool_task
 
         seed = synthetic.EVAL_SEED if split == "eval" else seed
-        rows = (synthetic.make_problems(synthetic_size, seed, split)
-                if synthetic_task == "first_decision"
-                else chain.make_problems(synthetic_size, seed, split, synthetic_task))
+        if synthetic_task == "first_decision":
+            rows = synthetic.make_problems(synthetic_size, seed, split)
+        elif synthetic_task == "tool_mul":
+            rows = tool_task.make_problems(synthetic_size, seed, split)
+        else:
+            rows = chain.make_problems(synthetic_size, seed, split, synthetic_task)
         return [PromptRow(uid=r["uid"], prompt=r["prompt"], reference=r["answer"], task=task)
                 for r in rows]
     path = Path(source).expanduser()

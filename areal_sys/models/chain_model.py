@@ -94,6 +94,11 @@ def ensure_task_model(task: str = "first_decision", seed: int = 1, sft_steps: in
     if task == "first_decision":
         return ensure_tiny_model(seed=seed, sft_steps=steps, cache_dir=cache_dir,
                                  progress=progress)
+    if task == "tool_mul":
+        from areal_sys.models.tool_model import ToolWarmStart, ensure_tool_model
+
+        return ensure_tool_model(seed=seed, cache_dir=cache_dir, progress=progress,
+                                 settings=ToolWarmStart(base_sft_steps=steps))
     return ensure_chain_model(task, seed=seed, cache_dir=cache_dir, progress=progress,
                               settings=ChainWarmStart(base_sft_steps=steps))
 

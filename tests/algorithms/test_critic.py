@@ -31,6 +31,24 @@ def test_gae_ignores_padding() -> None:
     assert torch.equal(ret[m == 0], torch.zeros(5))
 
 
+def test_gae_skips_a_masked_segment_inside_a_response() -> None:
+    """A tool_use episode: model tokens, a tool's result (M = 0), model tokens. The steps are the
+    loss tokens: the row gives the numbers of the same row without the result (ALGORITHMS.md's
+    hand-checked [0.46575, 0.385, 0.3] at lam 0.95), whatever rewards and values sit on it; the
+    last token before the result bootstraps from the first one after it, not from 0."""
+    r = torch.tensor([[0.0, 5.0, 5.0, 0.0, 1.0]])
+    v = torch.tensor([[0.5, 9.0, 9.0, 0.6, 0.7]])
+    m = torch.tensor([[1.0, 0, 0, 1, 1]])
+    adv, ret = gae_advantages(r, v, m, gamma=1.0, lam=0.95)
+    assert torch.allclose(adv, torch.tensor([[0.46575, 0, 0, 0.385, 0.3]]), atol=1e-6)
+    assert torch.allclose(ret, torch.tensor([[0.96575, 0, 0, 0.985, 1.0]]), atol=1e-6)
+    # with gamma < 1 the gap is not discounted either: one step from token 0 to token 3
+    adv, _ = gae_advantages(r, v, m, gamma=0.9, lam=1.0)
+    compact, _ = gae_advantages(r[:, [0, 3, 4]], v[:, [0, 3, 4]], torch.ones(1, 3), gamma=0.9,
+                                lam=1.0)
+    assert torch.allclose(adv[:, [0, 3, 4]], compact, atol=1e-6)
+
+
 def test_discounted_cumsum_matches_the_recursion_across_blocks() -> None:
     torch.manual_seed(0)
     x = torch.randn(3, 37, dtype=torch.float64)

@@ -122,3 +122,39 @@ def test_sparse_signal_lr_factor(mode: str, informative: int, expected: float) -
 def test_sparse_signal_rejects_an_unknown_mode() -> None:
     with pytest.raises(ValueError, match="sparse_signal"):
         signal_lr_factor("halve", 1, groups=8, min_groups=1)
+
+
+def test_tool_results_leave_the_loss_and_its_denominators() -> None:
+    """A tool episode (areal_sys/episode.py): model tokens (mask 1), the tool's result (mask 0,
+    behaviour log-prob 0.0 as a placeholder), model tokens. The result tokens get no gradient and
+    do not count in token-mean; whatever their placeholders or the policy's log-probs there, the
+    loss is the same."""
+    algo = build_algorithm({"name": "grpo"})
+    mask = [1, 1, 1, 0, 0, 0, 1, 1]
+    env = [3, 4, 5]
+
+    def episode(reward: float) -> Trajectory:
+        return Trajectory("p", 0, [3, 4], list(range(5, 13)), [-1.0, -1.0, -1.0, 0.0, 0.0, 0.0,
+                                                               -1.0, -1.0],
+                          [0] * 8, mask, reward=reward, turns=2, tool_calls=1)
+
+    batch = prepare_batch([Group(0, "p", [episode(1.0), episode(0.0)])], algo)
+    assert [m.tolist() for m in batch.mask] == [mask, mask]
+    denom = LossDenominators.from_masks(batch.mask)
+    assert denom.n_tokens == 10.0
+    m, adv, behav = (torch.stack(x) for x in (batch.mask, batch.adv, batch.behav))
+
+    def loss(env_logp: float, env_behav: float) -> tuple[float, torch.Tensor]:
+        logp = torch.full((2, 8), -0.9)
+        logp[:, env] = env_logp
+        logp.requires_grad_(True)
+        b = behav.clone()
+        b[:, env] = env_behav
+        token_loss, _ = algo.policy_loss(logp, torch.full((2, 8), -0.95), b, adv, m)
+        out = algo.aggregate(token_loss, m, denom)
+        out.backward()
+        return out.item(), logp.grad
+
+    value, grad = loss(-2.0, 0.0)
+    assert grad[:, env].abs().sum() == 0.0 and grad[:, [0, 1, 2, 6, 7]].abs().sum() > 0
+    assert all(loss(lp, b)[0] == value for lp, b in [(-40.0, 0.0), (0.0, -60.0), (-3.0, 5.0)])
