@@ -116,3 +116,22 @@ def test_start_actors_raises_the_workers_one_line_not_rays_wrapping():
         asyncio.run(start_actors(ExperimentConfig(), actors))
     assert str(e.value) == ("rollout worker 0: the vLLM engine did not start: RuntimeError: The "
                             "actor died unexpectedly before finishing this task.")
+
+
+def test_a_tool_protocol_the_tokenizer_cannot_stop_on_is_one_line() -> None:
+    from controller.preflight import UserError, check_episode
+
+    tok = build_tokenizer()
+    tool = {"rollout": {"episode": {"kind": "tool_use", "protocol": "tiny"}}}
+    check_episode(ExperimentConfig.model_validate(tool), tok)  # ")" is one token: fine
+    check_episode(ExperimentConfig(), tok)  # single_turn: nothing to check
+    tool["rollout"]["episode"]["protocol"] = "plain"
+    with pytest.raises(UserError, match=r"^rollout.episode.protocol=plain: tool protocol: "
+                       r"'</call>' must be one token of the model's tokenizer \(it encodes to 7\)"):
+        check_episode(ExperimentConfig.model_validate(tool), tok)
+
+
+def test_rpo_with_tool_episodes_is_refused() -> None:
+    with pytest.raises(Exception, match="rollout.episode.kind must be single_turn"):
+        ExperimentConfig.model_validate({"rpo": {"enabled": True},
+                                         "rollout": {"episode": {"kind": "tool_use"}}})
