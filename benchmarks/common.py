@@ -174,13 +174,15 @@ def short_line(r: dict[str, Any]) -> str:
 
 
 def seed_args(p: argparse.ArgumentParser, *, steps: int, eval_problems: int = 512,
-              eval_k: int = 4) -> None:
-    """The options every multi-seed learning benchmark takes."""
+              eval_k: int = 4, task: bool = True) -> None:
+    """The options every multi-seed learning benchmark takes (`--task` unless the benchmark
+    fixes its task)."""
     p.add_argument("--seeds", type=int, default=3, help="run seeds 1..K")
     p.add_argument("--seed-list", default=None,
                    help="explicit seeds, e.g. 1,5,9 (wins over --seeds)")
-    p.add_argument("--task", choices=TASKS, default="first_decision",
-                   help="data.synthetic_task of every run")
+    if task:
+        p.add_argument("--task", choices=TASKS, default="first_decision",
+                       help="data.synthetic_task of every run")
     p.add_argument("--steps", type=int, default=steps)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--n-samples", type=int, default=8)

@@ -333,8 +333,23 @@ def async_vs_sync_table(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def tools_table(d: dict[str, Any]) -> str:
+    cell = _fmt_for(d)
+    f, calls = d["settings_by_name"]["tool_grpo"], d["call_rate"]
+    return "\n".join([
+        _caption(d, "The tool demo (`tools`, configs/tiny/tool_grpo.yaml)"), "",
+        "| pass before (%) | pass after (%) | gain (points) | calls before (%) | calls after (%) "
+        "| call rise (points) | train wall (s) | whole command (s) |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {cell(f.get('pass_rate_before'))} | {cell(f.get('pass_rate'))} | "
+        f"{cell(f.get('gain'))} | {cell(calls['before'])} | {cell(calls['after'])} | "
+        f"{cell(calls['rise'])} | {cell(f.get('wall_s'), 1, 0)} | "
+        f"{cell(f.get('command_s'), 1, 0)} |"])
+
+
 LEARNING = {"staleness": staleness_table, "algorithms": algorithms_table,
-            "algorithms_chain_tail": algorithms_table, "async_vs_sync": async_vs_sync_table}
+            "algorithms_chain_tail": algorithms_table, "async_vs_sync": async_vs_sync_table,
+            "tools": tools_table}
 
 
 def learning_tables(results: Path = RESULTS) -> str:
