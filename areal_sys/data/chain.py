@@ -42,7 +42,7 @@ import random
 import re
 from collections.abc import Iterator
 
-from areal_sys.data.synthetic import MARKER, is_eval_prompt
+from areal_sys.data.synthetic import MARKER, split_stream
 
 CHAIN_TASKS = ("chain_tail", "chain_uniform")
 CHAIN_VERSION = 2  # bump when the generator or the demonstrator changes: it keys the model cache
@@ -120,12 +120,7 @@ def iter_problems(seed: int | str, split: str, task: str) -> Iterator[dict[str, 
     `synthetic.make_problems`. Train and eval prompts are disjoint (`synthetic.is_eval_prompt`)."""
     slip_probabilities(task, MIN_STEPS)  # validates the name
     rng = random.Random(f"areal_sys.chain.v{CHAIN_VERSION}:{task}:{seed}:{split}")
-    want_eval = split == "eval"
-    for i in itertools.count():
-        p = make_problem(rng)
-        while is_eval_prompt(p["prompt"]) != want_eval:
-            p = make_problem(rng)
-        yield {"uid": f"{task}-{split}-{seed}-{i}", **p}
+    return split_stream(rng, make_problem, split, f"{task}-{split}-{seed}")
 
 
 def make_problems(n: int, seed: int, split: str, task: str) -> list[dict[str, str]]:

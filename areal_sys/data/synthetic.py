@@ -26,8 +26,10 @@ stable hash of its text falls into the eval bucket (`EVAL_BUCKETS`), for every s
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 import re
+from collections.abc import Callable, Iterator
 
 TASK_VERSION = 1  # bump when the generator changes: it keys the tiny-model cache
 MIN_OPERAND, MAX_OPERAND = 1, 9
@@ -48,6 +50,20 @@ def is_eval_prompt(prompt: str) -> bool:
     """Stable (process-independent) split assignment of a prompt text."""
     digest = hashlib.blake2b(prompt.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") % EVAL_BUCKETS == 0
+
+
+def split_stream(rng: random.Random, make: Callable[[random.Random], dict[str, str]],
+                 split: str, uid_prefix: str) -> Iterator[dict[str, str]]:
+    """Endless problems `make(rng)` of `split` only (by `is_eval_prompt`), with uids
+    `{uid_prefix}-{i}`: the long-chain and tool tasks' streams."""
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
+    want_eval = split == "eval"
+    for i in itertools.count():
+        p = make(rng)
+        while is_eval_prompt(p["prompt"]) != want_eval:
+            p = make(rng)
+        yield {"uid": f"{uid_prefix}-{i}", **p}
 
 
 def _num_operands(rng: random.Random) -> int:

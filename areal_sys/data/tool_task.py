@@ -18,7 +18,7 @@ import itertools
 import random
 from collections.abc import Iterator
 
-from areal_sys.data.synthetic import is_eval_prompt
+from areal_sys.data.synthetic import split_stream
 
 TOOL_TASK_VERSION = 1  # bump when the generator or the demonstrator changes: it keys the model
 LOW, HIGH = 10, 99
@@ -34,15 +34,8 @@ def make_problem(rng: random.Random) -> dict[str, str]:
 
 def iter_problems(seed: int | str, split: str) -> Iterator[dict[str, str]]:
     """Endless problems of `split`, deterministic in (`seed`, `split`)."""
-    if split not in ("train", "eval"):
-        raise ValueError(f"split must be train or eval, got {split!r}")
     rng = random.Random(f"areal_sys.tool_mul.v{TOOL_TASK_VERSION}:{seed}:{split}")
-    want_eval = split == "eval"
-    for i in itertools.count():
-        p = make_problem(rng)
-        while is_eval_prompt(p["prompt"]) != want_eval:
-            p = make_problem(rng)
-        yield {"uid": f"tool_mul-{split}-{seed}-{i}", **p}
+    return split_stream(rng, make_problem, split, f"tool_mul-{split}-{seed}")
 
 
 def make_problems(n: int, seed: int, split: str) -> list[dict[str, str]]:
