@@ -80,6 +80,8 @@ def _write_report(run: Path) -> Report:
         ("pass_rate.png", "eval.jsonl", fig.plot_pass_rate),
         ("staleness.png", "staleness.jsonl", fig.plot_staleness),
         ("timeline.png", "timeline.jsonl", fig.plot_timeline)]
+    if any("episode/call_rate" in m for m in metrics):  # a tool_use run
+        panels.append(("episodes.png", "metrics.jsonl", fig.plot_episodes))
     for name, source, plot in panels:
         path = run / source
         if source == "metrics.jsonl":

@@ -272,3 +272,29 @@ def plot_mismatch(metrics: list[dict[str, Any]], path: Path, run: Path, report: 
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def plot_episodes(metrics: list[dict[str, Any]], path: Path, run: Path, report: Report) -> Path:
+    """tool_use runs: how often episodes call tools and fail, and their tokens by source."""
+    steps, calls = _series(metrics, "episode/call_rate", path.name, report)
+    fig = _figure(11.0, 4.0)
+    left, right = fig.subplots(1, 2)
+    left.plot(steps, [100 * v for v in calls], ".-", color="tab:orange",
+              label="episodes with a call (%)")
+    err_steps, errors = _pairs(metrics, "episode/tool_errors")
+    if errors:
+        left.plot(err_steps, [100 * v for v in errors], ".-", color="tab:red",
+                  label="failed calls per 100 episodes")
+    left.set(xlabel="step", ylabel="%", title="tool calls of the trained episodes")
+    for key, color, name in (("episode/model_tokens", "tab:blue", "model"),
+                             ("episode/tool_tokens", "tab:gray", "tool results")):
+        s, v = _pairs(metrics, key)
+        if v:
+            right.plot(s, v, ".-", color=color, label=name)
+    right.set(xlabel="step", ylabel="tokens per episode", title="response tokens by source")
+    for ax in (left, right):
+        ax.set_ylim(bottom=0)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    return _save(fig, path)

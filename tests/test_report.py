@@ -267,3 +267,17 @@ def test_mismatch_panel_reads_either_prefix_and_skips_runs_without_it(tmp_path):
     report = write_report(run)
     assert any(s.startswith("mismatch.png: no row of metrics.jsonl has mismatch/k3")
                for s in report.skipped)
+
+
+@pytest.mark.integration
+def test_a_tool_use_run_also_gets_its_episodes_figure(tmp_path):
+    run = make_run(tmp_path / "run")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for s, r in enumerate(rows):  # what controller/records.py episode_metrics logs
+        r.update({"episode/call_rate": 0.2 + 0.1 * s, "episode/tool_errors": 0.05,
+                  "episode/turns": 1.2 + 0.1 * s, "episode/model_tokens": 12.0,
+                  "episode/tool_tokens": 1.0 + 0.5 * s})
+    _write(run / "metrics.jsonl", rows)
+    report = write_report(run)
+    assert {p.name for p in report.figures} == FIGURES | {"episodes.png"} and not report.skipped
+    assert (run / "report" / "episodes.png").stat().st_size > 5000
