@@ -22,12 +22,28 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-__all__ = ["TOOLS", "ToolLimits", "ToolResult", "calculate", "call_tool"]
+__all__ = ["TOOLS", "TOOL_SCHEMAS", "ToolLimits", "ToolResult", "calculate", "call_tool"]
 
 MAX_EXPR_CHARS = 200
 MAX_EXPONENT = 64
 MAX_DIGITS = 100
 TOOLS = ("calculator", "python")
+
+
+def _schema(name: str, description: str, arg: str, arg_description: str) -> dict:
+    return {"type": "function", "function": {
+        "name": name, "description": description,
+        "parameters": {"type": "object", "required": [arg],
+                       "properties": {arg: {"type": "string", "description": arg_description}}}}}
+
+
+# what a chat template shows the model (`data.prompt_template: chat`): OpenAI-style function specs
+TOOL_SCHEMAS = {
+    "calculator": _schema("calculator", "Exact integer arithmetic.", "expression",
+                          "integers with + - * / // % ** and parentheses, e.g. 37*48"),
+    "python": _schema("python", "Run a Python program; returns what it prints.", "code",
+                      "the program"),
+}
 
 
 @dataclass(frozen=True)

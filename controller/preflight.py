@@ -62,10 +62,15 @@ def encode_prompts(cfg: ExperimentConfig, rows: list[Any], split: str, tokenizer
     why = (f"data.max_prompt_tokens={limit}" if limit == cfg.data.max_prompt_tokens else
            f"rollout.max_model_len {cfg.rollout.max_model_len} - rollout.max_new_tokens "
            f"{cfg.rollout.max_new_tokens}")
+    tools = None
+    if cfg.rollout.episode.kind == "tool_use":  # a chat template describes them to the model
+        from areal_sys.tools import TOOL_SCHEMAS
+
+        tools = [TOOL_SCHEMAS[name] for name in cfg.rollout.episode.tools]
     prompts = []
     for row in rows:
         try:
-            ids = render_prompt(cfg.data.prompt_template, row.prompt, tokenizer)
+            ids = render_prompt(cfg.data.prompt_template, row.prompt, tokenizer, tools)
         except ValueError as e:
             raise UserError(f"data.prompt_template: {e}") from None
         if not ids:

@@ -236,19 +236,22 @@ def canonical_reference(reference: str | dict | list) -> str:
     return reference
 
 
-def render_prompt(template: str, prompt: str, tokenizer: Any) -> list[int]:
+def render_prompt(template: str, prompt: str, tokenizer: Any,
+                  tools: list[dict[str, Any]] | None = None) -> list[int]:
     """Token ids of `prompt` rendered with `template` (`DataConfig.prompt_template`).
 
     `template` is "chat" (the tokenizer's chat template, one user turn, generation prompt added;
-    no extra special tokens) or text containing `{prompt}`, which is replaced by the prompt; other
-    braces are kept literally (so "... \\boxed{}" works). Text templates are tokenized with the
-    tokenizer's special tokens (e.g. a BOS), as vLLM does for a text prompt.
+    no extra special tokens; `tools`, JSON schemas of the episode's tools, go to the template,
+    which describes them to the model) or text containing `{prompt}`, which is replaced by the
+    prompt; other braces are kept literally (so "... \\boxed{}" works). Text templates are
+    tokenized with the tokenizer's special tokens (e.g. a BOS), as vLLM does for a text prompt.
     """
     if template == "chat":
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("prompt_template 'chat' needs a tokenizer with a chat template")
         text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            [{"role": "user", "content": prompt}], tools=tools, tokenize=False,
+            add_generation_prompt=True,
         )
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     if "{prompt}" not in template:

@@ -236,3 +236,15 @@ def test_render_prompt_chat_template() -> None:
     ids = render_prompt("chat", "1+2=", tok)
     assert tok.decode(ids) == "# 1+2=\n"
     assert ids == tok("# 1+2=\n", add_special_tokens=False)["input_ids"]
+
+
+def test_render_prompt_gives_a_chat_template_the_episode_tools() -> None:
+    from areal_sys.tools import TOOL_SCHEMAS
+
+    tok = build_tokenizer()
+    tok.chat_template = (  # digits and a few symbols: what the tiny vocabulary can spell
+        "{% if tools %}{% for t in tools %}({{ t['function']['name'] | length }}){% endfor %}"
+        "{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    tools = [TOOL_SCHEMAS["calculator"], TOOL_SCHEMAS["python"]]
+    assert tok.decode(render_prompt("chat", "1+2=", tok, tools)) == "(10)(6)1+2="
+    assert tok.decode(render_prompt("chat", "1+2=", tok)) == "1+2="
