@@ -72,9 +72,10 @@ def plot(figs: dict[str, Any], calls: dict[str, Any], path: Path) -> None:
     axes[0].set_ylabel("% of held-out episodes")
     series = figs.get("episode/call_rate_by_step") or []
     axes[1].plot(range(len(series)), [100 * v for v in series], color="tab:orange")
-    axes[1].set(xlabel="step", ylabel="training episodes with a call (%, mean over seeds)")
+    axes[1].set(xlabel="step", ylabel="episodes with a call (%)",
+                title="training episodes (mean over seeds)")
     fig.suptitle(f"Tool demo over {figs.get('n', 0)} seeds (mean ± 95% CI): pass rate "
-                 f"{fmt(figs.get('gain'))} points, call rate {fmt(calls['rise'])} points")
+                 f"+{fmt(figs.get('gain'))} points, call rate +{fmt(calls['rise'])} points")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
