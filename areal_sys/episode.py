@@ -34,8 +34,8 @@ from typing import Any, Protocol
 
 from areal_sys.tools import ToolLimits, ToolResult, call_tool
 
-__all__ = ["PROTOCOLS", "EpisodeResult", "ToolProtocol", "Turn", "parse_call", "resolve_call_end",
-           "run_tool_episode"]
+__all__ = ["BUILTIN_EPISODES", "PROTOCOLS", "EpisodeEnv", "EpisodeResult", "ToolProtocol", "Turn",
+           "load_episode", "parse_call", "resolve_call_end", "run_tool_episode", "tool_use"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,63 @@ class EpisodeResult:
         self.behav_logprobs += logprobs
         self.versions += versions
         self.loss_mask += [int(trained)] * len(ids)
+
+
+@dataclass(frozen=True)
+class EpisodeEnv:
+    """What an episode function gets besides `generate`: the tokenizer's `encode` / `decode`, the
+    offered tools and their limits, the call protocol (`call_end_id`: the token the engine stops on
+    when it is one token of the vocabulary, else -1) and the turn budget."""
+
+    encode: Callable[[str], list[int]]
+    decode: Callable[[list[int]], str]
+    tools: tuple[str, ...]
+    limits: ToolLimits
+    protocol: ToolProtocol
+    call_end_id: int
+    max_turns: int
+
+    async def call(self, name: str, args: str) -> ToolResult:
+        """Run one offered tool; every failure is a result (areal_sys/tools.py)."""
+        if name not in self.tools:
+            return ToolResult(f"error: unknown tool {name[:40]!r}", False)
+        return await call_tool(name, args, self.limits)
+
+
+Episode = Callable[[Generate, list[int], int, EpisodeEnv], Awaitable[EpisodeResult]]
+
+
+async def tool_use(generate: Generate, prompt_ids: list[int], max_tokens: int,
+                   env: EpisodeEnv) -> EpisodeResult:
+    """The built-in `tool_use` episode (`run_tool_episode` with the env's settings)."""
+    return await run_tool_episode(
+        generate, prompt_ids, max_tokens, protocol=env.protocol, call_end_id=env.call_end_id,
+        tools=env.tools, limits=env.limits, max_turns=env.max_turns, encode=env.encode,
+        decode=env.decode)
+
+
+BUILTIN_EPISODES: dict[str, Episode] = {"tool_use": tool_use}
+
+
+def load_episode(kind: str) -> Episode:
+    """The episode function of `rollout.episode.kind`: `tool_use`, or a plugin
+    'package.module:function' with `tool_use`'s signature (an `async` function of generate,
+    prompt_ids, max_tokens, env returning an EpisodeResult). ValueError (one line) when a plugin
+    cannot be imported or is not callable."""
+    import importlib
+
+    if kind in BUILTIN_EPISODES:
+        return BUILTIN_EPISODES[kind]
+    where, _, attr = kind.rpartition(":")
+    try:
+        module = importlib.import_module(where)
+    except BaseException as e:  # noqa: BLE001 - any import failure means "no such episode"
+        text = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"cannot import {where!r}: {type(e).__name__}: {text}"[:300]) from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ValueError(f"{where!r} has no callable {attr!r}")
+    return fn
 
 
 def resolve_call_end(protocol: ToolProtocol, encode: Callable[[str], list[int]]) -> int:

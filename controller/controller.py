@@ -160,7 +160,7 @@ class Controller:
             overlap=gen["tokens_generated"] - (await at_train)["tokens_generated"],
             gen_busy_s=gen["busy_s"] - gen_busy, wait_s=wait_s, t0=t0,
             buffered=len(self.admission.buffer), in_flight=self.admission.buffer.in_flight)
-        if self.cfg.rollout.episode.kind == "tool_use":
+        if self.cfg.rollout.episode.multi_turn:
             record |= records.episode_metrics(batch)
         self.metrics.write(record)
         if self.startup is not None:
@@ -232,7 +232,7 @@ class Controller:
             max_new_tokens=self.cfg.rollout.max_new_tokens,
             temperature=self.cfg.eval.temperature, correct_reward=self.cfg.reward.correct_reward,
             progress=self.cfg.logging.progress_bar, step_errors=step_checker(self.cfg),
-            tool_use=self.cfg.rollout.episode.kind == "tool_use")
+            tool_use=self.cfg.rollout.episode.multi_turn)
         self.timeline.trajectories(trajs, "eval", version=self.version)
         append_eval_line(self.run_dir, {"tag": tag, "version": self.version, **figures})
         print(eval_line(tag, figures), flush=True)

@@ -163,7 +163,7 @@ def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint_dir: str) -> int:
                     max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.eval.temperature,
                     correct_reward=cfg.reward.correct_reward, progress=cfg.logging.progress_bar,
                     step_errors=step_checker(cfg),
-                    tool_use=cfg.rollout.episode.kind == "tool_use")
+                    tool_use=cfg.rollout.episode.multi_turn)
                 return figures
 
             figures = asyncio.run(go())

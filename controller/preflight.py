@@ -63,7 +63,7 @@ def encode_prompts(cfg: ExperimentConfig, rows: list[Any], split: str, tokenizer
            f"rollout.max_model_len {cfg.rollout.max_model_len} - rollout.max_new_tokens "
            f"{cfg.rollout.max_new_tokens}")
     tools = None
-    if cfg.rollout.episode.kind == "tool_use":  # a chat template describes them to the model
+    if cfg.rollout.episode.multi_turn:  # a chat template describes them to the model
         from areal_sys.tools import TOOL_SCHEMAS
 
         tools = [TOOL_SCHEMAS[name] for name in cfg.rollout.episode.tools]
@@ -85,11 +85,15 @@ def encode_prompts(cfg: ExperimentConfig, rows: list[Any], split: str, tokenizer
 
 
 def check_episode(cfg: ExperimentConfig, tokenizer: Any) -> None:
-    """`rollout.episode.kind: tool_use`: the tokenizer must hold the protocol's call-end marker as
-    one token (the engine stops on it)."""
-    from areal_sys.episode import PROTOCOLS, resolve_call_end
+    """`rollout.episode.kind`: a plugin must import and be callable; `tool_use`: the tokenizer
+    must hold the protocol's call-end marker as one token (the engine stops on it)."""
+    from areal_sys.episode import PROTOCOLS, load_episode, resolve_call_end
 
     ep = cfg.rollout.episode
+    try:
+        load_episode(ep.kind) if ep.multi_turn else None
+    except ValueError as e:
+        raise UserError(f"rollout.episode.kind={ep.kind}: {e}") from None
     if ep.kind == "tool_use":
         try:
             resolve_call_end(PROTOCOLS[ep.protocol],

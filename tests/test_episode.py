@@ -170,3 +170,61 @@ def test_json_calls_and_the_call_end_token_check() -> None:
     assert resolve_call_end(PLAIN, encode) == CALL_END
     with pytest.raises(ValueError, match="must be one token"):
         resolve_call_end(qwen, encode)
+
+
+async def feedback_episode(generate, prompt_ids, max_tokens, env):
+    """A plugin episode (`rollout.episode.kind: tests.test_episode:feedback_episode`): the model
+    answers, the environment says whether the answer was even, and the model answers again."""
+    from areal_sys.episode import EpisodeResult
+
+    ep = EpisodeResult()
+    first = await generate(prompt_ids, max_tokens, [])
+    ep.add(first.tokens, first.logprobs, first.versions, trained=True)
+    verdict = (await env.call("calculator", "2*3")).text  # tools are there for plugins too
+    note = env.encode(f"={verdict}")
+    ep.add(note, [0.0] * len(note), [first.versions[-1]] * len(note), trained=False)
+    second = await generate(prompt_ids + ep.response_ids, max_tokens - len(ep.response_ids), [])
+    ep.add(second.tokens, second.logprobs, second.versions, trained=True)
+    ep.turns, ep.finish_reason = 2, second.finish_reason
+    return ep
+
+
+def test_a_plugin_episode_runs_with_the_worker_s_env() -> None:
+    from workers.episodes import Episodes
+
+    class Tok:
+        def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+            return encode(text)
+
+        def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+            return decode(ids)
+
+    episodes = Episodes({"kind": "tests.test_episode:feedback_episode", "protocol": "qwen"})
+    episodes.bind(Tok())  # "</tool_call>" is no token here: a plugin gets call_end_id -1
+    assert episodes.env is not None and episodes.env.call_end_id == -1
+    engine = ScriptedEngine([("12", 1, 0), ("#### 6<eos>", 2, 0)])
+    ep = asyncio.run(episodes.run(engine, encode("2*3="), 64))
+    assert decode(ep.response_ids) == "12=6#### 6<eos>"
+    assert ep.loss_mask == [1, 1, 0, 0] + [1] * len(encode("#### 6<eos>"))
+    t = episodes.trajectory(ep, prompt_uid="p", group_id=0, prompt_ids=encode("2*3="))
+    assert t.tool_tokens == 0 and t.turns == 2  # no tool call counted: the plugin's choice
+    with pytest.raises(ValueError, match="more than the budget of 3"):
+        asyncio.run(episodes.run(ScriptedEngine([("12", 1, 0), ("#### 6<eos>", 2, 0)]),
+                                 encode("2*3="), 3))
+
+
+def test_episode_kinds_are_built_in_or_an_importable_plugin() -> None:
+    from areal_sys.config import ExperimentConfig
+    from areal_sys.episode import load_episode, tool_use
+
+    assert load_episode("tool_use") is tool_use
+    assert load_episode("tests.test_episode:feedback_episode") is feedback_episode
+    with pytest.raises(ValueError, match=r"cannot import 'no_such_pkg.mod': ModuleNotFound"):
+        load_episode("no_such_pkg.mod:fn")
+    with pytest.raises(ValueError, match="'tests.test_episode' has no callable 'nothing'"):
+        load_episode("tests.test_episode:nothing")
+    with pytest.raises(Exception, match="expected single_turn, tool_use or 'package.module:"):
+        ExperimentConfig.model_validate({"rollout": {"episode": {"kind": "os.system"}}})
+    cfg = ExperimentConfig.model_validate(
+        {"rollout": {"episode": {"kind": "tests.test_episode:feedback_episode"}}})
+    assert cfg.rollout.episode.multi_turn

@@ -1,16 +1,24 @@
-"""What one sample of a rollout worker becomes: a single response (`single_turn`) or a tool
-episode (`tool_use`, areal_sys/episode.py), as a Trajectory. Imports no engine."""
+"""What one sample of a rollout worker becomes: a single response (`single_turn`) or a
+multi-turn episode (`tool_use` or a plugin, areal_sys/episode.py), as a Trajectory. Imports no
+engine."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from areal_sys.config.episode import EpisodeConfig
-from areal_sys.episode import PROTOCOLS, EpisodeResult, Generate, resolve_call_end, run_tool_episode
+from areal_sys.episode import (
+    PROTOCOLS,
+    EpisodeEnv,
+    EpisodeResult,
+    Generate,
+    load_episode,
+    resolve_call_end,
+)
 from areal_sys.trajectory import Trajectory
 from workers.sampling import Sample
 
-__all__ = ["ToolEpisodes", "single_turn", "turns"]
+__all__ = ["Episodes", "single_turn", "turns"]
 
 
 def turns(sample: Any, rid: str, temperature: float, top_p: float) -> Generate:
@@ -32,21 +40,29 @@ def single_turn(s: Sample, *, prefix: list[int], prefix_logprobs: list[float],
                       finish_time=s.finish_time, **fields)
 
 
-class ToolEpisodes:
-    """A worker's tool episodes: the config (`rollout.episode`) and, once `bind` has seen the
-    engine's tokenizer, the id of the call-end token the engine stops on."""
+class Episodes:
+    """A worker's multi-turn episodes (`rollout.episode`: `tool_use` or a plugin): the episode
+    function and, once `bind` has seen the engine's tokenizer, its EpisodeEnv."""
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.cfg = EpisodeConfig(**cfg)
-        self.protocol = PROTOCOLS[self.cfg.protocol]
-        self.limits = self.cfg.limits()
+        self.fn = load_episode(self.cfg.kind)
         self._tokenizer: Any = None
-        self._call_end = -1
+        self.env: EpisodeEnv | None = None
 
     def bind(self, tokenizer: Any) -> None:
-        """Raises ValueError (one line) when the tokenizer lacks the protocol's call-end token."""
+        """`tool_use` raises ValueError (one line) when the tokenizer lacks the protocol's
+        call-end token; a plugin gets -1 as `call_end_id` then."""
         self._tokenizer = tokenizer
-        self._call_end = resolve_call_end(self.protocol, self.encode)
+        protocol = PROTOCOLS[self.cfg.protocol]
+        try:
+            call_end = resolve_call_end(protocol, self.encode)
+        except ValueError:
+            if self.cfg.kind == "tool_use":
+                raise
+            call_end = -1
+        self.env = EpisodeEnv(self.encode, self.decode, tuple(self.cfg.tools), self.cfg.limits(),
+                              protocol, call_end, self.cfg.max_turns)
 
     def encode(self, text: str) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=False))
@@ -56,10 +72,17 @@ class ToolEpisodes:
 
     async def run(self, generate: Generate, prompt_ids: list[int],
                   max_tokens: int) -> EpisodeResult:
-        return await run_tool_episode(
-            generate, list(prompt_ids), max_tokens, protocol=self.protocol,
-            call_end_id=self._call_end, tools=tuple(self.cfg.tools), limits=self.limits,
-            max_turns=self.cfg.max_turns, encode=self.encode, decode=self.decode)
+        """One episode; a plugin's result must be an EpisodeResult within the token budget."""
+        if self.env is None:
+            raise RuntimeError("episodes: bind() the engine's tokenizer first")
+        e = await self.fn(generate, list(prompt_ids), max_tokens, self.env)
+        if not isinstance(e, EpisodeResult):
+            raise TypeError(f"episode {self.cfg.kind}: returned {type(e).__name__}, not an "
+                            "EpisodeResult")
+        if len(e.response_ids) > max_tokens:
+            raise ValueError(f"episode {self.cfg.kind}: {len(e.response_ids)} response tokens, "
+                             f"more than the budget of {max_tokens}")
+        return e
 
     def trajectory(self, e: EpisodeResult, **fields: Any) -> Trajectory:
         """The episode as a Trajectory (its text, decoded once, is what the grader reads)."""

@@ -59,7 +59,7 @@ from workers.engine_start import (
     refuse_cpu_attention,
     start_engine,
 )
-from workers.episodes import ToolEpisodes, single_turn, turns
+from workers.episodes import Episodes, single_turn, turns
 from workers.sampling import Sample, sampled_logprobs, sampling_params, token_versions
 from workers.vllm_ext import EngineCounters
 
@@ -123,9 +123,9 @@ class RolloutWorker:
         # vLLM's prefill and preemption counts: its per-iteration statistics, a cost on every
         # engine step, so only for the measurements that read them (tests, benchmarks)
         self._counters = EngineCounters() if engine_stats else None
-        # tool_use episodes (`rollout.episode`); bound to the engine's tokenizer in start()
-        self._episodes = ToolEpisodes(episode) if (episode or {}).get("kind") == "tool_use" \
-            else None
+        # multi-turn episodes (`rollout.episode`); bound to the engine's tokenizer in start()
+        self._episodes = Episodes(episode) if (episode or {}).get("kind", "single_turn") \
+            != "single_turn" else None
 
     # ------------------------------------------------------------------ engine lifecycle
     async def start(self) -> None:
@@ -196,8 +196,8 @@ class RolloutWorker:
         tokens; the trajectory's response is prefix + suffix and `prefix_len` says where the
         suffix starts. The prefix's ids are used as given, never re-tokenised.
 
-        `rollout.episode.kind: tool_use`: each sample is an episode of turns and tool calls within
-        `max_new_tokens` response tokens (areal_sys/episode.py, workers/episodes.py).
+        `rollout.episode.kind` tool_use (or a plugin): each sample is an episode of turns and tool
+        calls within `max_new_tokens` response tokens (areal_sys/episode.py, workers/episodes.py).
         """
         engine = self._require_engine()
         prefix = list(prefix_ids or [])
@@ -221,7 +221,7 @@ class RolloutWorker:
         self._serial += 1  # request ids stay unique even if a group id is reused
         rid = f"{self.worker_id}-{group_id}-{self._serial}"
         tokenizer = engine.get_tokenizer()
-        if self._episodes is not None:  # multi-turn: each sample an episode of tool calls
+        if self._episodes is not None:  # multi-turn: each sample an episode
             episodes = await asyncio.gather(*(
                 self._episodes.run(turns(self._sample, f"{rid}-{i}", temperature, top_p),
                                    prompt_ids, max_new_tokens) for i in range(n)))

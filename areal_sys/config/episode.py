@@ -12,9 +12,10 @@ from areal_sys.tools import TOOLS, ToolLimits
 
 
 class EpisodeConfig(Section):
-    kind: Literal["single_turn", "tool_use"] = Field(
+    kind: str = Field(
         "single_turn", description="single_turn: one prompt, one response; tool_use: the model "
-        "may call tools, whose results join its context (masked out of the loss)",
+        "may call tools, whose results join its context (masked out of the loss); or a plugin "
+        "'package.module:function' with tool_use's signature (areal_sys/episode.py)",
     )
     tools: list[Literal["calculator", "python"]] = Field(
         default_factory=lambda: ["calculator"], min_length=1, max_length=len(TOOLS),
@@ -36,6 +37,21 @@ class EpisodeConfig(Section):
         False, description="let the python tool run where no sandbox mode fit for untrusted code "
         "is available (as reward.allow_unsafe_sandbox for the code grader)",
     )
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        from areal_sys.config.reward import _PLUGIN
+
+        if v not in ("single_turn", "tool_use") and not _PLUGIN.fullmatch(v):
+            raise ValueError(f"expected single_turn, tool_use or 'package.module:function', "
+                             f"got {v!r}")
+        return v
+
+    @property
+    def multi_turn(self) -> bool:
+        """Samples are episodes (tool_use or a plugin), not single responses."""
+        return self.kind != "single_turn"
 
     @field_validator("tools")
     @classmethod

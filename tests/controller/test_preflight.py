@@ -135,3 +135,13 @@ def test_rpo_with_tool_episodes_is_refused() -> None:
     with pytest.raises(Exception, match="rollout.episode.kind must be single_turn"):
         ExperimentConfig.model_validate({"rpo": {"enabled": True},
                                          "rollout": {"episode": {"kind": "tool_use"}}})
+
+
+def test_an_episode_plugin_that_does_not_import_is_one_line() -> None:
+    from controller.preflight import UserError, check_episode
+
+    cfg = ExperimentConfig.model_validate(
+        {"rollout": {"episode": {"kind": "no_such_pkg.envs:episode"}}})
+    with pytest.raises(UserError, match=r"^rollout.episode.kind=no_such_pkg.envs:episode: cannot "
+                       r"import 'no_such_pkg.envs': ModuleNotFoundError"):
+        check_episode(cfg, build_tokenizer())
