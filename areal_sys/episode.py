@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from areal_sys.tools import ToolLimits, ToolResult, call_tool
 
 __all__ = ["BUILTIN_EPISODES", "PROTOCOLS", "EpisodeEnv", "EpisodeResult", "ToolProtocol", "Turn",
-           "load_episode", "parse_call", "resolve_call_end", "run_tool_episode", "tool_use"]
+           "load_episode", "parse_call", "resolve_call_end", "tool_use"]
 
 
 @dataclass(frozen=True)
@@ -116,18 +116,6 @@ class EpisodeEnv:
 Episode = Callable[[Generate, list[int], int, EpisodeEnv], Awaitable[EpisodeResult]]
 
 
-async def tool_use(generate: Generate, prompt_ids: list[int], max_tokens: int,
-                   env: EpisodeEnv) -> EpisodeResult:
-    """The built-in `tool_use` episode (`run_tool_episode` with the env's settings)."""
-    return await run_tool_episode(
-        generate, prompt_ids, max_tokens, protocol=env.protocol, call_end_id=env.call_end_id,
-        tools=env.tools, limits=env.limits, max_turns=env.max_turns, encode=env.encode,
-        decode=env.decode)
-
-
-BUILTIN_EPISODES: dict[str, Episode] = {"tool_use": tool_use}
-
-
 def load_episode(kind: str) -> Episode:
     """The episode function of `rollout.episode.kind`: `tool_use`, or a plugin
     'package.module:function' with `tool_use`'s signature (an `async` function of generate,
@@ -189,32 +177,29 @@ def parse_call(text: str, protocol: ToolProtocol, tools: Sequence[str]) -> tuple
     return name, rest
 
 
-async def run_tool_episode(
-    generate: Generate, prompt_ids: list[int], max_tokens: int, *, protocol: ToolProtocol,
-    call_end_id: int, tools: Sequence[str], limits: ToolLimits, max_turns: int,
-    encode: Callable[[str], list[int]], decode: Callable[[list[int]], str],
-) -> EpisodeResult:
-    """One episode; see the module docstring."""
+async def tool_use(generate: Generate, prompt_ids: list[int], max_tokens: int,
+                   env: EpisodeEnv) -> EpisodeResult:
+    """The built-in `tool_use` episode; see the module docstring."""
     ep = EpisodeResult()
     while True:
         turn = await generate(prompt_ids + ep.response_ids, max_tokens - len(ep.response_ids),
-                              [call_end_id])
+                              [env.call_end_id])
         ep.turns += 1
         ep.num_interrupts += turn.num_interrupts
         ep.finish_time = turn.finish_time
         ep.add(turn.tokens, turn.logprobs, turn.versions, trained=True)
-        called = turn.finish_reason == "stop" and turn.tokens[-1:] == [call_end_id]
+        called = turn.finish_reason == "stop" and turn.tokens[-1:] == [env.call_end_id]
         if not called:
             ep.finish_reason = turn.finish_reason
             return ep
-        if ep.turns >= max_turns:
+        if ep.turns >= env.max_turns:
             ep.finish_reason = "length"
             return ep
-        result = await _run_call(decode(turn.tokens), protocol, tools, limits)
+        result = await _run_call(env.decode(turn.tokens), env)
         ep.tool_calls += 1
         ep.tool_errors += not result.ok
         ep.tool_s += result.seconds
-        ids = encode(protocol.result_start + result.text + protocol.result_end)
+        ids = env.encode(env.protocol.result_start + result.text + env.protocol.result_end)
         if len(ep.response_ids) + len(ids) >= max_tokens:  # no room left to answer after it
             ep.finish_reason = "length"
             return ep
@@ -222,12 +207,12 @@ async def run_tool_episode(
         ep.add(ids, [0.0] * len(ids), [version] * len(ids), trained=False)
 
 
-async def _run_call(text: str, protocol: ToolProtocol, tools: Sequence[str],
-                    limits: ToolLimits) -> ToolResult:
+BUILTIN_EPISODES: dict[str, Episode] = {"tool_use": tool_use}
+
+
+async def _run_call(text: str, env: EpisodeEnv) -> ToolResult:
     try:
-        name, args = parse_call(text, protocol, tools)
+        name, args = parse_call(text, env.protocol, env.tools)
     except ValueError as e:
         return ToolResult(f"error: {e}", False)
-    if name not in tools:
-        return ToolResult(f"error: unknown tool {name[:40]!r}", False)
-    return await call_tool(name, args, limits)
+    return await env.call(name, args)

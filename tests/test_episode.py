@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from areal_sys.episode import PROTOCOLS, parse_call, resolve_call_end, run_tool_episode
+from areal_sys.episode import PROTOCOLS, EpisodeEnv, parse_call, resolve_call_end, tool_use
 from areal_sys.tools import ToolLimits
 
 PLAIN = PROTOCOLS["plain"]
@@ -64,9 +64,8 @@ class ScriptedEngine:
 
 def episode(engine: ScriptedEngine, prompt: str = "12*34=", max_tokens: int = 64,
             max_turns: int = 4, tools: tuple[str, ...] = ("calculator",)):
-    return asyncio.run(run_tool_episode(
-        engine, encode(prompt), max_tokens, protocol=PLAIN, call_end_id=CALL_END, tools=tools,
-        limits=ToolLimits(), max_turns=max_turns, encode=encode, decode=decode))
+    env = EpisodeEnv(encode, decode, tools, ToolLimits(), PLAIN, CALL_END, max_turns)
+    return asyncio.run(tool_use(engine, encode(prompt), max_tokens, env))
 
 
 def test_a_call_its_result_and_the_answer_make_three_segments() -> None:
@@ -97,9 +96,8 @@ def test_model_token_ids_are_carried_through_as_the_engine_gave_them() -> None:
         ids = odd if len(contexts) == 1 else encode("#### 42<eos>")
         return FakeTurn(ids, [-0.5] * len(ids), [1] * len(ids), "stop")
 
-    ep = asyncio.run(run_tool_episode(
-        engine, encode("7*6="), 64, protocol=PLAIN, call_end_id=CALL_END, tools=("calculator",),
-        limits=ToolLimits(), max_turns=4, encode=encode, decode=decode))
+    env = EpisodeEnv(encode, decode, ("calculator",), ToolLimits(), PLAIN, CALL_END, 4)
+    ep = asyncio.run(tool_use(engine, encode("7*6="), 64, env))
     result = encode("<result>42</result>")
     assert ep.response_ids == odd + result + encode("#### 42<eos>")
     assert contexts[1] == encode("7*6=") + odd + result

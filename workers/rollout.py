@@ -50,6 +50,7 @@ import os
 import time
 from typing import Any
 
+from areal_sys.config.episode import EpisodeConfig
 from areal_sys.trajectory import Trajectory
 from workers.engine_start import (
     PROJECT_ROOT,
@@ -124,8 +125,8 @@ class RolloutWorker:
         # engine step, so only for the measurements that read them (tests, benchmarks)
         self._counters = EngineCounters() if engine_stats else None
         # multi-turn episodes (`rollout.episode`); bound to the engine's tokenizer in start()
-        self._episodes = Episodes(episode) if (episode or {}).get("kind", "single_turn") \
-            != "single_turn" else None
+        self._episodes = Episodes(episode) if EpisodeConfig(**(episode or {})).multi_turn \
+            else None
 
     # ------------------------------------------------------------------ engine lifecycle
     async def start(self) -> None:

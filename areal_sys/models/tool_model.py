@@ -20,12 +20,12 @@ import asyncio
 import hashlib
 import json
 import random
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from areal_sys.data.tool_task import CALL_PROB
 from areal_sys.models.tiny import DEFAULT_SFT_STEPS
 
 
@@ -38,7 +38,7 @@ class ToolWarmStart:
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 20
-    call_prob: float = 0.3
+    call_prob: float = CALL_PROB
     measure_problems: int = 128
     max_new_tokens: int = 32
 
@@ -62,20 +62,9 @@ def ensure_tool_model(seed: int = 1, cache_dir: str | Path | None = None, progre
                              progress=progress)
     final = _cache_root(cache_dir) / f"tiny-tool_mul-{tool_model_key(seed, settings)}"
     report: dict[str, Any] = {}
-    auto_map = {"auto_map": {"AutoTokenizer": [None, "TokenizersBackend"]}}
     return build_cached(final, lambda: _warm_start(base, seed, settings, progress, report),
-                        lambda: {"warm_start.json": json.dumps(report, indent=2) + "\n",
-                                 "tokenizer_config.json": _tokenizer_config(auto_map)},
+                        lambda: {"warm_start.json": json.dumps(report, indent=2) + "\n"},
                         progress=progress)
-
-
-def _tokenizer_config(extra: dict[str, Any]) -> str:
-    from areal_sys.models.tiny import build_tokenizer
-
-    with tempfile.TemporaryDirectory() as d:
-        build_tokenizer().save_pretrained(d)
-        cfg = json.loads((Path(d) / "tokenizer_config.json").read_text())
-    return json.dumps({**cfg, **extra}, indent=2) + "\n"
 
 
 def _warm_start(base: Path, seed: int, settings: ToolWarmStart, progress: bool,
@@ -91,6 +80,8 @@ def _warm_start(base: Path, seed: int, settings: ToolWarmStart, progress: bool,
     try:
         torch.manual_seed(seed)
         tok = build_tokenizer()
+        # saved into tokenizer_config.json: AutoTokenizer loads this class (module docstring)
+        tok.init_kwargs["auto_map"] = {"AutoTokenizer": [None, "TokenizersBackend"]}
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
         _train(model, tok, seed, settings, progress)
         figures = measure(model, tok, seed, settings)
@@ -164,12 +155,13 @@ def measure(model, tok, seed: int, settings: ToolWarmStart) -> dict[str, float]:
 
     from areal_sys.data.synthetic import is_correct
     from areal_sys.data.tool_task import iter_problems
-    from areal_sys.episode import PROTOCOLS, resolve_call_end, run_tool_episode
+    from areal_sys.episode import PROTOCOLS, EpisodeEnv, resolve_call_end, tool_use
     from areal_sys.tools import ToolLimits
 
     protocol = PROTOCOLS["tiny"]
     encode = lambda s: tok.encode(s)  # noqa: E731 - the built tokenizer: one char, one token
-    call_end = resolve_call_end(protocol, encode)
+    env = EpisodeEnv(encode, lambda ids: tok.decode(ids), ("calculator",), ToolLimits(), protocol,
+                     resolve_call_end(protocol, encode), max_turns=2)
 
     async def turn(context: list[int], max_tokens: int, stop: list[int]) -> _Turn:
         with torch.no_grad():
@@ -186,10 +178,7 @@ def measure(model, tok, seed: int, settings: ToolWarmStart) -> dict[str, float]:
                                  settings.measure_problems))
     calls = correct = 0
     for row in rows:
-        ep = asyncio.run(run_tool_episode(
-            turn, tok.encode(row["prompt"]), settings.max_new_tokens, protocol=protocol,
-            call_end_id=call_end, tools=("calculator",), limits=ToolLimits(), max_turns=2,
-            encode=encode, decode=lambda ids: tok.decode(ids)))
+        ep = asyncio.run(tool_use(turn, tok.encode(row["prompt"]), settings.max_new_tokens, env))
         calls += ep.tool_calls > 0
         correct += is_correct(tok.decode(ep.response_ids, skip_special_tokens=True),
                               row["answer"])
